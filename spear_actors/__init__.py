@@ -1,0 +1,35 @@
+"""spear_actors: a function-execution node built as an actor system on trio.
+
+The public API is loaded lazily, so that ``spear_actors.agent`` (imported inside
+every agent process) does not pay for trio and the node at start-up.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from .errors import ErrorCode, SpearError
+
+if TYPE_CHECKING:
+    from .client import Client, connect
+    from .config import NodeConfig
+    from .node import Node, open_node
+
+__all__ = ["Client", "ErrorCode", "Node", "NodeConfig", "SpearError", "connect", "open_node"]
+__version__ = "0.1.0"
+
+_LAZY = {
+    "Client": ".client",
+    "connect": ".client",
+    "NodeConfig": ".config",
+    "Node": ".node",
+    "open_node": ".node",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(module, __name__), name)

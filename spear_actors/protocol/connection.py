@@ -1,0 +1,700 @@
+"""A protocol connection over any :class:`~.transports.Transport` (trio).
+
+One :class:`Connection` per link, on both sides. It does the hello/welcome
+handshake, numbers and correlates requests, serves the peer's requests through a
+handler, carries streams with credit-based flow control, propagates cancellation
+both ways and runs the heartbeat. Its background tasks live in a nursery of its own,
+hidden behind :func:`open_connection` / :func:`accept_connection`, so the caller's
+code is never cancelled by a connection failure: failures surface as
+:class:`SpearError` from the calls in flight.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import hmac
+import itertools
+import logging
+import math
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any, Final
+
+import trio
+
+from ..errors import ErrorCode, SpearError
+from .framing import DEFAULT_MAX_FRAME_SIZE, ProtocolError
+from .messages import (
+    PROTOCOL_VERSION,
+    Cancel,
+    Credit,
+    Error,
+    Goodbye,
+    Hello,
+    Message,
+    Ping,
+    Pong,
+    Request,
+    Response,
+    StreamEnd,
+    StreamItem,
+    Welcome,
+    decode_message,
+    encode_message,
+)
+from .transports import Transport
+
+__all__ = [
+    "Authenticator",
+    "Connection",
+    "ConnectionConfig",
+    "Handler",
+    "IncomingRequest",
+    "ResponseStream",
+    "accept_connection",
+    "open_connection",
+    "token_authenticator",
+]
+
+log = logging.getLogger(__name__)
+
+_CLOSE_GRACE: Final = 0.5
+
+
+@dataclasses.dataclass(slots=True)
+class ConnectionConfig:
+    """Tunables of a connection. The accepting side's heartbeat values win: its
+    welcome tells the opening side which to use."""
+
+    heartbeat_interval: float = 5.0
+    """Seconds between pings sent by each side."""
+    heartbeat_timeout: float = 15.0
+    """Seconds of silence after which the peer is declared dead."""
+    handshake_timeout: float = 10.0
+    """Seconds the accepting side waits for a hello (and the opener for a welcome)."""
+    max_inflight_handlers: int = 64
+    """Incoming requests served at once; more wait for a slot (they do not fail)."""
+    max_queued_handlers: int = 4096
+    """Incoming requests waiting for a slot before the reader stops reading (backpressure)."""
+    stream_window: int = 16
+    """Default credit granted for an outgoing stream request."""
+    max_frame_size: int = DEFAULT_MAX_FRAME_SIZE
+    """Largest body sent or accepted."""
+    send_high_water: int = 4 * 1024 * 1024
+    """Bytes queued for sending above which senders wait for the writer."""
+
+
+Handler = Callable[["IncomingRequest"], Awaitable[Any]]
+"""Serves one incoming request: returns the result or raises :class:`SpearError`."""
+
+Authenticator = Callable[[Hello], Awaitable[Any]]
+"""Checks a hello; returns the peer's identity or raises :class:`SpearError` UNAUTHENTICATED."""
+
+
+def token_authenticator(token: str) -> Authenticator:
+    """An authenticator that accepts a hello whose ``auth`` equals *token* (constant time)."""
+    expected = token.encode()
+
+    async def authenticate(hello: Hello) -> str:
+        given = (hello.auth or "").encode()
+        if not hmac.compare_digest(given, expected):
+            raise SpearError(ErrorCode.UNAUTHENTICATED, "missing or wrong token in hello")
+        return hello.peer_id or hello.role
+
+    return authenticate
+
+
+class _PendingCall:
+    """The caller's side of a unary request: an event and its outcome."""
+
+    __slots__ = ("error", "event", "result")
+
+    def __init__(self) -> None:
+        self.event = trio.Event()
+        self.result: Any = None
+        self.error: SpearError | None = None
+
+    def resolve(self, result: Any) -> None:
+        if not self.event.is_set():
+            self.result = result
+            self.event.set()
+
+    def fail(self, error: SpearError) -> None:
+        if not self.event.is_set():
+            self.error = error
+            self.event.set()
+
+
+class ResponseStream:
+    """The items of a stream request, in order, as an async iterator.
+
+    Iteration ends after the last item when the stream ended well (:attr:`result`
+    then holds the final value), or raises the terminal :class:`SpearError` after the
+    items that came before it. Consuming items grants the peer new credit, so at
+    most ``window`` items are ever buffered here.
+    """
+
+    def __init__(self, connection: Connection, request_id: int, window: int, deadline: float) -> None:
+        self._connection = connection
+        self.request_id = request_id
+        self.window = window
+        self._deadline = deadline
+        self._items: collections.deque[Any] = collections.deque()
+        self._event = trio.Event()
+        self._next_seq = 0
+        self._consumed = 0
+        self._credit_every = max(1, window // 2)
+        self.finished = False
+        """True once the end or an error has arrived."""
+        self.result: Any = None
+        """The ``result`` of the stream_end message, once iteration has ended."""
+        self._error: SpearError | None = None
+
+    def __aiter__(self) -> ResponseStream:
+        return self
+
+    async def __anext__(self) -> Any:
+        while not self._items:
+            if self.finished:
+                if self._error is not None:
+                    raise self._error
+                raise StopAsyncIteration
+            self._event = trio.Event()
+            with trio.move_on_at(self._deadline):
+                await self._event.wait()
+                continue
+            self._connection._give_up(self.request_id, "deadline exceeded")
+            self.fail(SpearError(ErrorCode.DEADLINE_EXCEEDED, "stream deadline exceeded"))
+        item = self._items.popleft()
+        self._consumed += 1
+        if self._consumed >= self._credit_every and not self.finished:
+            self._connection._send_nowait(Credit(self.request_id, self._consumed))
+            self._consumed = 0
+        return item
+
+    # -- fed by the connection's reader --------------------------------------
+    def _push(self, message: StreamItem) -> None:
+        if message.seq != self._next_seq:
+            raise ProtocolError(
+                f"stream {self.request_id}: item seq {message.seq}, expected {self._next_seq}"
+            )
+        if len(self._items) >= self.window:
+            raise ProtocolError(f"stream {self.request_id}: peer sent more items than its credit")
+        self._next_seq += 1
+        self._items.append(message.data)
+        self._event.set()
+
+    def end(self, result: Any) -> None:
+        if not self.finished:
+            self.finished = True
+            self.result = result
+            self._event.set()
+
+    def fail(self, error: SpearError) -> None:
+        if not self.finished:
+            self.finished = True
+            self._error = error
+            self._event.set()
+
+
+class IncomingRequest:
+    """A request from the peer, as seen by the handler serving it."""
+
+    def __init__(self, connection: Connection, message: Request) -> None:
+        self.connection = connection
+        self.id = message.id
+        self.method = message.method
+        self.params = message.params
+        self.timeout_ms = message.timeout_ms
+        self.is_stream = message.window is not None
+        self._credit = message.window or 0
+        self._credit_event = trio.Event()
+        self._sent = 0
+        self.cancel_scope = trio.CancelScope()
+        self.cancel_reason: str | None = None
+        """Set when the peer cancelled this request (with the reason it gave)."""
+
+    @property
+    def items_sent(self) -> int:
+        """How many stream items the handler has sent so far."""
+        return self._sent
+
+    async def send_item(self, data: Any) -> None:
+        """Send one stream item, first waiting for the consumer's credit."""
+        if not self.is_stream:
+            raise SpearError(ErrorCode.FAILED_PRECONDITION, f"{self.method}: request is not a stream")
+        while self._credit <= 0:
+            self._credit_event = trio.Event()
+            await self._credit_event.wait()
+        self._credit -= 1
+        seq = self._sent
+        self._sent += 1
+        await self.connection._send(StreamItem(self.id, seq, data))
+
+    def _add_credit(self, n: int) -> None:
+        self._credit += n
+        self._credit_event.set()
+
+
+class Connection:
+    """An open, authenticated protocol connection. Use :func:`open_connection` or
+    :func:`accept_connection` to get one; both close it on exit."""
+
+    def __init__(
+        self,
+        transport: Transport,
+        config: ConnectionConfig,
+        *,
+        handler: Handler | None,
+        peer: Hello | Welcome,
+        identity: Any = None,
+    ) -> None:
+        self.transport = transport
+        self.config = config
+        self.peer = peer
+        """The peer's hello (on the accepting side) or welcome (on the opening side)."""
+        self.identity = identity
+        """What the authenticator returned for the peer (accepting side)."""
+        self._handler = handler
+        self._ids = itertools.count(1)
+        self._pending: dict[int, _PendingCall | ResponseStream] = {}
+        self._serving: dict[int, IncomingRequest] = {}
+        self._limiter = trio.CapacityLimiter(config.max_inflight_handlers)
+        self._serving_room = trio.Event()
+        self._outbox: list[bytes] = []
+        self._outbox_bytes = 0
+        self._outbox_ready = trio.Event()
+        self._drained = trio.Event()
+        self._sent = trio.Event()
+        self._writing = False
+        self._closed_event = trio.Event()
+        self._close_reason: SpearError | None = None
+        self._last_received = trio.current_time()
+        self._ping_seq = 0
+        self._nursery: trio.Nursery | None = None
+
+    # -- public API ----------------------------------------------------------
+    @property
+    def closed(self) -> bool:
+        """True once the connection is closed or dead; calls then fail UNAVAILABLE."""
+        return self._close_reason is not None
+
+    @property
+    def close_reason(self) -> SpearError | None:
+        """Why the connection closed (None while open)."""
+        return self._close_reason
+
+    @property
+    def in_flight(self) -> int:
+        """Outgoing requests and streams awaiting their terminal answer."""
+        return len(self._pending)
+
+    async def wait_closed(self) -> None:
+        """Return once the connection has closed, for whatever reason."""
+        await self._closed_event.wait()
+
+    async def request(self, method: str, params: Any = None, *, timeout: float | None = None) -> Any:
+        """Call *method* on the peer and return its result.
+
+        Raises the peer's :class:`SpearError`; DEADLINE_EXCEEDED after *timeout*
+        seconds (the deadline also travels to the peer); UNAVAILABLE at once if
+        the connection dies. Cancelling the caller sends a cancel to the peer.
+        """
+        self._check_open()
+        request_id = next(self._ids)
+        call = _PendingCall()
+        self._pending[request_id] = call
+        try:
+            await self._send(Request(request_id, method, params, _ms(timeout)))
+            if timeout is None:
+                await call.event.wait()
+            else:
+                with trio.move_on_after(timeout):
+                    await call.event.wait()
+                if not call.event.is_set():
+                    self._give_up(request_id, "deadline exceeded")
+                    raise SpearError(
+                        ErrorCode.DEADLINE_EXCEEDED, f"{method}: no answer within {timeout:g}s"
+                    )
+        except trio.Cancelled:
+            if not call.event.is_set():
+                self._give_up(request_id, "caller cancelled")
+            raise
+        finally:
+            self._pending.pop(request_id, None)
+        if call.error is not None:
+            raise call.error
+        return call.result
+
+    @asynccontextmanager
+    async def stream(
+        self,
+        method: str,
+        params: Any = None,
+        *,
+        window: int | None = None,
+        timeout: float | None = None,
+    ) -> AsyncIterator[ResponseStream]:
+        """Call a streaming *method*; yields a :class:`ResponseStream` of its items.
+
+        Leaving the block before the stream has ended cancels it at the peer.
+        """
+        self._check_open()
+        window = window or self.config.stream_window
+        request_id = next(self._ids)
+        deadline = math.inf if timeout is None else trio.current_time() + timeout
+        items = ResponseStream(self, request_id, window, deadline)
+        self._pending[request_id] = items
+        try:
+            await self._send(Request(request_id, method, params, _ms(timeout), window))
+            yield items
+        finally:
+            if not items.finished:
+                self._give_up(request_id, "consumer left the stream")
+            self._pending.pop(request_id, None)
+
+    async def aclose(self, reason: str = "closing") -> None:
+        """Say goodbye and close. Calls still in flight fail with UNAVAILABLE."""
+        if self.closed:
+            return
+        with trio.move_on_after(_CLOSE_GRACE) as scope:
+            scope.shield = True
+            self._send_nowait(Goodbye(reason))
+            await self._drain()
+        self._die(SpearError(ErrorCode.UNAVAILABLE, f"connection closed locally: {reason}"))
+
+    # -- sending -------------------------------------------------------------
+    def _encode(self, message: Message) -> bytes:
+        body = encode_message(message)
+        if len(body) > self.config.max_frame_size:
+            raise SpearError(
+                ErrorCode.RESOURCE_EXHAUSTED,
+                f"{message.TYPE} of {len(body)} bytes exceeds the frame limit of "
+                f"{self.config.max_frame_size}",
+            )
+        return body
+
+    def _send_nowait(self, message: Message) -> None:
+        """Queue a message without waiting for room (control messages, final answers)."""
+        if self.closed:
+            return
+        self._enqueue(self._encode(message))
+
+    async def _send(self, message: Message) -> None:
+        """Queue a message, waiting while the send queue is above its high-water mark."""
+        body = self._encode(message)
+        while self._outbox_bytes > self.config.send_high_water:
+            self._check_open()
+            await self._drained.wait()
+        self._check_open()
+        self._enqueue(body)
+
+    def _enqueue(self, body: bytes) -> None:
+        self._outbox.append(body)
+        self._outbox_bytes += len(body)
+        self._outbox_ready.set()
+
+    async def _drain(self) -> None:
+        """Wait until the writer has sent everything queued so far (or died)."""
+        while (self._outbox or self._writing) and not self.closed:
+            await self._sent.wait()
+
+    def _check_open(self) -> None:
+        if self._close_reason is not None:
+            raise SpearError(self._close_reason.code, self._close_reason.message)
+
+    def _give_up(self, request_id: int, reason: str) -> None:
+        """Forget an outgoing request locally and tell the peer to cancel it."""
+        self._pending.pop(request_id, None)
+        self._send_nowait(Cancel(request_id, reason))
+
+    # -- background tasks ----------------------------------------------------
+    async def _run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                nursery.start_soon(self._writer)
+                nursery.start_soon(self._reader)
+                nursery.start_soon(self._heartbeat)
+                task_status.started()
+        finally:
+            self._die(SpearError(ErrorCode.UNAVAILABLE, "connection closed"))
+            with trio.CancelScope(shield=True):
+                await self.transport.aclose()
+
+    def _die(self, reason: SpearError) -> None:
+        """Close now: fail everything in flight with *reason* and stop the tasks."""
+        if self._close_reason is not None:
+            return
+        self._close_reason = reason
+        for pending in self._pending.values():
+            pending.fail(SpearError(reason.code, reason.message))
+        self._pending.clear()
+        for incoming in self._serving.values():
+            incoming.cancel_scope.cancel()
+        self._drained.set()
+        self._sent.set()
+        self._outbox_ready.set()
+        self._closed_event.set()
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
+
+    async def _writer(self) -> None:
+        while True:
+            await self._outbox_ready.wait()
+            if self.closed:
+                return
+            self._outbox_ready = trio.Event()
+            batch, self._outbox, self._outbox_bytes = self._outbox, [], 0
+            drained, self._drained = self._drained, trio.Event()
+            drained.set()
+            self._writing = True
+            try:
+                await self.transport.send_bodies(batch)
+            except SpearError as exc:
+                self._die(exc)
+                return
+            finally:
+                self._writing = False
+                sent, self._sent = self._sent, trio.Event()
+                sent.set()
+
+    async def _reader(self) -> None:
+        transport = self.transport
+        try:
+            while True:
+                body = await transport.receive_body()
+                if body is None:
+                    self._die(SpearError(ErrorCode.UNAVAILABLE, "peer closed the connection"))
+                    return
+                self._last_received = trio.current_time()
+                await self._dispatch(decode_message(body))
+        except ProtocolError as exc:
+            log.warning("%s: protocol error from peer: %s", transport.description, exc.message)
+            with trio.move_on_after(_CLOSE_GRACE) as scope:
+                scope.shield = True
+                self._send_nowait(Error.from_exception(None, exc))
+                await self._drain()
+            self._die(SpearError(ErrorCode.UNAVAILABLE, f"protocol error: {exc.message}"))
+        except SpearError as exc:
+            self._die(exc)
+
+    async def _heartbeat(self) -> None:
+        interval = self.config.heartbeat_interval
+        timeout = self.config.heartbeat_timeout
+        next_ping = trio.current_time() + interval
+        while True:
+            dead_at = self._last_received + timeout
+            await trio.sleep_until(min(next_ping, dead_at))
+            now = trio.current_time()
+            if now >= self._last_received + timeout:
+                self._die(
+                    SpearError(
+                        ErrorCode.UNAVAILABLE,
+                        f"peer silent for {timeout:g}s (heartbeat timeout)",
+                    )
+                )
+                return
+            if now >= next_ping:
+                self._ping_seq += 1
+                self._send_nowait(Ping(self._ping_seq))
+                next_ping = now + interval
+
+    async def _dispatch(self, message: Message) -> None:
+        if isinstance(message, (Response, StreamEnd)):
+            pending = self._pending.get(message.id)
+            if isinstance(pending, _PendingCall):
+                if isinstance(message, StreamEnd):
+                    raise ProtocolError(f"stream_end for unary request {message.id}")
+                pending.resolve(message.result)
+            elif pending is not None:
+                pending.end(message.result)
+        elif isinstance(message, StreamItem):
+            pending = self._pending.get(message.id)
+            if isinstance(pending, ResponseStream):
+                pending._push(message)
+            elif pending is not None:
+                raise ProtocolError(f"stream_item for unary request {message.id}")
+        elif isinstance(message, Request):
+            await self._accept_request(message)
+        elif isinstance(message, Error):
+            if message.id is None:
+                self._die(SpearError(ErrorCode(message.code), f"peer reported: {message.message}"))
+                return
+            pending = self._pending.get(message.id)
+            if pending is not None:
+                pending.fail(message.to_exception())
+        elif isinstance(message, Cancel):
+            incoming = self._serving.get(message.id)
+            if incoming is not None:
+                incoming.cancel_reason = message.reason or "cancelled by peer"
+                incoming.cancel_scope.cancel()
+        elif isinstance(message, Credit):
+            incoming = self._serving.get(message.id)
+            if incoming is not None:
+                incoming._add_credit(message.n)
+        elif isinstance(message, Ping):
+            self._send_nowait(Pong(message.seq, message.payload))
+        elif isinstance(message, Pong):
+            pass
+        elif isinstance(message, Goodbye):
+            self._die(SpearError(ErrorCode.UNAVAILABLE, f"peer said goodbye: {message.reason}"))
+        else:  # hello / welcome after the handshake
+            raise ProtocolError(f"unexpected {message.TYPE} after the handshake")
+
+    async def _accept_request(self, message: Request) -> None:
+        if self._handler is None:
+            self._send_nowait(
+                Error(message.id, ErrorCode.NOT_FOUND.value, f"no such method: {message.method}")
+            )
+            return
+        if message.id in self._serving:
+            raise ProtocolError(f"request id {message.id} is already in flight")
+        limit = self.config.max_inflight_handlers + self.config.max_queued_handlers
+        while len(self._serving) >= limit:
+            self._serving_room = trio.Event()
+            await self._serving_room.wait()
+        incoming = IncomingRequest(self, message)
+        self._serving[message.id] = incoming
+        assert self._nursery is not None
+        self._nursery.start_soon(self._serve, incoming)
+
+    async def _serve(self, incoming: IncomingRequest) -> None:
+        assert self._handler is not None
+        reply: Message
+        scope = incoming.cancel_scope
+        if incoming.timeout_ms is not None:
+            scope.deadline = trio.current_time() + incoming.timeout_ms / 1000
+        try:
+            with scope:
+                async with self._limiter:
+                    result = await self._handler(incoming)
+                    if incoming.is_stream:
+                        reply = StreamEnd(incoming.id, incoming.items_sent, result)
+                    else:
+                        reply = Response(incoming.id, result)
+            if scope.cancelled_caught:
+                if incoming.cancel_reason is not None:
+                    reply = Error(incoming.id, ErrorCode.CANCELLED.value, incoming.cancel_reason)
+                elif self.closed:
+                    return
+                else:
+                    reply = Error(
+                        incoming.id,
+                        ErrorCode.DEADLINE_EXCEEDED.value,
+                        f"{incoming.method}: deadline of {incoming.timeout_ms} ms exceeded",
+                    )
+        except SpearError as exc:
+            reply = Error.from_exception(incoming.id, exc)
+        except Exception as exc:
+            log.exception("handler for %s failed", incoming.method)
+            reply = Error(incoming.id, ErrorCode.INTERNAL.value, f"{type(exc).__name__}: {exc}")
+        finally:
+            del self._serving[incoming.id]
+            self._serving_room.set()
+        try:
+            self._send_nowait(reply)
+        except SpearError as exc:  # the result cannot be sent: say why instead
+            self._send_nowait(Error.from_exception(incoming.id, exc))
+
+
+def _ms(timeout: float | None) -> int | None:
+    return None if timeout is None else max(0, math.ceil(timeout * 1000))
+
+
+@asynccontextmanager
+async def _running(connection: Connection) -> AsyncIterator[Connection]:
+    """Run the connection's tasks beside the caller's block, without wrapping the
+    block's own exceptions in a group or cancelling it when the connection dies."""
+    body_error: BaseException | None = None
+    async with trio.open_nursery() as nursery:
+        await nursery.start(connection._run)
+        try:
+            yield connection
+        except BaseException as exc:
+            body_error = exc
+        finally:
+            await connection.aclose()
+            nursery.cancel_scope.cancel()
+    if body_error is not None:
+        raise body_error
+
+
+async def _receive_handshake(transport: Transport, timeout: float, expecting: str) -> Message:
+    with trio.move_on_after(timeout):
+        body = await transport.receive_body()
+        if body is None:
+            raise SpearError(ErrorCode.UNAVAILABLE, f"peer closed before sending {expecting}")
+        return decode_message(body)
+    raise SpearError(ErrorCode.DEADLINE_EXCEEDED, f"no {expecting} within {timeout:g}s")
+
+
+@asynccontextmanager
+async def open_connection(
+    transport: Transport,
+    hello: Hello,
+    *,
+    config: ConnectionConfig | None = None,
+    handler: Handler | None = None,
+) -> AsyncIterator[Connection]:
+    """The opening side: send *hello*, wait for the welcome, yield the connection.
+
+    Raises the peer's refusal (e.g. UNAUTHENTICATED) as :class:`SpearError`.
+    """
+    config = dataclasses.replace(config) if config else ConnectionConfig()
+    await transport.send_bodies([encode_message(hello)])
+    reply = await _receive_handshake(transport, config.handshake_timeout, "welcome")
+    if isinstance(reply, Error):
+        raise reply.to_exception()
+    if not isinstance(reply, Welcome):
+        raise ProtocolError(f"expected welcome, got {reply.TYPE}")
+    if reply.version != PROTOCOL_VERSION:
+        raise ProtocolError(f"peer speaks protocol version {reply.version}, we speak {PROTOCOL_VERSION}")
+    config.heartbeat_interval = reply.heartbeat_interval_ms / 1000
+    config.heartbeat_timeout = reply.heartbeat_timeout_ms / 1000
+    config.max_frame_size = min(config.max_frame_size, reply.max_frame_size)
+    async with _running(Connection(transport, config, handler=handler, peer=reply)) as connection:
+        yield connection
+
+
+@asynccontextmanager
+async def accept_connection(
+    transport: Transport,
+    *,
+    authenticator: Authenticator | None = None,
+    config: ConnectionConfig | None = None,
+    handler: Handler | None = None,
+    welcome: Welcome | None = None,
+) -> AsyncIterator[Connection]:
+    """The accepting side: wait for a hello, authenticate it, welcome the peer.
+
+    A peer that sends no hello in time, speaks another version or fails the
+    authenticator gets an error message and is closed; the refusal is raised
+    as :class:`SpearError`.
+    """
+    config = config or ConnectionConfig()
+    try:
+        hello = await _receive_handshake(transport, config.handshake_timeout, "hello")
+        if not isinstance(hello, Hello):
+            raise ProtocolError(f"expected hello, got {hello.TYPE}")
+        if hello.version != PROTOCOL_VERSION:
+            raise ProtocolError(
+                f"peer speaks protocol version {hello.version}, we speak {PROTOCOL_VERSION}"
+            )
+        identity = await authenticator(hello) if authenticator is not None else None
+    except SpearError as exc:
+        with trio.move_on_after(_CLOSE_GRACE):
+            try:
+                await transport.send_bodies([encode_message(Error.from_exception(None, exc))])
+            except SpearError:
+                pass
+        raise
+    answer = welcome or Welcome()
+    answer.heartbeat_interval_ms = _ms(config.heartbeat_interval) or 1
+    answer.heartbeat_timeout_ms = _ms(config.heartbeat_timeout) or 1
+    answer.max_frame_size = config.max_frame_size
+    await transport.send_bodies([encode_message(answer)])
+    connection = Connection(transport, config, handler=handler, peer=hello, identity=identity)
+    async with _running(connection) as connection:
+        yield connection

@@ -1,0 +1,332 @@
+"""Typed protocol messages and their msgpack encoding (sans-IO).
+
+Every message on the wire is a msgpack map with a ``type`` key; the remaining keys
+are the fields of the dataclass of that type. Decoding is strict: anything that is
+not a well-formed message of a known type raises :class:`ProtocolError` naming the
+offending field, and no other exception escapes :func:`decode_message`.
+
+Unknown keys are ignored, so a newer peer may add optional fields.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any, ClassVar, Final, TypeAlias
+
+import msgpack
+
+from ..errors import ErrorCode, SpearError
+from .framing import ProtocolError
+
+__all__ = [
+    "MAX_UINT64",
+    "PROTOCOL_VERSION",
+    "Cancel",
+    "Credit",
+    "Error",
+    "Goodbye",
+    "Hello",
+    "Message",
+    "Ping",
+    "Pong",
+    "Request",
+    "Response",
+    "StreamEnd",
+    "StreamItem",
+    "Welcome",
+    "decode_message",
+    "encode_message",
+]
+
+PROTOCOL_VERSION: Final = 1
+MAX_UINT64: Final = 2**64 - 1
+
+_Check = Callable[[str, object], object]
+
+
+def _uint(name: str, value: object) -> int:
+    if type(value) is not int or not 0 <= value <= MAX_UINT64:
+        raise ProtocolError(f"field {name!r} must be an unsigned 64-bit integer, got {_show(value)}")
+    return value
+
+
+def _opt_uint(name: str, value: object) -> int | None:
+    return None if value is None else _uint(name, value)
+
+
+def _str(name: str, value: object) -> str:
+    if type(value) is not str:
+        raise ProtocolError(f"field {name!r} must be a string, got {_show(value)}")
+    return value
+
+
+def _opt_str(name: str, value: object) -> str | None:
+    return None if value is None else _str(name, value)
+
+
+def _bytes(name: str, value: object) -> bytes:
+    if type(value) is not bytes:
+        raise ProtocolError(f"field {name!r} must be bytes (msgpack bin), got {_show(value)}")
+    return value
+
+
+def _map(name: str, value: object) -> dict[Any, Any]:
+    if type(value) is not dict:
+        raise ProtocolError(f"field {name!r} must be a map, got {_show(value)}")
+    return value
+
+
+def _any(name: str, value: object) -> object:
+    return value
+
+
+def _code(name: str, value: object) -> str:
+    text = _str(name, value)
+    if text not in ErrorCode.__members__:
+        raise ProtocolError(f"field {name!r} is not a known error code: {text[:64]!r}")
+    return text
+
+
+def _show(value: object) -> str:
+    if value is None:
+        return "nil"
+    return type(value).__name__
+
+
+@dataclasses.dataclass(slots=True)
+class Hello:
+    """First message of the side that opened the connection."""
+
+    TYPE: ClassVar[str] = "hello"
+    version: int = PROTOCOL_VERSION
+    role: str = "client"
+    auth: str | None = None
+    peer_id: str | None = None
+    meta: dict[Any, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(slots=True)
+class Welcome:
+    """The accepting side's answer to a good hello; the connection is then open."""
+
+    TYPE: ClassVar[str] = "welcome"
+    version: int = PROTOCOL_VERSION
+    role: str = "node"
+    peer_id: str | None = None
+    heartbeat_interval_ms: int = 5000
+    heartbeat_timeout_ms: int = 15000
+    max_frame_size: int = 16 * 1024 * 1024
+    meta: dict[Any, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(slots=True)
+class Request:
+    """A call. ``window`` set means the caller wants a stream and grants that credit."""
+
+    TYPE: ClassVar[str] = "request"
+    id: int
+    method: str
+    params: Any = None
+    timeout_ms: int | None = None
+    window: int | None = None
+
+
+@dataclasses.dataclass(slots=True)
+class Response:
+    """The successful, terminal answer to a unary request."""
+
+    TYPE: ClassVar[str] = "response"
+    id: int
+    result: Any = None
+
+
+@dataclasses.dataclass(slots=True)
+class Error:
+    """A terminal failure of request ``id``, or of the connection when ``id`` is nil."""
+
+    TYPE: ClassVar[str] = "error"
+    id: int | None
+    code: str
+    message: str = ""
+    details: dict[Any, Any] = dataclasses.field(default_factory=dict)
+
+    def to_exception(self) -> SpearError:
+        """The :class:`SpearError` this message carries."""
+        return SpearError(ErrorCode(self.code), self.message, dict(self.details))
+
+    @classmethod
+    def from_exception(cls, request_id: int | None, error: SpearError) -> Error:
+        """The message that carries *error* as the answer to *request_id*."""
+        return cls(request_id, error.code.value, error.message, dict(error.details))
+
+
+@dataclasses.dataclass(slots=True)
+class StreamItem:
+    """One item of a stream answer; ``seq`` counts from 0 without gaps."""
+
+    TYPE: ClassVar[str] = "stream_item"
+    id: int
+    seq: int
+    data: Any = None
+
+
+@dataclasses.dataclass(slots=True)
+class StreamEnd:
+    """Successful end of a stream: ``seq`` items were sent; ``result`` is a final value."""
+
+    TYPE: ClassVar[str] = "stream_end"
+    id: int
+    seq: int
+    result: Any = None
+
+
+@dataclasses.dataclass(slots=True)
+class Cancel:
+    """The caller gives up request ``id``; the callee cancels its handler."""
+
+    TYPE: ClassVar[str] = "cancel"
+    id: int
+    reason: str = ""
+
+
+@dataclasses.dataclass(slots=True)
+class Credit:
+    """The stream consumer of request ``id`` can take ``n`` more items."""
+
+    TYPE: ClassVar[str] = "credit"
+    id: int
+    n: int
+
+
+@dataclasses.dataclass(slots=True)
+class Ping:
+    """Heartbeat probe; the peer answers with a pong carrying the same seq and payload."""
+
+    TYPE: ClassVar[str] = "ping"
+    seq: int
+    payload: bytes = b""
+
+
+@dataclasses.dataclass(slots=True)
+class Pong:
+    """Answer to a ping."""
+
+    TYPE: ClassVar[str] = "pong"
+    seq: int
+    payload: bytes = b""
+
+
+@dataclasses.dataclass(slots=True)
+class Goodbye:
+    """Orderly close: the sender sends nothing more after it."""
+
+    TYPE: ClassVar[str] = "goodbye"
+    reason: str = ""
+
+
+Message: TypeAlias = (
+    Hello | Welcome | Request | Response | Error | StreamItem | StreamEnd | Cancel | Credit
+    | Ping | Pong | Goodbye
+)
+
+_REQUIRED: Final = object()
+
+# type -> (class, ((field, check, default-or-_REQUIRED), ...))
+_SCHEMA: dict[str, tuple[type[Any], tuple[tuple[str, _Check, object], ...]]] = {
+    Hello.TYPE: (Hello, (
+        ("version", _uint, _REQUIRED), ("role", _str, _REQUIRED),
+        ("auth", _opt_str, None), ("peer_id", _opt_str, None), ("meta", _map, dict),
+    )),
+    Welcome.TYPE: (Welcome, (
+        ("version", _uint, _REQUIRED), ("role", _str, _REQUIRED), ("peer_id", _opt_str, None),
+        ("heartbeat_interval_ms", _uint, _REQUIRED), ("heartbeat_timeout_ms", _uint, _REQUIRED),
+        ("max_frame_size", _uint, _REQUIRED), ("meta", _map, dict),
+    )),
+    Request.TYPE: (Request, (
+        ("id", _uint, _REQUIRED), ("method", _str, _REQUIRED), ("params", _any, None),
+        ("timeout_ms", _opt_uint, None), ("window", _opt_uint, None),
+    )),
+    Response.TYPE: (Response, (("id", _uint, _REQUIRED), ("result", _any, None))),
+    Error.TYPE: (Error, (
+        ("id", _opt_uint, None), ("code", _code, _REQUIRED), ("message", _str, ""),
+        ("details", _map, dict),
+    )),
+    StreamItem.TYPE: (StreamItem, (
+        ("id", _uint, _REQUIRED), ("seq", _uint, _REQUIRED), ("data", _any, None),
+    )),
+    StreamEnd.TYPE: (StreamEnd, (
+        ("id", _uint, _REQUIRED), ("seq", _uint, _REQUIRED), ("result", _any, None),
+    )),
+    Cancel.TYPE: (Cancel, (("id", _uint, _REQUIRED), ("reason", _str, ""))),
+    Credit.TYPE: (Credit, (("id", _uint, _REQUIRED), ("n", _uint, _REQUIRED))),
+    Ping.TYPE: (Ping, (("seq", _uint, _REQUIRED), ("payload", _bytes, b""))),
+    Pong.TYPE: (Pong, (("seq", _uint, _REQUIRED), ("payload", _bytes, b""))),
+    Goodbye.TYPE: (Goodbye, (("reason", _str, ""),)),
+}
+
+# Nesting deeper than this is refused rather than recursing (msgpack's C unpacker
+# has its own, much larger, stack limit).
+_MAX_BODY_ITEMS: Final = 1_000_000
+
+
+def decode_message(body: bytes) -> Message:
+    """Parse one msgpack body into a message; any defect is a :class:`ProtocolError`."""
+    try:
+        raw = msgpack.unpackb(
+            body,
+            raw=False,
+            strict_map_key=False,
+            max_array_len=_MAX_BODY_ITEMS,
+            max_map_len=_MAX_BODY_ITEMS,
+        )
+    except (ValueError, TypeError, msgpack.UnpackException, RecursionError) as exc:
+        # ExtraData, FormatError, StackError, UnicodeDecodeError are all ValueErrors;
+        # an unhashable map key is a TypeError.
+        raise ProtocolError(f"body is not one valid msgpack value: {type(exc).__name__}") from None
+    if type(raw) is not dict:
+        raise ProtocolError(f"message must be a msgpack map, got {_show(raw)}")
+    kind = raw.get("type")
+    if type(kind) is not str:
+        raise ProtocolError(f"field 'type' must be a string, got {_show(kind)}")
+    schema = _SCHEMA.get(kind)
+    if schema is None:
+        raise ProtocolError(f"unknown message type {kind[:64]!r}")
+    cls, fields = schema
+    values: dict[str, object] = {}
+    for name, check, default in fields:
+        if name in raw:
+            values[name] = check(name, raw[name])
+        elif default is _REQUIRED:
+            raise ProtocolError(f"{kind} message is missing field {name!r}")
+        elif default is dict:
+            values[name] = {}
+        else:
+            values[name] = default
+    return cls(**values)  # type: ignore[no-any-return]
+
+
+def encode_message(message: Message) -> bytes:
+    """Serialize *message* to a msgpack body.
+
+    A value msgpack cannot carry (an integer outside the 64-bit range, an object of
+    an unsupported type) is a :class:`ProtocolError` naming the field.
+    """
+    payload: dict[str, object] = {"type": message.TYPE}
+    for name in message.__slots__:
+        value = getattr(message, name)
+        if value is not None:
+            payload[name] = value
+    try:
+        return msgpack.packb(payload, use_bin_type=True)  # type: ignore[no-any-return]
+    except (OverflowError, TypeError, ValueError) as exc:
+        raise ProtocolError(_unencodable(payload, exc)) from None
+
+
+def _unencodable(payload: dict[str, object], exc: Exception) -> str:
+    for name, value in payload.items():
+        try:
+            msgpack.packb(value, use_bin_type=True)
+        except (OverflowError, TypeError, ValueError) as field_exc:
+            return f"field {name!r} cannot be encoded as msgpack: {field_exc}"
+    return f"message cannot be encoded as msgpack: {exc}"

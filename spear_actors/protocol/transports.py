@@ -1,0 +1,343 @@
+"""Byte transports under a :class:`~spear_actors.protocol.connection.Connection`.
+
+Two kinds carry the same msgpack bodies:
+
+* :class:`StreamTransport`: a trio byte stream (TCP, unix socket) with the
+  length-prefixed framing of :mod:`.framing`;
+* :class:`WebsocketTransport`: a trio-websocket connection, one binary message per body.
+
+Also here: parsing of endpoint URLs (``tcp://host:port``, ``unix:///path``,
+``ws://host:port``), opening a client transport to one, and serving one.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import dataclasses
+import os
+import socket as stdlib_socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Final
+from urllib.parse import urlsplit
+
+import trio
+import trio_websocket
+
+from ..errors import ErrorCode, SpearError
+from .framing import CLOSE_FRAME, DEFAULT_MAX_FRAME_SIZE, FrameDecoder, ProtocolError
+
+__all__ = [
+    "Endpoint",
+    "StreamTransport",
+    "Transport",
+    "TransportHandler",
+    "WebsocketTransport",
+    "open_transport",
+    "parse_endpoint",
+    "serve_endpoint",
+]
+
+_RECEIVE_SIZE: Final = 256 * 1024
+_WS_QUEUE: Final = 64
+
+
+class Transport(abc.ABC):
+    """Moves whole message bodies; knows nothing of what they mean."""
+
+    description: str = "transport"
+
+    @abc.abstractmethod
+    async def send_bodies(self, bodies: list[bytes]) -> None:
+        """Send *bodies* in order; raises :class:`SpearError` UNAVAILABLE if the link is gone."""
+
+    @abc.abstractmethod
+    async def receive_body(self) -> bytes | None:
+        """Return the next body, or None once the peer has closed (orderly or EOF).
+
+        Raises :class:`ProtocolError` for a malformed or oversized frame and
+        :class:`SpearError` UNAVAILABLE when the link breaks.
+        """
+
+    @abc.abstractmethod
+    async def aclose(self) -> None:
+        """Close the link (best effort, orderly where the transport has a close)."""
+
+
+def _lost(what: str, exc: BaseException) -> SpearError:
+    return SpearError(ErrorCode.UNAVAILABLE, f"connection lost while {what}: {type(exc).__name__}")
+
+
+class StreamTransport(Transport):
+    """Length-prefixed frames over a trio byte stream."""
+
+    def __init__(
+        self,
+        stream: trio.abc.Stream,
+        *,
+        max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+        description: str = "stream",
+    ) -> None:
+        self.stream = stream
+        self.description = description
+        self._decoder = FrameDecoder(max_frame_size)
+        self._sent_close = False
+
+    async def send_bodies(self, bodies: list[bytes]) -> None:
+        out = bytearray()
+        for body in bodies:
+            out += len(body).to_bytes(8, "little")
+            out += body
+        try:
+            await self.stream.send_all(out)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            raise _lost("sending", exc) from None
+
+    async def receive_body(self) -> bytes | None:
+        decoder = self._decoder
+        while True:
+            body = decoder.next_body()
+            if body is not None:
+                return body
+            if decoder.closed:
+                return None
+            try:
+                data = await self.stream.receive_some(_RECEIVE_SIZE)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                raise _lost("receiving", exc) from None
+            if not data:
+                return None
+            decoder.feed(bytes(data))
+
+    async def aclose(self) -> None:
+        if not self._sent_close:
+            self._sent_close = True
+            with trio.move_on_after(0.5) as scope:
+                scope.shield = True
+                try:
+                    await self.stream.send_all(CLOSE_FRAME)
+                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError, trio.BusyResourceError):
+                    pass
+        await trio.aclose_forcefully(self.stream)
+
+
+class WebsocketTransport(Transport):
+    """One binary websocket message per body."""
+
+    def __init__(self, ws: trio_websocket.WebSocketConnection, *, description: str = "websocket") -> None:
+        self.ws = ws
+        self.description = description
+
+    async def send_bodies(self, bodies: list[bytes]) -> None:
+        try:
+            for body in bodies:
+                await self.ws.send_message(body)
+        except trio_websocket.ConnectionClosed as exc:
+            raise _lost("sending", exc) from None
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            raise _lost("sending", exc) from None
+
+    async def receive_body(self) -> bytes | None:
+        try:
+            message = await self.ws.get_message()
+        except trio_websocket.ConnectionClosed:
+            return None
+        if isinstance(message, str):
+            raise ProtocolError("text websocket message received; the protocol uses binary messages")
+        return message
+
+    async def aclose(self) -> None:
+        with trio.move_on_after(0.5) as scope:
+            scope.shield = True
+            try:
+                await self.ws.aclose()
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                pass
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Endpoint:
+    """A parsed endpoint URL: ``scheme`` is tcp, unix or ws; ``path`` is for unix only."""
+
+    scheme: str
+    host: str = ""
+    port: int = 0
+    path: str = ""
+
+    def __str__(self) -> str:
+        if self.scheme == "unix":
+            return f"unix://{self.path}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.scheme}://{host}:{self.port}"
+
+
+def parse_endpoint(url: str) -> Endpoint:
+    """Parse ``tcp://host:port``, ``ws://host:port[/path]`` or ``unix:///abs/path``.
+
+    Raises :class:`SpearError` INVALID_ARGUMENT naming what is wrong.
+    """
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme == "unix":
+        path = (parts.netloc + parts.path) if parts.netloc else parts.path
+        if not path:
+            raise SpearError(ErrorCode.INVALID_ARGUMENT, f"unix endpoint {url!r} has no path")
+        return Endpoint("unix", path=path)
+    if scheme not in ("tcp", "ws"):
+        raise SpearError(
+            ErrorCode.INVALID_ARGUMENT,
+            f"endpoint {url!r}: scheme must be ws, tcp or unix (wss is not supported)",
+        )
+    try:
+        port = parts.port
+    except ValueError:
+        raise SpearError(ErrorCode.INVALID_ARGUMENT, f"endpoint {url!r} has an invalid port") from None
+    if port is None or not parts.hostname:
+        raise SpearError(ErrorCode.INVALID_ARGUMENT, f"endpoint {url!r} needs host:port")
+    return Endpoint(scheme, host=parts.hostname, port=port)
+
+
+@asynccontextmanager
+async def open_transport(
+    url: str | Endpoint,
+    *,
+    max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+    connect_timeout: float = 10.0,
+) -> AsyncIterator[Transport]:
+    """Connect to *url* and yield a transport; closes it on exit.
+
+    A refused or unreachable endpoint is :class:`SpearError` UNAVAILABLE.
+    """
+    endpoint = url if isinstance(url, Endpoint) else parse_endpoint(url)
+    if endpoint.scheme == "ws":
+        try:
+            with trio.fail_after(connect_timeout):
+                async with trio_websocket.open_websocket_url(
+                    f"ws://{endpoint.host}:{endpoint.port}/",
+                    message_queue_size=_WS_QUEUE,
+                    max_message_size=max_frame_size,
+                    connect_timeout=connect_timeout,
+                    disconnect_timeout=1.0,
+                ) as ws:
+                    transport = WebsocketTransport(ws, description=str(endpoint))
+                    try:
+                        yield transport
+                    finally:
+                        await transport.aclose()
+        except (OSError, trio_websocket.HandshakeError, trio.TooSlowError) as exc:
+            raise SpearError(ErrorCode.UNAVAILABLE, f"cannot connect to {endpoint}: {exc}") from None
+        return
+    stream: trio.abc.Stream
+    try:
+        with trio.fail_after(connect_timeout):
+            if endpoint.scheme == "tcp":
+                tcp = await trio.open_tcp_stream(endpoint.host, endpoint.port)
+                tcp.setsockopt(stdlib_socket.IPPROTO_TCP, stdlib_socket.TCP_NODELAY, 1)
+                stream = tcp
+            else:
+                stream = await trio.open_unix_socket(endpoint.path)
+    except (OSError, trio.TooSlowError) as exc:
+        raise SpearError(ErrorCode.UNAVAILABLE, f"cannot connect to {endpoint}: {exc}") from None
+    transport_ = StreamTransport(stream, max_frame_size=max_frame_size, description=str(endpoint))
+    try:
+        yield transport_
+    finally:
+        await transport_.aclose()
+
+
+TransportHandler = Callable[[Transport], Awaitable[None]]
+
+
+async def serve_endpoint(
+    url: str | Endpoint,
+    handler: TransportHandler,
+    *,
+    max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+    task_status: trio.TaskStatus[Endpoint] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Listen on *url* and run *handler* for each accepted transport, until cancelled.
+
+    ``task_status.started`` gets the bound endpoint (with the real port when the
+    URL asked for port 0). A unix socket path is replaced if stale and removed on exit.
+    The handler's transport is closed when the handler returns.
+    """
+    endpoint = url if isinstance(url, Endpoint) else parse_endpoint(url)
+    if endpoint.scheme == "ws":
+        await _serve_websocket(endpoint, handler, max_frame_size, task_status)
+        return
+    listeners: list[trio.SocketListener]
+    if endpoint.scheme == "tcp":
+        listeners = await trio.open_tcp_listeners(endpoint.port, host=endpoint.host)
+        bound = listeners[0].socket.getsockname()
+        endpoint = Endpoint("tcp", host=endpoint.host, port=bound[1])
+    else:
+        listeners = [await _open_unix_listener(endpoint.path)]
+    is_tcp = endpoint.scheme == "tcp"
+
+    async def on_stream(stream: trio.SocketStream) -> None:
+        if is_tcp:
+            stream.setsockopt(stdlib_socket.IPPROTO_TCP, stdlib_socket.TCP_NODELAY, 1)
+        transport = StreamTransport(stream, max_frame_size=max_frame_size, description=str(endpoint))
+        try:
+            await handler(transport)
+        finally:
+            await transport.aclose()
+
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(trio.serve_listeners, on_stream, listeners)
+            task_status.started(endpoint)
+    finally:
+        if endpoint.scheme == "unix":
+            with contextlib.suppress(OSError):
+                os.unlink(endpoint.path)
+
+
+async def _open_unix_listener(path: str) -> trio.SocketListener:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)  # a stale socket from a previous run
+    sock = trio.socket.socket(stdlib_socket.AF_UNIX, stdlib_socket.SOCK_STREAM)
+    try:
+        await sock.bind(path)
+        os.chmod(path, 0o600)
+        sock.listen(1024)
+    except BaseException:
+        sock.close()
+        raise
+    return trio.SocketListener(sock)
+
+
+async def _serve_websocket(
+    endpoint: Endpoint,
+    handler: TransportHandler,
+    max_frame_size: int,
+    task_status: trio.TaskStatus[Endpoint],
+) -> None:
+    async def on_request(request: trio_websocket.WebSocketRequest) -> None:
+        try:
+            ws = await request.accept()
+        except trio_websocket.ConnectionClosed:
+            return
+        transport = WebsocketTransport(ws, description=str(endpoint))
+        try:
+            await handler(transport)
+        finally:
+            await transport.aclose()
+
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(
+            lambda task_status: trio_websocket.serve_websocket(
+                on_request,
+                endpoint.host,
+                endpoint.port,
+                None,
+                handler_nursery=nursery,
+                message_queue_size=_WS_QUEUE,
+                max_message_size=max_frame_size,
+                connect_timeout=10.0,
+                disconnect_timeout=1.0,
+                task_status=task_status,
+            )
+        )
+        task_status.started(Endpoint("ws", host=endpoint.host, port=server.port))

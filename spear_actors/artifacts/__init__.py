@@ -1,0 +1,5 @@
+"""Artifacts: turning an :class:`~spear_actors.model.ArtifactSpec` into local bytes."""
+
+from .store import ArtifactStore, ResolvedArtifact
+
+__all__ = ["ArtifactStore", "ResolvedArtifact"]

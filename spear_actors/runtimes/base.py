@@ -1,0 +1,112 @@
+"""The interface every runtime implements: create / start / execute / stop / health.
+
+The instance actor knows runtimes only through this module. A runtime turns an
+:class:`InstanceSpec` into a running :class:`RuntimeInstance` inside an async
+context manager: entering starts it and returns once it is READY; leaving stops it
+and releases everything it held (processes, stores, threads), whatever happened.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from ..errors import SpearError
+from ..model import ArtifactSpec
+
+__all__ = ["Call", "InstanceSpec", "LogSink", "Runtime", "RuntimeInstance", "StreamSink"]
+
+StreamSink = Callable[[Any], Awaitable[None]]
+"""Receives the items of a streaming call in order; awaiting it is the backpressure."""
+
+LogSink = Callable[[str], None]
+"""Receives log lines the function wrote during one execution."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class InstanceSpec:
+    """Everything a runtime needs to start one instance of a task."""
+
+    instance_id: str
+    task_id: str
+    task_name: str
+    artifact: ArtifactSpec
+    artifact_path: Path | None
+    """The artifact's bytes on local disk (a file, or a directory for unpacked archives);
+    None when the artifact is inline (``artifact.content``) or has no location."""
+    artifact_digest: str = ""
+    """sha256 hex of the artifact's content, when known (a cache key for runtimes)."""
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The artifact's runtime settings (``artifact_spec.config``)."""
+        return self.artifact.config
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Call:
+    """One execution sent to an instance."""
+
+    execution_id: str
+    function_name: str
+    params: Any = None
+    timeout: float | None = None
+    """Seconds the function may run; the runtime enforces it (DEADLINE_EXCEEDED)."""
+    stream: bool = False
+    """True for STREAM mode: items go to the sink, the return value is the final result."""
+    environment: dict[str, str] = dataclasses.field(default_factory=dict)
+    headers: dict[str, str] = dataclasses.field(default_factory=dict)
+
+
+class RuntimeInstance(abc.ABC):
+    """A running instance. Methods are called from trio tasks of the instance actor."""
+
+    instance_id: str
+
+    @abc.abstractmethod
+    async def execute(self, call: Call, sink: StreamSink | None, log: LogSink) -> Any:
+        """Run *call* and return its result.
+
+        Raises :class:`SpearError`: FUNCTION_ERROR (the function failed; details
+        carry type/traceback), DEADLINE_EXCEEDED (``call.timeout`` passed),
+        RESOURCE_EXHAUSTED (a runtime limit), INSTANCE_FAILED (the instance died).
+        When the calling trio task is cancelled, the execution is cancelled inside
+        the instance too (the agent's handler, or the WASM module by epoch).
+        """
+
+    @abc.abstractmethod
+    async def wait_failed(self) -> SpearError:
+        """Return (never raise) once the instance has died on its own: process exit,
+        missed heartbeats, a lost connection. Blocks forever while it is healthy."""
+
+    def describe(self) -> dict[str, Any]:
+        """Runtime-specific facts for status output (pid, module digest, ...)."""
+        return {}
+
+
+class Runtime(abc.ABC):
+    """A kind of instance (``kind`` matches ``artifact_spec.artifact_type``)."""
+
+    kind: str
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Background service of the runtime (listeners, tickers), run by the node for
+        its whole life; ``task_status.started()`` once instances may be created.
+        The default has nothing to run."""
+        task_status.started()
+        await trio.sleep_forever()
+
+    @abc.abstractmethod
+    def open_instance(self, spec: InstanceSpec) -> AbstractAsyncContextManager[RuntimeInstance]:
+        """Start an instance; the context is READY on entry and fully stopped on exit.
+
+        Entry raises :class:`SpearError` INSTANCE_FAILED (with details such as
+        ``stderr_tail``) when the instance cannot start, or INVALID_ARGUMENT when the
+        spec is unusable for this runtime.
+        """

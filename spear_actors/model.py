@@ -25,6 +25,7 @@ __all__ = [
     "InvocationType",
     "InvokeRequest",
     "TaskStatus",
+    "build_invoke_request",
 ]
 
 
@@ -142,7 +143,7 @@ class ArtifactSpec:
             checksum=_field(data, "checksum", str, "", where).lower(),
             metadata=dict(_field(data, "metadata", dict, {}, where)),
             config=dict(_field(data, "config", dict, {}, where)),
-            content=_field(data, "content", bytes, None, where),  # type: ignore[arg-type]
+            content=_field(data, "content", bytes, None, where),
         )
         if not spec.location and spec.content is None:
             raise _invalid(f"{where}location is required (or inline content)")
@@ -150,7 +151,7 @@ class ArtifactSpec:
 
     def to_dict(self) -> dict[str, Any]:
         """The spec as a plain map (inline content is summarised, not repeated)."""
-        out = {
+        out: dict[str, Any] = {
             "artifact_id": self.artifact_id,
             "artifact_type": self.artifact_type,
             "location": self.location,
@@ -182,11 +183,11 @@ class InstancePolicy:
         if not isinstance(data, Mapping):
             raise _invalid(f"{where.rstrip('.')} must be a map")
         policy = cls(
-            min_instances=_field(data, "min_instances", int, None, where),  # type: ignore[arg-type]
-            max_instances=_field(data, "max_instances", int, None, where),  # type: ignore[arg-type]
-            max_concurrency=_field(data, "max_concurrency", int, None, where),  # type: ignore[arg-type]
-            idle_timeout_s=_field(data, "idle_timeout_s", float, None, where),  # type: ignore[arg-type]
-            max_pending=_field(data, "max_pending", int, None, where),  # type: ignore[arg-type]
+            min_instances=_field(data, "min_instances", int, None, where),
+            max_instances=_field(data, "max_instances", int, None, where),
+            max_concurrency=_field(data, "max_concurrency", int, None, where),
+            idle_timeout_s=_field(data, "idle_timeout_s", float, None, where),
+            max_pending=_field(data, "max_pending", int, None, where),
         )
         for name in ("min_instances", "max_pending"):
             value = getattr(policy, name)
@@ -300,3 +301,23 @@ class InvokeRequest:
             raise _invalid("task_id is required for existing task invocation")
         if not self.function_name:
             raise _invalid("function_name is required")
+
+
+def build_invoke_request(function_name: str, parameters: Any, fields: Mapping[str, Any]) -> dict[str, Any]:
+    """The request map for an invocation given as keyword *fields* (the
+    InvokeFunctionRequest field names). ``invocation_type`` defaults to
+    EXISTING_TASK when only ``task_id`` names the task, else NEW_TASK."""
+    request = dict(fields)
+    request["function_name"] = function_name
+    request["parameters"] = parameters
+    if "invocation_type" not in request:
+        by_id = bool(request.get("task_id")) and not request.get("task_name")
+        request["invocation_type"] = (InvocationType.EXISTING_TASK if by_id else InvocationType.NEW_TASK).value
+    spec = request.get("artifact_spec")
+    if isinstance(spec, ArtifactSpec):
+        wire = spec.to_dict()
+        wire.pop("content_bytes", None)
+        if spec.content is not None:
+            wire["content"] = spec.content
+        request["artifact_spec"] = wire
+    return request

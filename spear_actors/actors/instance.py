@@ -1,0 +1,144 @@
+"""InstanceActor: owns one runtime instance, runs executions on it, watches its health."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import trio
+
+from ..errors import ErrorCode, SpearError
+from ..model import InstanceStatus
+from ..runtimes.base import InstanceSpec, Runtime, RuntimeInstance
+from .mailbox import Actor, ActorRef
+from .messages import (
+    CancelExecution,
+    Execute,
+    ExecutionFinished,
+    InstanceExited,
+    InstanceMessage,
+    InstanceReady,
+    Outcome,
+    TaskMessage,
+)
+
+__all__ = ["InstanceActor"]
+
+log = logging.getLogger(__name__)
+
+
+class InstanceActor(Actor[InstanceMessage]):
+    """One instance of a task. Its life: enter the runtime's instance context
+    (CREATING → READY), serve Execute messages concurrently, and leave the context
+    (stopping the instance) when told to stop, when cancelled, or when the instance
+    dies; the parent always learns how it ended through :class:`InstanceExited`."""
+
+    def __init__(
+        self, spec: InstanceSpec, runtime: Runtime, parent: ActorRef[TaskMessage], max_concurrency: int
+    ) -> None:
+        # Room for every execution the task may dispatch here, plus cancels for each.
+        self.inbox_size = 2 * max_concurrency + 16
+        super().__init__(f"instance {spec.instance_id}")
+        self.spec = spec
+        self.status = InstanceStatus.CREATING
+        self._runtime = runtime
+        self._parent = parent
+        self._instance: RuntimeInstance | None = None
+        self._running: dict[str, trio.CancelScope] = {}
+        self._cancel_reasons: dict[str, str] = {}
+        self._failure: SpearError | None = None
+
+    async def run(self, *, task_status: trio.TaskStatus[ActorRef[InstanceMessage]] = trio.TASK_STATUS_IGNORED) -> None:
+        """Start the instance and serve it; announces the ref before it is READY."""
+        task_status.started(self.ref)
+        ready = False
+        try:
+            async with self._runtime.open_instance(self.spec) as instance:
+                self._instance = instance
+                ready = True
+                self.status = InstanceStatus.READY
+                self._parent.post(InstanceReady(self.spec.instance_id))
+                await super().run()
+                self.status = InstanceStatus.TERMINATING
+        except SpearError as exc:
+            self._failure = exc if ready else _start_failure(exc)
+        finally:
+            self.close_inbox()
+            self.status = InstanceStatus.FAILED if self._failure else InstanceStatus.TERMINATED
+            self._parent.post(InstanceExited(self.spec.instance_id, self._failure, ready))
+
+    async def on_start(self) -> None:
+        assert self._instance is not None
+        self.nursery.start_soon(self._watch_health, self._instance)
+
+    def handle(self, message: InstanceMessage) -> None:
+        if isinstance(message, Execute):
+            self.status = InstanceStatus.RUNNING
+            self.nursery.start_soon(self._execute, message)
+        else:
+            self._cancel(message)
+
+    def _cancel(self, message: CancelExecution) -> None:
+        scope = self._running.get(message.execution_id)
+        if scope is not None:
+            self._cancel_reasons[message.execution_id] = message.reason
+            scope.cancel()
+
+    async def _watch_health(self, instance: RuntimeInstance) -> None:
+        reason = await instance.wait_failed()
+        log.warning("%s failed: %s", self.name, reason.message)
+        self._failure = SpearError(
+            ErrorCode.INSTANCE_FAILED,
+            f"instance {self.spec.instance_id} failed: {reason.message}",
+            reason.details,
+        )
+        self.stop()
+
+    async def _execute(self, message: Execute) -> None:
+        assert self._instance is not None
+        call, reply = message.call, message.reply
+        logs: list[str] = []
+        started = trio.current_time()
+        scope = trio.CancelScope()
+        self._running[call.execution_id] = scope
+        try:
+            with scope:
+                result = await self._instance.execute(call, message.sink, logs.append)
+                reply.send(Outcome(result, self.spec.instance_id, _ms_since(started), logs))
+            reason = self._cancel_reasons.pop(call.execution_id, None)
+            if reason is not None:
+                reply.fail(SpearError(ErrorCode.CANCELLED, reason))
+        except SpearError as exc:
+            reply.fail(_with_logs(exc, logs, self.spec.instance_id))
+        except Exception as exc:  # a runtime bug must not kill the instance's other calls
+            log.exception("%s: execution %s crashed", self.name, call.execution_id)
+            reply.fail(SpearError(ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}"))
+        finally:
+            del self._running[call.execution_id]
+            self._cancel_reasons.pop(call.execution_id, None)
+            if not reply.done:
+                reply.fail(
+                    self._failure
+                    or SpearError(ErrorCode.UNAVAILABLE, f"instance {self.spec.instance_id} stopped")
+                )
+            if not self._running and self.status is InstanceStatus.RUNNING:
+                self.status = InstanceStatus.READY
+            self._parent.post(ExecutionFinished(self.spec.instance_id, call.execution_id))
+
+
+def _ms_since(start: float) -> float:
+    return round((trio.current_time() - start) * 1000, 3)
+
+
+def _start_failure(exc: SpearError) -> SpearError:
+    if exc.code in (ErrorCode.INSTANCE_FAILED, ErrorCode.INVALID_ARGUMENT, ErrorCode.NOT_FOUND):
+        return exc
+    return SpearError(ErrorCode.INSTANCE_FAILED, f"instance failed to start: {exc.message}", exc.details)
+
+
+def _with_logs(exc: SpearError, logs: list[str], instance_id: str) -> SpearError:
+    details: dict[str, Any] = dict(exc.details)
+    details.setdefault("instance_id", instance_id)
+    if logs:
+        details["logs"] = logs
+    return SpearError(exc.code, exc.message, details)

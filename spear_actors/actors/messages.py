@@ -1,0 +1,162 @@
+"""The messages actors exchange. Each carries only what the receiver needs."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from ..errors import SpearError
+from ..model import InvokeRequest
+from ..runtimes.base import Call, StreamSink
+from .mailbox import Reply
+
+__all__ = [
+    "CancelExecution",
+    "DeclareTask",
+    "Execute",
+    "ExecutionFinished",
+    "GetHealth",
+    "GetTaskInfo",
+    "InstanceExited",
+    "InstanceReady",
+    "Invoke",
+    "Outcome",
+    "Routed",
+    "TaskCreated",
+    "StopTask",
+    "Submit",
+    "TaskMessage",
+]
+
+
+@dataclasses.dataclass(slots=True)
+class Outcome:
+    """A finished execution, as the instance reports it."""
+
+    result: Any
+    instance_id: str
+    execution_time_ms: float
+    logs: list[str]
+
+
+@dataclasses.dataclass(slots=True)
+class Routed:
+    """The manager's answer to :class:`Invoke`: where the call went, and the reply
+    slot its outcome will arrive in (by ``deadline``, trio time)."""
+
+    task_id: str
+    execution_id: str
+    deadline: float
+    outcome: Reply[Outcome]
+
+
+# -- node → manager -----------------------------------------------------------
+@dataclasses.dataclass(slots=True)
+class Invoke:
+    """Route an InvokeFunction request to its task (creating the task if asked)."""
+
+    request: InvokeRequest
+    reply: Reply[Routed]
+    sink: StreamSink | None = None
+
+
+@dataclasses.dataclass(slots=True)
+class DeclareTask:
+    """Create a task (if no task has its name) without invoking it; reply: task id."""
+
+    seed: Any
+    reply: Reply[str]
+
+
+@dataclasses.dataclass(slots=True)
+class TaskCreated:
+    """The manager's own note that a task it was creating is ready (or failed)."""
+
+    key: str
+    definition: Any
+    error: SpearError | None = None
+
+
+@dataclasses.dataclass(slots=True)
+class GetHealth:
+    """Ask the manager for the node's health summary."""
+
+    reply: Reply[dict[str, Any]]
+
+
+# -- manager → task -------------------------------------------------------------
+@dataclasses.dataclass(slots=True)
+class Submit:
+    """Run *call* on one of the task's instances before *deadline* (trio time)."""
+
+    call: Call
+    reply: Reply[Outcome]
+    deadline: float
+    sink: StreamSink | None = None
+    force_new_instance: bool = False
+
+
+@dataclasses.dataclass(slots=True)
+class CancelExecution:
+    """Cancel an execution wherever it is (pending or running)."""
+
+    execution_id: str
+    reason: str = "cancelled"
+    task_id: str = ""
+
+
+@dataclasses.dataclass(slots=True)
+class GetTaskInfo:
+    """Ask a task for its description, policy and instances."""
+
+    reply: Reply[dict[str, Any]]
+
+
+@dataclasses.dataclass(slots=True)
+class StopTask:
+    """Stop the task: pending calls fail with *reason*, instances are stopped."""
+
+    reason: SpearError
+
+
+# -- task → instance ------------------------------------------------------------
+@dataclasses.dataclass(slots=True)
+class Execute:
+    """Run *call* on this instance."""
+
+    call: Call
+    reply: Reply[Outcome]
+    sink: StreamSink | None = None
+
+
+# -- instance → task --------------------------------------------------------------
+@dataclasses.dataclass(slots=True)
+class InstanceReady:
+    """The instance started and can take calls."""
+
+    instance_id: str
+
+
+@dataclasses.dataclass(slots=True)
+class InstanceExited:
+    """The instance is gone: failed to start, died, or was stopped (reason None)."""
+
+    instance_id: str
+    reason: SpearError | None
+    ready: bool
+    """Whether it had become READY before it exited."""
+
+
+@dataclasses.dataclass(slots=True)
+class ExecutionFinished:
+    """The instance has a free slot again."""
+
+    instance_id: str
+    execution_id: str
+
+
+TaskMessage = (
+    Submit | CancelExecution | GetTaskInfo | StopTask | InstanceReady | InstanceExited | ExecutionFinished
+)
+InstanceMessage = Execute | CancelExecution
+ManagerMessage = Invoke | DeclareTask | TaskCreated | CancelExecution | GetHealth

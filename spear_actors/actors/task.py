@@ -1,0 +1,325 @@
+"""TaskActor: one per task; owns its instance pool, queues calls, scales, reaps."""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import itertools
+import logging
+import math
+import time
+import uuid
+from typing import Any
+
+import trio
+
+from ..errors import ErrorCode, SpearError
+from ..model import ArtifactSpec, InstancePolicy, InstanceStatus, TaskStatus
+from ..runtimes.base import InstanceSpec, Runtime
+from .instance import InstanceActor
+from .mailbox import Actor, ActorRef
+from .messages import (
+    CancelExecution,
+    Execute,
+    ExecutionFinished,
+    GetTaskInfo,
+    InstanceExited,
+    InstanceMessage,
+    InstanceReady,
+    StopTask,
+    Submit,
+    TaskMessage,
+)
+
+__all__ = ["TaskActor", "TaskDefinition"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(slots=True)
+class TaskDefinition:
+    """What a task is: identity, artifact (resolved) and a fully resolved policy."""
+
+    task_id: str
+    task_name: str
+    description: str
+    artifact: ArtifactSpec
+    artifact_path: Any
+    artifact_digest: str
+    policy: InstancePolicy
+    created_at: float = dataclasses.field(default_factory=time.time)
+
+
+@dataclasses.dataclass(slots=True, eq=False)
+class _Slot:
+    """The task's view of one of its instances."""
+
+    instance_id: str
+    ref: ActorRef[InstanceMessage]
+    scope: trio.CancelScope
+    ready: bool = False
+    inflight: int = 0
+    last_used: float = 0.0
+    executions: int = 0
+
+
+@dataclasses.dataclass(slots=True, eq=False)
+class _Pending:
+    submit: Submit
+    target: str | None = None
+    """An instance started for this call alone (force_new_instance)."""
+
+
+class TaskActor(Actor[TaskMessage]):
+    """Schedules a task's calls on its instances.
+
+    A call waits in arrival order until an instance has a free slot (least loaded
+    first), while new instances start up to ``max_instances``. Instances idle past
+    ``idle_timeout_s`` above ``min_instances`` are stopped.
+    """
+
+    def __init__(self, definition: TaskDefinition, runtime: Runtime) -> None:
+        policy = definition.policy
+        assert policy.max_instances is not None and policy.max_concurrency is not None
+        # Room for the queue limit plus a notification per possible in-flight call.
+        self.inbox_size = (policy.max_pending or 0) + 2 * policy.max_instances * (policy.max_concurrency + 2) + 64
+        super().__init__(f"task {definition.task_name}")
+        self.definition = definition
+        self.status = TaskStatus.ACTIVE
+        self._runtime = runtime
+        self._policy = policy
+        self._slots: dict[str, _Slot] = {}
+        self._pending: collections.deque[_Pending] = collections.deque()
+        self._running: dict[str, str] = {}
+        self._wakeup = trio.Event()
+        self._ids = itertools.count(1)
+        self._last_start_error: SpearError | None = None
+
+    @property
+    def _max_concurrency(self) -> int:
+        return self._policy.max_concurrency or 1
+
+    async def on_start(self) -> None:
+        self.nursery.start_soon(self._timer)
+        for _ in range(self._policy.min_instances or 0):
+            self._start_instance()
+
+    def on_stop(self) -> None:
+        error = SpearError(ErrorCode.UNAVAILABLE, f"task {self.definition.task_name} stopped")
+        while self._pending:
+            self._pending.popleft().submit.reply.fail(error)
+
+    def handle(self, message: TaskMessage) -> None:
+        if isinstance(message, Submit):
+            self._submit(message)
+        elif isinstance(message, ExecutionFinished):
+            slot = self._slots.get(message.instance_id)
+            self._running.pop(message.execution_id, None)
+            if slot is not None:
+                slot.inflight -= 1
+                slot.last_used = trio.current_time()
+                self._wakeup.set()
+        elif isinstance(message, InstanceReady):
+            slot = self._slots.get(message.instance_id)
+            if slot is not None:
+                slot.ready = True
+                slot.last_used = trio.current_time()
+                self._last_start_error = None
+        elif isinstance(message, InstanceExited):
+            self._instance_exited(message)
+        elif isinstance(message, CancelExecution):
+            self._cancel(message)
+        elif isinstance(message, GetTaskInfo):
+            message.reply.send(self.info())
+        elif isinstance(message, StopTask):
+            while self._pending:
+                self._pending.popleft().submit.reply.fail(message.reason)
+            self.status = TaskStatus.DELETING
+            self.stop()
+            return
+        self._dispatch()
+
+    # -- scheduling -----------------------------------------------------------
+    def _submit(self, submit: Submit) -> None:
+        limit = self._policy.max_pending
+        if limit is not None and len(self._pending) >= limit:
+            submit.reply.fail(
+                SpearError(
+                    ErrorCode.RESOURCE_EXHAUSTED,
+                    f"task {self.definition.task_name}: {limit} calls already waiting",
+                    {"retry_after_ms": self._retry_hint_ms()},
+                )
+            )
+            return
+        entry = _Pending(submit)
+        if submit.force_new_instance and len(self._slots) < (self._policy.max_instances or 1):
+            entry.target = self._start_instance().instance_id
+        self._pending.append(entry)
+        self._wakeup.set()
+
+    def _dispatch(self) -> None:
+        now = trio.current_time()
+        while self._pending:
+            entry = self._pending[0]
+            slot = self._pick(entry.target)
+            if slot is None:
+                break
+            self._pending.popleft()
+            submit = entry.submit
+            call = dataclasses.replace(submit.call, timeout=max(0.0, submit.deadline - now))
+            slot.inflight += 1
+            slot.executions += 1
+            self._running[call.execution_id] = slot.instance_id
+            slot.ref.tell_nowait(Execute(call, submit.reply, submit.sink))
+        self._scale_up()
+
+    def _pick(self, target: str | None) -> _Slot | None:
+        if target is not None:
+            slot = self._slots.get(target)
+            if slot is None:  # the instance made for this call died: any will do
+                return self._pick(None)
+            return slot if slot.ready and slot.inflight < self._max_concurrency else None
+        best: _Slot | None = None
+        for slot in self._slots.values():
+            if slot.ready and slot.inflight < self._max_concurrency and (
+                best is None or slot.inflight < best.inflight
+            ):
+                best = slot
+        return best
+
+    def _scale_up(self) -> None:
+        waiting = sum(1 for entry in self._pending if entry.target is None)
+        starting = sum(1 for slot in self._slots.values() if not slot.ready)
+        max_instances = self._policy.max_instances or 1
+        while waiting > starting * self._max_concurrency and len(self._slots) < max_instances:
+            self._start_instance()
+            starting += 1
+
+    def _start_instance(self) -> _Slot:
+        definition = self.definition
+        instance_id = f"{definition.task_id}-{next(self._ids)}-{uuid.uuid4().hex[:6]}"
+        spec = InstanceSpec(
+            instance_id=instance_id,
+            task_id=definition.task_id,
+            task_name=definition.task_name,
+            artifact=definition.artifact,
+            artifact_path=definition.artifact_path,
+            artifact_digest=definition.artifact_digest,
+        )
+        actor = InstanceActor(spec, self._runtime, self.ref, self._max_concurrency)
+        slot = _Slot(instance_id, actor.ref, trio.CancelScope())
+        self._slots[instance_id] = slot
+        self.nursery.start_soon(self._run_instance, slot, actor)
+        return slot
+
+    async def _run_instance(self, slot: _Slot, actor: InstanceActor) -> None:
+        with slot.scope:
+            await actor.run()
+
+    def _instance_exited(self, message: InstanceExited) -> None:
+        slot = self._slots.pop(message.instance_id, None)
+        if slot is None:
+            return
+        if message.reason is not None:
+            log.warning("%s: instance %s exited: %s", self.name, message.instance_id, message.reason.message)
+        if not message.ready and message.reason is not None:
+            self._last_start_error = message.reason
+            if not any(s.ready for s in self._slots.values()):
+                # Nothing can serve the waiting calls: give them the start error now.
+                self._fail_pending(message.reason)
+                return
+        for _ in range(len(self._slots), self._policy.min_instances or 0):
+            self._start_instance()
+
+    def _fail_pending(self, error: SpearError) -> None:
+        while self._pending:
+            self._pending.popleft().submit.reply.fail(
+                SpearError(error.code, error.message, dict(error.details))
+            )
+
+    def _cancel(self, message: CancelExecution) -> None:
+        for entry in self._pending:
+            if entry.submit.call.execution_id == message.execution_id:
+                self._pending.remove(entry)
+                entry.submit.reply.fail(SpearError(ErrorCode.CANCELLED, message.reason))
+                return
+        instance_id = self._running.get(message.execution_id)
+        slot = self._slots.get(instance_id) if instance_id else None
+        if slot is not None:
+            slot.ref.post(message)
+
+    def _retry_hint_ms(self) -> int:
+        return 100
+
+    # -- time -------------------------------------------------------------------
+    async def _timer(self) -> None:
+        """Expire waiting calls at their deadline; stop instances idle too long."""
+        idle_timeout = self._policy.idle_timeout_s
+        while True:
+            now = trio.current_time()
+            wake = math.inf
+            for entry in list(self._pending):
+                deadline = entry.submit.deadline
+                if deadline <= now:
+                    self._pending.remove(entry)
+                    entry.submit.reply.fail(
+                        SpearError(
+                            ErrorCode.DEADLINE_EXCEEDED,
+                            f"task {self.definition.task_name}: no instance was free before the deadline",
+                        )
+                    )
+                else:
+                    wake = min(wake, deadline)
+            if idle_timeout is not None:
+                wake = min(wake, self._reap_idle(now, idle_timeout))
+            self._wakeup = trio.Event()
+            with trio.move_on_at(wake):
+                await self._wakeup.wait()
+
+    def _reap_idle(self, now: float, idle_timeout: float) -> float:
+        """Stop instances idle past the timeout (above the minimum); return when to look again."""
+        wake = math.inf
+        keep = self._policy.min_instances or 0
+        live = len(self._slots)
+        for slot in list(self._slots.values()):
+            if not slot.ready or slot.inflight:
+                continue
+            expires = slot.last_used + idle_timeout
+            if expires <= now and live > keep:
+                slot.scope.cancel()
+                live -= 1
+            elif live > keep:
+                wake = min(wake, expires)
+        return wake
+
+    # -- status -----------------------------------------------------------------
+    def info(self) -> dict[str, Any]:
+        """The task as a status map."""
+        definition = self.definition
+        return {
+            "task_id": definition.task_id,
+            "task_name": definition.task_name,
+            "description": definition.description,
+            "status": self.status.value,
+            "created_at": definition.created_at,
+            "artifact": definition.artifact.to_dict(),
+            "policy": dataclasses.asdict(self._policy),
+            "pending": len(self._pending),
+            "running": len(self._running),
+            "last_start_error": self._last_start_error.to_dict() if self._last_start_error else None,
+            "instances": [
+                {
+                    "instance_id": slot.instance_id,
+                    "status": _slot_status(slot).value,
+                    "inflight": slot.inflight,
+                    "executions": slot.executions,
+                }
+                for slot in self._slots.values()
+            ],
+        }
+
+
+def _slot_status(slot: _Slot) -> InstanceStatus:
+    if not slot.ready:
+        return InstanceStatus.CREATING
+    return InstanceStatus.RUNNING if slot.inflight else InstanceStatus.READY

@@ -1,0 +1,151 @@
+"""Node configuration: embedded defaults, overridable from a TOML or JSON file.
+
+Example (TOML)::
+
+    listen = ["ws://127.0.0.1:7411"]
+    data_dir = "./data"
+
+    [defaults]
+    max_instances = 4
+
+    [tasks.hello]
+    description = "example functions"
+    artifact = { location = "examples/hello_agent.py" }
+    policy = { min_instances = 1 }
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+import tomllib
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from .errors import ErrorCode, SpearError
+from .model import ArtifactSpec, InstancePolicy
+
+__all__ = ["DEFAULT_LISTEN", "NodeConfig", "TaskDeclaration"]
+
+DEFAULT_LISTEN = "ws://127.0.0.1:7411"
+
+
+def _default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "spear_actors"
+
+
+def _default_policy() -> InstancePolicy:
+    return InstancePolicy(
+        min_instances=0, max_instances=4, max_concurrency=1, idle_timeout_s=300.0, max_pending=1000
+    )
+
+
+@dataclasses.dataclass(slots=True)
+class TaskDeclaration:
+    """A task that exists from the node's start (declared in the config file)."""
+
+    name: str
+    artifact: ArtifactSpec
+    description: str = ""
+    policy: InstancePolicy = dataclasses.field(default_factory=InstancePolicy)
+
+
+@dataclasses.dataclass(slots=True)
+class NodeConfig:
+    """Everything a node needs; every field has a working default."""
+
+    node_id: str = dataclasses.field(default_factory=lambda: f"node-{uuid.uuid4().hex[:8]}")
+    listen: list[str] = dataclasses.field(default_factory=list)
+    """Gateway endpoints for client services (ws://, tcp://, unix://). Empty: none
+    (an embedded node is used in-process); ``spear serve`` defaults to DEFAULT_LISTEN."""
+    agent_listen: str | None = None
+    """Where process agents dial back: unix:///path or tcp://host:port. None: a unix
+    socket in a fresh private temp directory."""
+    data_dir: Path = dataclasses.field(default_factory=_default_data_dir)
+    token: str | None = None
+    """If set, client hellos must carry it (UNAUTHENTICATED otherwise)."""
+    defaults: InstancePolicy = dataclasses.field(default_factory=_default_policy)
+    default_timeout_ms: int = 30_000
+    """Deadline of a call whose context.timeout_ms is 0."""
+    start_timeout_s: float = 10.0
+    """How long an instance may take to become READY."""
+    stop_grace_s: float = 2.0
+    """Between SIGTERM and SIGKILL when an agent process is stopped."""
+    agent_heartbeat_interval_s: float = 1.0
+    agent_heartbeat_timeout_s: float = 5.0
+    client_heartbeat_interval_s: float = 5.0
+    client_heartbeat_timeout_s: float = 20.0
+    wasm_workers: int = 4
+    """Worker threads running WASM executions (per node)."""
+    tasks: list[TaskDeclaration] = dataclasses.field(default_factory=list)
+
+    def agent_endpoint(self) -> str:
+        """The agent listener URL, choosing a private temp unix socket if unset."""
+        if self.agent_listen is None:
+            directory = tempfile.mkdtemp(prefix="spear-")
+            self.agent_listen = f"unix://{directory}/agents.sock"
+        return self.agent_listen
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> NodeConfig:
+        """Load a ``.toml`` or ``.json`` file; relative artifact locations and data_dir
+        are taken relative to the file's directory."""
+        path = Path(path)
+        try:
+            text = path.read_text()
+            data = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+        except (OSError, ValueError) as exc:
+            raise SpearError(ErrorCode.INVALID_ARGUMENT, f"cannot read config {path}: {exc}") from None
+        return cls.from_dict(data, base=path.parent)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], base: Path | None = None) -> NodeConfig:
+        """Build from a map (the parsed config file)."""
+        base = base or Path.cwd()
+        config = cls()
+        known = {field.name for field in dataclasses.fields(cls)}
+        for key, value in data.items():
+            if key not in known:
+                raise SpearError(ErrorCode.INVALID_ARGUMENT, f"config: unknown setting {key!r}")
+            if key == "tasks":
+                config.tasks = [_task(name, spec, base) for name, spec in _mapping(value, "tasks").items()]
+            elif key == "defaults":
+                config.defaults = InstancePolicy.from_dict(value, "defaults.").merged_over(config.defaults)
+            elif key == "data_dir":
+                config.data_dir = base / str(value)
+            elif key == "listen":
+                config.listen = [value] if isinstance(value, str) else list(value)
+            else:
+                expected = type(getattr(config, key))
+                if expected is float and isinstance(value, int):
+                    value = float(value)
+                if value is not None and getattr(config, key) is not None and not isinstance(value, expected):
+                    raise SpearError(
+                        ErrorCode.INVALID_ARGUMENT, f"config: {key} must be {expected.__name__}"
+                    )
+                setattr(config, key, value)
+        return config
+
+
+def _mapping(value: object, where: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise SpearError(ErrorCode.INVALID_ARGUMENT, f"config: {where} must be a table")
+    return value
+
+
+def _task(name: str, value: object, base: Path) -> TaskDeclaration:
+    table = _mapping(value, f"tasks.{name}")
+    artifact = ArtifactSpec.from_dict(table.get("artifact"), f"tasks.{name}.artifact.")
+    if artifact.location and "://" not in artifact.location and not Path(artifact.location).is_absolute():
+        artifact.location = str(base / artifact.location)
+    return TaskDeclaration(
+        name=name,
+        artifact=artifact,
+        description=str(table.get("description", "")),
+        policy=InstancePolicy.from_dict(table.get("policy"), f"tasks.{name}.policy."),
+    )

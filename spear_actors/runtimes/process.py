@@ -1,0 +1,343 @@
+"""Process runtime: each instance is an OS process whose agent dials back.
+
+The node listens for agents (a unix socket by default). For each instance it
+starts the artifact's command in its own process group with ``SERVICE_ADDR`` and a
+fresh ``SECRET`` in the environment; the agent connects, proves the secret in its
+hello, and only then is the instance READY. Executions travel as ``execute``
+requests on that connection; stopping the instance says goodbye, then sends
+SIGTERM to the group, then SIGKILL after a grace period, and reaps the exit.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import hashlib
+import logging
+import os
+import secrets
+import shlex
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any, Final
+
+import trio
+
+from .._nursery import background_nursery
+from ..errors import ErrorCode, SpearError
+from ..protocol.connection import Connection, ConnectionConfig, accept_connection
+from ..protocol.messages import Hello, Welcome
+from ..protocol.transports import Transport, parse_endpoint, serve_endpoint
+from .base import Call, InstanceSpec, LogSink, Runtime, RuntimeInstance, StreamSink
+
+__all__ = ["ProcessRuntime", "agent_command"]
+
+log = logging.getLogger(__name__)
+
+_STDERR_TAIL_LINES: Final = 20
+
+
+def agent_command(spec: InstanceSpec) -> tuple[list[str], str | None, dict[str, str]]:
+    """The argv, working directory and extra environment for *spec*'s agent.
+
+    ``config.command`` (a string or list) and ``config.args`` name the program; a
+    command relative to an unpacked artifact directory is resolved inside it.
+    Without a command, a ``.py`` artifact runs with the node's own Python.
+    """
+    config = spec.config
+    command = config.get("command")
+    args = config.get("args", [])
+    if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
+        raise SpearError(ErrorCode.INVALID_ARGUMENT, "artifact_spec.config.args must be a list of strings")
+    path = spec.artifact_path
+    argv: list[str]
+    if isinstance(command, str):
+        argv = shlex.split(command)
+    elif isinstance(command, list) and command and all(isinstance(c, str) for c in command):
+        argv = list(command)
+    elif command is None and path is not None and path.suffix == ".py":
+        argv = [sys.executable, str(path)]
+    elif command is None and path is not None and path.is_file() and os.access(path, os.X_OK):
+        argv = [str(path)]
+    else:
+        raise SpearError(
+            ErrorCode.INVALID_ARGUMENT,
+            "process artifact needs artifact_spec.config.command (or a .py / executable location)",
+        )
+    if path is not None and path.is_dir() and not os.path.isabs(argv[0]) and (path / argv[0]).exists():
+        argv[0] = str(path / argv[0])
+    cwd = config.get("working_directory")
+    if cwd is not None and not isinstance(cwd, str):
+        raise SpearError(ErrorCode.INVALID_ARGUMENT, "artifact_spec.config.working_directory must be a string")
+    if cwd is None and path is not None:
+        cwd = str(path if path.is_dir() else path.parent)
+    env = config.get("env", {})
+    if not isinstance(env, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
+        raise SpearError(ErrorCode.INVALID_ARGUMENT, "artifact_spec.config.env must map strings to strings")
+    return argv + args, cwd, dict(env)
+
+
+@dataclasses.dataclass(eq=False)
+class _Arrival:
+    """Where a dialing-back agent meets the instance that spawned it."""
+
+    instance_id: str
+    changed: trio.Event = dataclasses.field(default_factory=trio.Event)
+    """Set when the agent has connected or the process has exited, whichever is first."""
+    connection: Connection | None = None
+
+
+class ProcessRuntime(Runtime):
+    """Starts agent processes and serves their dial-back connections."""
+
+    kind = "process"
+
+    def __init__(
+        self,
+        agent_listen: str,
+        *,
+        start_timeout: float = 10.0,
+        stop_grace: float = 2.0,
+        heartbeat_interval: float = 1.0,
+        heartbeat_timeout: float = 5.0,
+        node_id: str = "node",
+    ) -> None:
+        self.agent_listen = agent_listen
+        self.start_timeout = start_timeout
+        self.stop_grace = stop_grace
+        self.node_id = node_id
+        self._connection_config = ConnectionConfig(
+            heartbeat_interval=heartbeat_interval,
+            heartbeat_timeout=heartbeat_timeout,
+            handshake_timeout=start_timeout,
+        )
+        # sha256(secret) → arrival; looked up by digest so no secret is compared by hand.
+        self._arrivals: dict[bytes, _Arrival] = {}
+        self._address: str | None = None
+
+    @property
+    def address(self) -> str:
+        """The bound agent endpoint (SERVICE_ADDR); valid once :meth:`run` has started."""
+        if self._address is None:
+            raise SpearError(ErrorCode.UNAVAILABLE, "process runtime is not running")
+        return self._address
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve the agent listener until cancelled."""
+        parse_endpoint(self.agent_listen)  # fail early on a bad URL
+        async with trio.open_nursery() as nursery:
+            endpoint = await nursery.start(serve_endpoint, self.agent_listen, self._serve_agent)
+            self._address = str(endpoint)
+            task_status.started()
+
+    async def _authenticate(self, hello: Hello) -> _Arrival:
+        digest = hashlib.sha256((hello.auth or "").encode()).digest()
+        arrival = self._arrivals.get(digest)
+        if arrival is None or arrival.connection is not None:
+            log.warning("agent %r rejected: unknown or reused secret", hello.peer_id)
+            raise SpearError(ErrorCode.UNAUTHENTICATED, "unknown or already used agent secret")
+        return arrival
+
+    async def _serve_agent(self, transport: Transport) -> None:
+        try:
+            async with accept_connection(
+                transport,
+                authenticator=self._authenticate,
+                config=self._connection_config,
+                welcome=Welcome(role="node", peer_id=self.node_id),
+            ) as connection:
+                arrival: _Arrival = connection.identity
+                arrival.connection = connection
+                arrival.changed.set()
+                await connection.wait_closed()
+        except SpearError as exc:
+            log.info("agent connection on %s refused or failed: %s", transport.description, exc)
+
+    @asynccontextmanager
+    async def open_instance(self, spec: InstanceSpec) -> AsyncIterator[RuntimeInstance]:
+        argv, cwd, extra_env = agent_command(spec)
+        secret = secrets.token_urlsafe(32)
+        digest = hashlib.sha256(secret.encode()).digest()
+        arrival = _Arrival(spec.instance_id)
+        env = {
+            **os.environ,
+            **extra_env,
+            "SERVICE_ADDR": self.address,
+            "SECRET": secret,
+            "SPEAR_INSTANCE_ID": spec.instance_id,
+            "SPEAR_TASK_ID": spec.task_id,
+        }
+        self._arrivals[digest] = arrival
+        stderr_tail: collections.deque[str] = collections.deque(maxlen=_STDERR_TAIL_LINES)
+        try:
+            process = await trio.lowlevel.open_process(
+                argv,
+                env=env,
+                cwd=cwd,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            del self._arrivals[digest]
+            raise SpearError(ErrorCode.INSTANCE_FAILED, f"cannot start {argv[0]!r}: {exc}") from None
+        instance = ProcessInstance(spec.instance_id, process, stderr_tail)
+        try:
+            async with background_nursery() as nursery:
+                agent_log = logging.getLogger(f"spear_actors.agent.{spec.instance_id}")
+                assert process.stdout is not None and process.stderr is not None
+                nursery.start_soon(_pump, process.stdout, agent_log, None)
+                nursery.start_soon(_pump, process.stderr, agent_log, stderr_tail)
+                nursery.start_soon(instance._reap, arrival.changed)
+                with trio.move_on_after(self.start_timeout):
+                    await arrival.changed.wait()
+                if arrival.connection is None or process.returncode is not None:
+                    raise instance._start_error(self.start_timeout)
+                instance._attach(arrival.connection)
+                nursery.start_soon(instance._watch_connection)
+                yield instance
+        finally:
+            self._arrivals.pop(digest, None)
+            with trio.CancelScope(shield=True):
+                await instance._stop(self.stop_grace)
+
+
+class ProcessInstance(RuntimeInstance):
+    """An agent process and its connection."""
+
+    def __init__(self, instance_id: str, process: trio.Process, stderr_tail: collections.deque[str]) -> None:
+        self.instance_id = instance_id
+        self.process = process
+        self._stderr_tail = stderr_tail
+        self._connection: Connection | None = None
+        self._failed = trio.Event()
+        self._failure: SpearError | None = None
+
+    def describe(self) -> dict[str, Any]:
+        return {"pid": self.process.pid, "returncode": self.process.returncode}
+
+    def _attach(self, connection: Connection) -> None:
+        self._connection = connection
+
+    def _fail(self, reason: str) -> None:
+        if self._failure is None:
+            self._failure = SpearError(
+                ErrorCode.INSTANCE_FAILED, reason, {"stderr_tail": "\n".join(self._stderr_tail)}
+            )
+            self._failed.set()
+
+    async def _reap(self, changed: trio.Event) -> None:
+        code = await self.process.wait()
+        self._fail(f"agent process exited with code {code}")
+        changed.set()
+
+    async def _watch_connection(self) -> None:
+        assert self._connection is not None
+        await self._connection.wait_closed()
+        reason = self._connection.close_reason
+        self._fail(f"agent connection lost: {reason.message if reason else 'closed'}")
+
+    def _start_error(self, timeout: float) -> SpearError:
+        code = self.process.returncode
+        why = (
+            f"agent exited with code {code} before dialing back"
+            if code is not None
+            else f"agent did not dial back within {timeout:g}s"
+        )
+        tail = "\n".join(self._stderr_tail)
+        message = f"{why}; stderr tail:\n{tail}" if tail else why
+        return SpearError(ErrorCode.INSTANCE_FAILED, message, {"stderr_tail": tail, "exit_code": code})
+
+    async def execute(self, call: Call, sink: StreamSink | None, log: LogSink) -> Any:
+        connection = self._connection
+        assert connection is not None
+        params = {
+            "function": call.function_name,
+            "params": call.params,
+            "execution_id": call.execution_id,
+            "environment": call.environment,
+            "headers": call.headers,
+        }
+        try:
+            if sink is None:
+                envelope = await connection.request("execute", params, timeout=call.timeout)
+            else:
+                async with connection.stream("execute", params, timeout=call.timeout) as items:
+                    async for item in items:
+                        await sink(item)
+                    envelope = items.result
+        except SpearError as exc:
+            if exc.code is ErrorCode.UNAVAILABLE:
+                await self._failed.wait()
+                assert self._failure is not None
+                raise SpearError(
+                    ErrorCode.INSTANCE_FAILED, self._failure.message, dict(self._failure.details)
+                ) from None
+            _log_lines(exc.details.get("logs"), log)
+            raise
+        if not isinstance(envelope, dict):
+            raise SpearError(ErrorCode.PROTOCOL_ERROR, "agent answered execute without a result envelope")
+        _log_lines(envelope.get("logs"), log)
+        return envelope.get("value")
+
+    async def wait_failed(self) -> SpearError:
+        await self._failed.wait()
+        assert self._failure is not None
+        return self._failure
+
+    async def _stop(self, grace: float) -> None:
+        """Goodbye, SIGTERM to the group, SIGKILL after *grace*, reap. Idempotent."""
+        if self._connection is not None and self.process.returncode is None:
+            await self._connection.aclose("instance stopping")
+        if self.process.returncode is None:
+            _signal_group(self.process, signal.SIGTERM)
+            with trio.move_on_after(grace):
+                await self.process.wait()
+        if self.process.returncode is None:
+            _signal_group(self.process, signal.SIGKILL)
+            await self.process.wait()
+        else:
+            # The leader is gone; make sure nothing it left in its group survives.
+            _signal_group(self.process, signal.SIGKILL)
+
+
+def _signal_group(process: trio.Process, sig: signal.Signals) -> None:
+    try:
+        os.killpg(process.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _log_lines(lines: object, log: LogSink) -> None:
+    if isinstance(lines, list):
+        for line in lines:
+            log(str(line))
+
+
+async def _pump(stream: trio.abc.ReceiveStream, logger: logging.Logger, tail: collections.deque[str] | None) -> None:
+    """Copy an agent's output to the node's log, line by line, keeping a tail."""
+    buffer = b""
+    try:
+        while True:
+            data = await stream.receive_some(65536)
+            if not data:
+                break
+            buffer += data
+            *lines, buffer = buffer.split(b"\n")
+            for raw in lines:
+                _emit(raw, logger, tail)
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        pass
+    if buffer:
+        _emit(buffer, logger, tail)
+
+
+def _emit(raw: bytes, logger: logging.Logger, tail: collections.deque[str] | None) -> None:
+    line = raw.decode(errors="replace").rstrip("\r")
+    if tail is not None:
+        tail.append(line)
+    logger.info("%s%s", "stderr: " if tail is not None else "", line)

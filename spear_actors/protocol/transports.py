@@ -15,6 +15,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import dataclasses
+import logging
 import os
 import socket as stdlib_socket
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -38,6 +39,8 @@ __all__ = [
     "parse_endpoint",
     "serve_endpoint",
 ]
+
+log = logging.getLogger(__name__)
 
 _RECEIVE_SIZE: Final = 256 * 1024
 _WS_QUEUE: Final = 64
@@ -154,6 +157,12 @@ class WebsocketTransport(Transport):
                 await self.ws.aclose()
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                 pass
+        # trio-websocket does not close a client's TCP stream when the server closed
+        # first or the link broke (it waits for a TCP close that it never acts on):
+        # close it here, or the socket leaks (ResourceWarning).
+        stream: trio.abc.Stream | None = getattr(self.ws, "_stream", None)
+        if stream is not None:
+            await trio.aclose_forcefully(stream)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -211,22 +220,29 @@ async def open_transport(
     """
     endpoint = url if isinstance(url, Endpoint) else parse_endpoint(url)
     if endpoint.scheme == "ws":
+        # connect_timeout bounds the connect and handshake only (trio-websocket applies
+        # it); errors raised by the caller's block pass through unchanged.
+        connected = False
         try:
-            with trio.fail_after(connect_timeout):
-                async with trio_websocket.open_websocket_url(
-                    f"ws://{endpoint.host}:{endpoint.port}/",
-                    message_queue_size=_WS_QUEUE,
-                    max_message_size=max_frame_size,
-                    connect_timeout=connect_timeout,
-                    disconnect_timeout=1.0,
-                ) as ws:
-                    transport = WebsocketTransport(ws, description=str(endpoint))
-                    try:
-                        yield transport
-                    finally:
-                        await transport.aclose()
+            async with trio_websocket.open_websocket_url(
+                f"ws://{endpoint.host}:{endpoint.port}/",
+                message_queue_size=_WS_QUEUE,
+                max_message_size=max_frame_size,
+                connect_timeout=connect_timeout,
+                disconnect_timeout=1.0,
+            ) as ws:
+                connected = True
+                transport = WebsocketTransport(ws, description=str(endpoint))
+                try:
+                    yield transport
+                finally:
+                    await transport.aclose()
         except (OSError, trio_websocket.HandshakeError, trio.TooSlowError) as exc:
-            raise SpearError(ErrorCode.UNAVAILABLE, f"cannot connect to {endpoint}: {exc}") from None
+            if connected:
+                raise
+            raise SpearError(
+                ErrorCode.UNAVAILABLE, f"cannot connect to {endpoint}: {exc!r}"
+            ) from None
         return
     stream: trio.abc.Stream
     try:
@@ -260,7 +276,9 @@ async def serve_endpoint(
 
     ``task_status.started`` gets the bound endpoint (with the real port when the
     URL asked for port 0). A unix socket path is replaced if stale and removed on exit.
-    The handler's transport is closed when the handler returns.
+    The handler's transport is closed when the handler returns; a :class:`SpearError`
+    the handler raises (e.g. :func:`accept_connection` refusing a peer) is logged and
+    ends that connection only.
     """
     endpoint = url if isinstance(url, Endpoint) else parse_endpoint(url)
     if endpoint.scheme == "ws":
@@ -280,7 +298,7 @@ async def serve_endpoint(
             stream.setsockopt(stdlib_socket.IPPROTO_TCP, stdlib_socket.TCP_NODELAY, 1)
         transport = StreamTransport(stream, max_frame_size=max_frame_size, description=str(endpoint))
         try:
-            await handler(transport)
+            await _run_handler(handler, transport)
         finally:
             await transport.aclose()
 
@@ -292,6 +310,15 @@ async def serve_endpoint(
         if endpoint.scheme == "unix":
             with contextlib.suppress(OSError):
                 os.unlink(endpoint.path)
+
+
+async def _run_handler(handler: TransportHandler, transport: Transport) -> None:
+    """Run *handler*; a :class:`SpearError` from it (a refused hello, a protocol error,
+    a lost link) ends this one connection, never the listener and its other peers."""
+    try:
+        await handler(transport)
+    except SpearError as exc:
+        log.info("%s: connection ended: %s", transport.description, exc)
 
 
 async def _open_unix_listener(path: str) -> trio.SocketListener:
@@ -321,7 +348,7 @@ async def _serve_websocket(
             return
         transport = WebsocketTransport(ws, description=str(endpoint))
         try:
-            await handler(transport)
+            await _run_handler(handler, transport)
         finally:
             await transport.aclose()
 

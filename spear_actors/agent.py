@@ -432,7 +432,10 @@ class Agent:
         items = []
         credit_arrived = asyncio.Event()
         loop = asyncio.get_running_loop()
-        state.wake = lambda: loop.call_soon_threadsafe(credit_arrived.set)
+        def wake() -> None:
+            loop.call_soon_threadsafe(credit_arrived.set)
+
+        state.wake = wake
         try:
             async for item in generator:
                 if not state.stream:

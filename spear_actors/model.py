@@ -291,12 +291,15 @@ class InvokeRequest:
         )
 
     def validate(self) -> None:
-        """Apply spear's invocation rules; raise INVALID_ARGUMENT naming the rule broken."""
+        """Apply spear's invocation rules; raise INVALID_ARGUMENT naming the rule broken.
+
+        One rule is applied later, by the manager: NEW_TASK needs ``artifact_spec``
+        only when no task of that name exists yet (so a declared task can be
+        invoked by name alone).
+        """
         if self.invocation_type is InvocationType.NEW_TASK:
             if not self.task_name:
                 raise _invalid("task_name is required for new task creation")
-            if self.artifact_spec is None:
-                raise _invalid("artifact_spec is required for new task creation")
         elif not self.task_id:
             raise _invalid("task_id is required for existing task invocation")
         if not self.function_name:

@@ -17,8 +17,8 @@ from typing import Any, Final
 import trio
 
 from ._nursery import background_nursery
-from .actors.manager import ManagerActor, TaskSeed
 from .actors.mailbox import ActorRef
+from .actors.manager import ManagerActor, TaskSeed
 from .actors.messages import CancelExecution, DeclareTask, GetHealth, Invoke, ManagerMessage, Outcome, Routed
 from .artifacts import ArtifactStore
 from .config import NodeConfig
@@ -156,7 +156,7 @@ async def open_node(config: NodeConfig | None = None) -> AsyncIterator[Node]:
         )
         manager_done = trio.Event()
 
-        async def run_manager(task_status: trio.TaskStatus[None]) -> None:
+        async def run_manager(task_status: trio.TaskStatus[ActorRef[ManagerMessage]]) -> None:
             try:
                 await manager.run(task_status=task_status)
             finally:

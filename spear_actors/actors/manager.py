@@ -104,18 +104,25 @@ class ManagerActor(Actor[ManagerMessage]):
         else:
             task_id = request.task_id if request.task_id in self._tasks else None
             key = f"id:{request.task_id}"
-            if task_id is None and not (request.create_if_not_exists and request.artifact_spec):
+            if task_id is None and not request.create_if_not_exists:
                 message.reply.fail(
                     SpearError(
-                        ErrorCode.NOT_FOUND,
-                        f"task {request.task_id!r} not found and create_if_not_exists is false"
-                        if not request.create_if_not_exists
-                        else "cannot create task without artifact_spec",
+                        ErrorCode.NOT_FOUND, f"task {request.task_id!r} not found and create_if_not_exists is false"
                     )
                 )
                 return
         if task_id is not None:
             self._route(self._tasks[task_id], message)
+            return
+        if request.artifact_spec is None:
+            message.reply.fail(
+                SpearError(
+                    ErrorCode.INVALID_ARGUMENT,
+                    "artifact_spec is required for new task creation"
+                    if request.invocation_type is InvocationType.NEW_TASK
+                    else "cannot create task without artifact_spec",
+                )
+            )
             return
         seed = TaskSeed(
             task_name=request.task_name or request.task_id,

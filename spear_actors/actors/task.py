@@ -164,13 +164,18 @@ class TaskActor(Actor[TaskMessage]):
             slot = self._pick(entry.target)
             if slot is None:
                 break
-            self._pending.popleft()
             submit = entry.submit
             call = dataclasses.replace(submit.call, timeout=max(0.0, submit.deadline - now))
+            try:
+                slot.ref.tell_nowait(Execute(call, submit.reply, submit.sink))
+            except SpearError:
+                # The instance is stopping (its InstanceExited is on the way): skip it.
+                slot.ready = False
+                continue
+            self._pending.popleft()
             slot.inflight += 1
             slot.executions += 1
             self._running[call.execution_id] = slot.instance_id
-            slot.ref.tell_nowait(Execute(call, submit.reply, submit.sink))
         self._scale_up()
 
     def _pick(self, target: str | None) -> _Slot | None:

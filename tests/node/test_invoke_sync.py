@@ -1,0 +1,239 @@
+"""Synchronous InvokeFunction end to end: real node, real agent processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+import spear_actors
+from spear_actors import ErrorCode, SpearError
+from spear_actors.config import TaskDeclaration
+from spear_actors.model import ArtifactSpec, InstancePolicy
+from spear_actors.node import Node, open_node
+from spear_actors.protocol.connection import open_connection
+from spear_actors.protocol.messages import Hello
+from spear_actors.protocol.transports import open_transport
+
+from ..conftest import AGENTS, agent_spec, child_pids, fast_config
+
+BUSY = AGENTS / "busy_agent.py"
+
+
+async def expect_error(code: ErrorCode, call: Any) -> SpearError:
+    with pytest.raises(SpearError) as info:
+        await call
+    assert info.value.code is code, info.value
+    return info.value
+
+
+async def test_new_task_then_existing_task_reuse_the_warm_instance(node: Node) -> None:
+    first = await node.invoke("add", [1, 2], task_name="calc", artifact_spec=agent_spec())
+    assert first["result"] == 3
+    assert first["status"] == "COMPLETED"
+    again = await node.invoke("add", [2, 3], task_name="calc", artifact_spec=agent_spec())
+    assert again["task_id"] == first["task_id"]
+    by_id = await node.invoke("echo", {"x": [1, "two"]}, task_id=first["task_id"])
+    assert by_id["result"] == {"x": [1, "two"]}
+    assert first["instance_id"] == again["instance_id"] == by_id["instance_id"]
+    assert first["execution_id"] != again["execution_id"]
+
+
+async def test_task_name_alone_reaches_an_existing_task(node: Node) -> None:
+    await node.invoke("add", [1, 1], task_name="named", artifact_spec=agent_spec())
+    assert (await node.invoke("add", [2, 2], task_name="named"))["result"] == 4
+
+
+@pytest.mark.parametrize(
+    ("request_fields", "code", "fragment"),
+    [
+        ({"invocation_type": "NEW_TASK", "artifact_spec": agent_spec()}, ErrorCode.INVALID_ARGUMENT, "task_name"),
+        ({"invocation_type": "NEW_TASK", "task_name": "nobody"}, ErrorCode.INVALID_ARGUMENT, "artifact_spec"),
+        ({"invocation_type": "EXISTING_TASK"}, ErrorCode.INVALID_ARGUMENT, "task_id"),
+        ({"invocation_type": "SOMETHING", "task_name": "t"}, ErrorCode.INVALID_ARGUMENT, "invocation_type"),
+        ({"invocation_type": "EXISTING_TASK", "task_id": "task-none"}, ErrorCode.NOT_FOUND, "task-none"),
+        (
+            {"invocation_type": "EXISTING_TASK", "task_id": "task-none", "create_if_not_exists": True},
+            ErrorCode.INVALID_ARGUMENT,
+            "artifact_spec",
+        ),
+        ({"task_name": "t", "artifact_spec": {"location": ""}}, ErrorCode.INVALID_ARGUMENT, "location"),
+        ({"task_name": "t", "artifact_spec": agent_spec(), "context": {"timeout_ms": -1}},
+         ErrorCode.INVALID_ARGUMENT, "timeout_ms"),
+        ({"task_name": "t", "artifact_spec": {"location": "/no/such/file.py"}}, ErrorCode.NOT_FOUND, "/no/such"),
+        ({"task_name": "t", "artifact_spec": {"location": "x", "artifact_type": "jvm"}},
+         ErrorCode.INVALID_ARGUMENT, "artifact_type"),
+    ],
+)
+async def test_validation_rules(node: Node, request_fields: dict[str, Any], code: ErrorCode, fragment: str) -> None:
+    error = await expect_error(code, node.invoke("add", [1, 2], **request_fields))
+    assert fragment in error.message
+
+
+async def test_function_name_is_required(node: Node) -> None:
+    error = await expect_error(ErrorCode.INVALID_ARGUMENT, node.invoke("", None, task_name="t"))
+    assert "function_name" in error.message
+
+
+async def test_create_if_not_exists_creates_the_task_with_that_id(node: Node) -> None:
+    response = await node.invoke(
+        "add", [5, 5], task_id="task-chosen", create_if_not_exists=True, artifact_spec=agent_spec()
+    )
+    assert response["task_id"] == "task-chosen"
+    assert (await node.invoke("add", [1, 1], task_id="task-chosen"))["result"] == 2
+
+
+async def test_function_error_carries_type_message_traceback_and_logs(node: Node) -> None:
+    error = await expect_error(
+        ErrorCode.FUNCTION_ERROR, node.invoke("fail", {"message": "bad input"}, task_name="t", artifact_spec=agent_spec())
+    )
+    assert error.message == "ValueError: bad input"
+    assert error.details["type"] == "ValueError"
+    assert "raise ValueError(message)" in error.details["traceback"]
+    assert error.details["logs"] == ["about to fail with 'bad input'"]
+    assert error.details["execution_id"]
+
+
+async def test_unknown_function_is_not_found(node: Node) -> None:
+    error = await expect_error(ErrorCode.NOT_FOUND, node.invoke("nope", None, task_name="t", artifact_spec=agent_spec()))
+    assert "nope" in error.message and "add" in error.message
+
+
+async def test_timeout_answers_deadline_exceeded_and_the_instance_stays_usable(node: Node) -> None:
+    spec = agent_spec(BUSY)
+    first = await node.invoke("pid", None, task_name="busy", artifact_spec=spec)
+    with trio.fail_after(5):  # the caller is answered at its deadline, not when the work ends
+        await expect_error(
+            ErrorCode.DEADLINE_EXCEEDED,
+            node.invoke("wait", [30], task_name="busy", context={"timeout_ms": 200}),
+        )
+    after = await node.invoke("pid", None, task_name="busy")
+    assert after["result"] == first["result"]  # same agent process, still healthy
+    assert after["instance_id"] == first["instance_id"]
+
+
+async def test_agent_killed_mid_call_fails_the_call_and_the_next_call_works(node: Node) -> None:
+    spec = agent_spec(BUSY)
+    victim = (await node.invoke("pid", None, task_name="crash", artifact_spec=spec))["result"]
+    outcome: dict[str, Any] = {}
+
+    async def long_call() -> None:
+        try:
+            await node.invoke("wait", [30], task_name="crash")
+        except SpearError as exc:
+            outcome["error"] = exc
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(long_call)
+        await trio.sleep(0.3)
+        os.kill(victim, signal.SIGKILL)
+    error = outcome["error"]
+    assert error.code is ErrorCode.INSTANCE_FAILED
+    assert "exited" in error.message or "lost" in error.message
+    replacement = await node.invoke("pid", None, task_name="crash")
+    assert replacement["result"] != victim
+
+
+async def test_wrong_secret_is_never_ready(node: Node) -> None:
+    error = await expect_error(
+        ErrorCode.INSTANCE_FAILED,
+        node.invoke("add", [1, 2], task_name="liar", artifact_spec=agent_spec(AGENTS / "wrong_secret_agent.py")),
+    )
+    assert "UNAUTHENTICATED" in error.details["stderr_tail"]
+
+
+async def test_raw_connection_with_a_wrong_secret_is_refused(node: Node) -> None:
+    address = node.config.agent_listen
+    assert address is not None
+    async with open_transport(address) as transport:
+        with pytest.raises(SpearError) as info:
+            async with open_connection(transport, Hello(role="agent", auth="guess")):
+                pass
+    assert info.value.code is ErrorCode.UNAUTHENTICATED
+
+
+async def test_agent_that_never_dials_back_fails_with_the_stderr_tail(tmp_path: Path, no_leaked_processes: None) -> None:
+    async with open_node(fast_config(tmp_path, start_timeout_s=1.0)) as node:
+        error = await expect_error(
+            ErrorCode.INSTANCE_FAILED,
+            node.invoke("x", None, task_name="mute", artifact_spec=agent_spec(AGENTS / "silent_agent.py")),
+        )
+    assert "did not dial back within 1s" in error.message
+    assert "never dialing back" in error.details["stderr_tail"]
+
+
+async def test_200_concurrent_invocations_over_one_websocket(node: Node) -> None:
+    results: dict[int, Any] = {}
+    async with spear_actors.connect(str(node.endpoints[0])) as client:
+        await client.invoke("double", 0, task_name="fan", artifact_spec=agent_spec(BUSY))
+
+        async def one(i: int) -> None:
+            results[i] = (await client.invoke("double", i, task_name="fan"))["result"]
+
+        async with trio.open_nursery() as nursery:
+            for i in range(200):
+                nursery.start_soon(one, i)
+    assert results == {i: 2 * i for i in range(200)}
+
+
+async def test_calls_wait_for_a_slot_and_instances_scale_to_the_maximum(node: Node) -> None:
+    spec = agent_spec(BUSY)
+    policy = {"max_instances": 3, "max_concurrency": 1}
+    instances: set[str] = set()
+
+    async def one() -> None:
+        response = await node.invoke("wait", [0.3], task_name="pool", artifact_spec=spec, policy=policy)
+        instances.add(response["instance_id"])
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(9):
+            nursery.start_soon(one)
+    assert len(instances) == 3
+
+
+async def test_force_new_instance_adds_an_instance(node: Node) -> None:
+    spec = agent_spec(BUSY)
+    first = await node.invoke("pid", None, task_name="forced", artifact_spec=spec)
+    second = await node.invoke("pid", None, task_name="forced", artifact_spec=spec, force_new_instance=True)
+    assert second["task_id"] == first["task_id"]
+    assert second["instance_id"] != first["instance_id"]
+    assert second["result"] != first["result"]
+
+
+async def test_declared_tasks_exist_at_start(tmp_path: Path, no_leaked_processes: None) -> None:
+    config = fast_config(tmp_path)
+    config.tasks = [
+        TaskDeclaration("declared", ArtifactSpec(location=str(BUSY)), policy=InstancePolicy(min_instances=1))
+    ]
+    async with open_node(config) as node:
+        assert (await node.health())["tasks"] == 1
+        assert (await node.invoke("double", 21, task_name="declared"))["result"] == 42
+
+
+async def test_shutdown_leaves_no_agent_process(tmp_path: Path) -> None:
+    before = child_pids()
+    async with open_node(fast_config(tmp_path)) as node:
+        for name in ("a", "b", "c"):
+            await node.invoke("pid", None, task_name=name, artifact_spec=agent_spec(BUSY))
+        assert len(child_pids() - before) == 3
+    assert child_pids() - before == set()
+
+
+async def test_shutdown_answers_in_flight_calls_unavailable(tmp_path: Path, no_leaked_processes: None) -> None:
+    outcome: dict[str, Any] = {}
+    async with open_node(fast_config(tmp_path)) as node:
+        await node.invoke("pid", None, task_name="slow", artifact_spec=agent_spec(BUSY))
+
+        async def long_call() -> None:
+            try:
+                await node.invoke("wait", [30], task_name="slow")
+            except SpearError as exc:
+                outcome["error"] = exc
+
+        node._nursery.start_soon(long_call)
+        await trio.sleep(0.2)
+    assert outcome["error"].code is ErrorCode.UNAVAILABLE

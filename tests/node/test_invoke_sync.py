@@ -89,7 +89,8 @@ async def test_create_if_not_exists_creates_the_task_with_that_id(node: Node) ->
 
 async def test_function_error_carries_type_message_traceback_and_logs(node: Node) -> None:
     error = await expect_error(
-        ErrorCode.FUNCTION_ERROR, node.invoke("fail", {"message": "bad input"}, task_name="t", artifact_spec=agent_spec())
+        ErrorCode.FUNCTION_ERROR,
+        node.invoke("fail", {"message": "bad input"}, task_name="t", artifact_spec=agent_spec()),
     )
     assert error.message == "ValueError: bad input"
     assert error.details["type"] == "ValueError"
@@ -99,7 +100,8 @@ async def test_function_error_carries_type_message_traceback_and_logs(node: Node
 
 
 async def test_unknown_function_is_not_found(node: Node) -> None:
-    error = await expect_error(ErrorCode.NOT_FOUND, node.invoke("nope", None, task_name="t", artifact_spec=agent_spec()))
+    call = node.invoke("nope", None, task_name="t", artifact_spec=agent_spec())
+    error = await expect_error(ErrorCode.NOT_FOUND, call)
     assert "nope" in error.message and "add" in error.message
 
 
@@ -156,7 +158,9 @@ async def test_raw_connection_with_a_wrong_secret_is_refused(node: Node) -> None
     assert info.value.code is ErrorCode.UNAUTHENTICATED
 
 
-async def test_agent_that_never_dials_back_fails_with_the_stderr_tail(tmp_path: Path, no_leaked_processes: None) -> None:
+async def test_agent_that_never_dials_back_fails_with_the_stderr_tail(
+    tmp_path: Path, no_leaked_processes: None
+) -> None:
     async with open_node(fast_config(tmp_path, start_timeout_s=1.0)) as node:
         error = await expect_error(
             ErrorCode.INSTANCE_FAILED,

@@ -1,0 +1,190 @@
+"""The task actor's scheduling, as a property: whatever happens, every call gets
+exactly one terminal answer, and the pool never exceeds its policy."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import trio
+import trio.testing
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from spear_actors.actors.mailbox import Reply
+from spear_actors.actors.messages import CancelExecution, Outcome, StopTask, Submit
+from spear_actors.actors.task import TaskActor, TaskDefinition
+from spear_actors.errors import ErrorCode, SpearError
+from spear_actors.model import ArtifactSpec, InstancePolicy
+from spear_actors.runtimes.base import Call
+
+from .inline_runtime import InlineRuntime
+
+TERMINAL_CODES = {
+    ErrorCode.DEADLINE_EXCEEDED,
+    ErrorCode.CANCELLED,
+    ErrorCode.INSTANCE_FAILED,
+    ErrorCode.RESOURCE_EXHAUSTED,
+    ErrorCode.UNAVAILABLE,
+}
+
+
+def definition(**policy: Any) -> TaskDefinition:
+    base = InstancePolicy(min_instances=0, max_instances=3, max_concurrency=2, idle_timeout_s=5.0, max_pending=50)
+    return TaskDefinition(
+        task_id="t1",
+        task_name="t",
+        description="",
+        artifact=ArtifactSpec(location="inline", artifact_type="inline"),
+        artifact_path=None,
+        artifact_digest="",
+        policy=InstancePolicy(**policy).merged_over(base) if policy else base,
+    )
+
+
+operation = st.one_of(
+    st.tuples(st.just("call"), st.floats(0.0, 3.0), st.floats(0.1, 6.0)),
+    st.tuples(st.just("cancel"), st.integers(0, 1000), st.just(0.0)),
+    st.tuples(st.just("kill"), st.integers(0, 1000), st.just(0.0)),
+    st.tuples(st.just("wait"), st.floats(0.0, 2.0), st.just(0.0)),
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ops=st.lists(operation, min_size=1, max_size=40))
+def test_every_call_gets_exactly_one_terminal_answer(ops: list[tuple[str, float, float]]) -> None:
+    runtime = InlineRuntime()
+    replies: list[tuple[Reply[Outcome], float, float]] = []
+
+    async def scenario() -> None:
+        actor = TaskActor(definition(), runtime)
+        async with trio.open_nursery() as nursery:
+            ref = await nursery.start(actor.run)
+            for kind, a, b in ops:
+                if kind == "call":
+                    reply: Reply[Outcome] = Reply()
+                    now = trio.current_time()
+                    call = Call(f"e{len(replies)}", "sleep", a, timeout=b)
+                    replies.append((reply, a, b))
+                    ref.tell_nowait(Submit(call, reply, now + b))
+                elif kind == "cancel" and replies:
+                    ref.tell_nowait(CancelExecution(f"e{int(a) % len(replies)}", "test cancel"))
+                elif kind == "kill":
+                    runtime.kill_one(int(a))
+                else:
+                    await trio.sleep(a)
+                assert len(runtime.live) <= 3
+            # Every deadline is at most 6 s away: by then all must be answered.
+            with trio.fail_after(60):
+                for reply, _, _ in replies:
+                    try:
+                        await reply.wait()
+                    except SpearError as exc:
+                        assert exc.code in TERMINAL_CODES, exc
+            ref.tell_nowait(StopTask(SpearError(ErrorCode.UNAVAILABLE, "done")))
+
+    trio.run(scenario, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert runtime.max_live_seen <= 3
+    assert runtime.max_inflight_seen <= 2
+    assert not runtime.live  # every instance stopped with the task
+
+
+async def test_calls_wait_in_arrival_order_for_a_free_slot(autojump_clock: trio.abc.Clock) -> None:
+    runtime = InlineRuntime()
+    finished: list[int] = []
+
+    async def submit(ref: Any, i: int) -> None:
+        reply: Reply[Outcome] = Reply()
+        await ref.tell(Submit(Call(f"e{i}", "sleep", 1.0, timeout=100), reply, trio.current_time() + 100))
+        await reply.wait()
+        finished.append(i)
+
+    async with trio.open_nursery() as nursery:
+        ref = await nursery.start(TaskActor(definition(max_instances=1, max_concurrency=1), runtime).run)
+        for i in range(5):
+            nursery.start_soon(submit, ref, i)
+            await trio.sleep(0.001)
+        await trio.sleep(10)
+        nursery.cancel_scope.cancel()
+    assert finished == [0, 1, 2, 3, 4]
+
+
+async def test_pending_call_expires_at_its_deadline(autojump_clock: trio.abc.Clock) -> None:
+    runtime = InlineRuntime()
+    async with trio.open_nursery() as nursery:
+        ref = await nursery.start(TaskActor(definition(max_instances=1, max_concurrency=1), runtime).run)
+        busy: Reply[Outcome] = Reply()
+        ref.tell_nowait(Submit(Call("busy", "sleep", 50.0, timeout=100), busy, trio.current_time() + 100))
+        waiting: Reply[Outcome] = Reply()
+        start = trio.current_time()
+        ref.tell_nowait(Submit(Call("late", "sleep", 1.0, timeout=2), waiting, start + 2))
+        try:
+            await waiting.wait()
+        except SpearError as exc:
+            assert exc.code is ErrorCode.DEADLINE_EXCEEDED
+            assert "no instance was free" in exc.message
+        else:
+            raise AssertionError("the waiting call should have expired")
+        assert math.isclose(trio.current_time() - start, 2, abs_tol=0.01)
+        nursery.cancel_scope.cancel()
+
+
+async def test_queue_limit_answers_resource_exhausted_at_once(autojump_clock: trio.abc.Clock) -> None:
+    runtime = InlineRuntime()
+    async with trio.open_nursery() as nursery:
+        actor = TaskActor(definition(max_instances=1, max_concurrency=1, max_pending=2), runtime)
+        ref = await nursery.start(actor.run)
+        replies = [Reply[Outcome]() for _ in range(4)]
+        for i, reply in enumerate(replies):
+            ref.tell_nowait(Submit(Call(f"e{i}", "sleep", 1.0, timeout=100), reply, trio.current_time() + 100))
+            if i == 0:
+                await trio.sleep(0.5)  # the instance is up and busy with the first call
+        try:
+            await replies[3].wait()
+        except SpearError as exc:
+            assert exc.code is ErrorCode.RESOURCE_EXHAUSTED
+            assert exc.details["retry_after_ms"] > 0
+        else:
+            raise AssertionError("the fourth call should have been refused")
+        for reply in replies[:3]:
+            assert (await reply.wait()).result["slept"] == 1.0
+        nursery.cancel_scope.cancel()
+
+
+async def test_idle_instances_are_reaped_down_to_the_minimum(autojump_clock: trio.abc.Clock) -> None:
+    runtime = InlineRuntime()
+    async with trio.open_nursery() as nursery:
+        actor = TaskActor(
+            definition(min_instances=1, max_instances=3, max_concurrency=1, idle_timeout_s=5.0), runtime
+        )
+        ref = await nursery.start(actor.run)
+        replies = [Reply[Outcome]() for _ in range(3)]
+        for i, reply in enumerate(replies):
+            ref.tell_nowait(Submit(Call(f"e{i}", "sleep", 1.0, timeout=100), reply, trio.current_time() + 100))
+        for reply in replies:
+            await reply.wait()
+        assert len(runtime.live) == 3
+        await trio.sleep(4)
+        assert len(runtime.live) == 3
+        await trio.sleep(2)
+        assert len(runtime.live) == 1
+        nursery.cancel_scope.cancel()
+
+
+async def test_start_failure_reaches_the_waiting_calls(autojump_clock: trio.abc.Clock) -> None:
+    runtime = InlineRuntime(fail_starts=1)
+    async with trio.open_nursery() as nursery:
+        ref = await nursery.start(TaskActor(definition(max_instances=1), runtime).run)
+        reply: Reply[Outcome] = Reply()
+        ref.tell_nowait(Submit(Call("e", "sleep", 1.0, timeout=100), reply, trio.current_time() + 100))
+        try:
+            await reply.wait()
+        except SpearError as exc:
+            assert exc.code is ErrorCode.INSTANCE_FAILED
+            assert exc.details["stderr_tail"] == "boom"
+        else:
+            raise AssertionError("expected the start failure")
+        second: Reply[Outcome] = Reply()
+        ref.tell_nowait(Submit(Call("e2", "sleep", 1.0, timeout=100), second, trio.current_time() + 100))
+        assert (await second.wait()).result["slept"] == 1.0
+        nursery.cancel_scope.cancel()

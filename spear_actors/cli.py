@@ -152,3 +152,7 @@ async def _client_command(args: argparse.Namespace) -> Any:
             fields["context"] = {"timeout_ms": args.timeout_ms}
         response = await client.invoke(args.function, _load_params(args.params), **fields)
         return response if args.json else response.get("result")
+
+
+if __name__ == "__main__":
+    main()

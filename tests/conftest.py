@@ -18,9 +18,10 @@ EXAMPLE_AGENT = ROOT / "examples" / "hello_agent.py"
 AGENTS = Path(__file__).resolve().parent / "agents"
 
 
-def child_pids() -> set[int]:
-    """Processes (zombies included) whose parent is this test process, from /proc."""
-    me = os.getpid()
+def child_pids(parent: int | None = None) -> set[int]:
+    """Processes (zombies included) whose parent is *parent* (default: this test
+    process), from /proc."""
+    me = os.getpid() if parent is None else parent
     children = set()
     for entry in os.listdir("/proc"):
         if not entry.isdigit():

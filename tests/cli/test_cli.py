@@ -69,7 +69,6 @@ async def test_serve_runs_the_example_config_and_stops_cleanly_on_sigterm(tmp_pa
         .replace("ws://127.0.0.1:7411", "ws://127.0.0.1:0")
         .replace('"hello_agent.py"', json.dumps(str(EXAMPLE_AGENT)))
     )
-    before = child_pids()
     async with trio.open_nursery() as nursery:
         process: trio.Process = await nursery.start(
             lambda task_status: trio.run_process(

@@ -1,0 +1,193 @@
+"""Downloading an artifact over HTTP(S) into a file, with retries and a size cap.
+
+httpx runs on trio natively (it detects the running async library). One client per
+download: downloads are rare (the cache absorbs repeats), and a short-lived client
+leaves no pooled sockets behind for anybody to close.
+
+Failure policy (every error names the location and the reason):
+
+- 404 / 410 → NOT_FOUND, 401 / 403 → PERMISSION_DENIED, any other 4xx →
+  INVALID_ARGUMENT, all at once without retrying: asking again will not help.
+- 408, 429, 5xx, connection errors, timeouts and truncated bodies are transient:
+  retried with exponential back-off (honouring ``Retry-After`` up to the back-off
+  cap); when the retries run out → UNAVAILABLE with the last reason.
+- TLS certificate failures are not transient → UNAVAILABLE at once.
+- A body over the cap (by ``Content-Length`` or by counting) → RESOURCE_EXHAUSTED.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import random
+import ssl
+from pathlib import Path
+
+import httpx
+import trio
+
+from ..errors import ErrorCode, SpearError
+from .location import invalid
+
+__all__ = ["RetryPolicy", "download"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How transient download failures are retried."""
+
+    retries: int = 4
+    """Retries after the first attempt (so at most ``retries + 1`` requests)."""
+    backoff_base: float = 0.5
+    """Seconds before the first retry; doubled for each further one."""
+    backoff_max: float = 8.0
+    """Upper bound of one back-off (also caps a server's ``Retry-After``)."""
+
+    def delay(self, retry: int, retry_after: float | None) -> float:
+        """Seconds to wait before retry number *retry* (1-based).
+
+        A little jitter (±20 %) keeps many nodes that failed together from
+        retrying in lock-step against the same server.
+        """
+        backoff = min(self.backoff_max, self.backoff_base * 2.0 ** (retry - 1))
+        if retry_after is not None:
+            backoff = max(backoff, min(retry_after, self.backoff_max))
+        return backoff * random.uniform(0.8, 1.2)  # jitter, not cryptography
+
+
+class _Transient(Exception):
+    """A failure worth another attempt."""
+
+    def __init__(self, reason: str, retry_after: float | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retry_after = retry_after
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    # Only the delta-seconds form; an HTTP date is rare for artifact servers.
+    value = response.headers.get("retry-after", "")
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None
+
+
+def _status_failure(shown: str, response: httpx.Response) -> SpearError | _Transient:
+    status = response.status_code
+    reason = f"HTTP {status} {response.reason_phrase}".rstrip()
+    if status in (408, 429) or status >= 500:
+        return _Transient(reason, _retry_after(response))
+    details = {"location": shown, "http_status": status}
+    if status in (404, 410):
+        return SpearError(ErrorCode.NOT_FOUND, f"artifact {shown}: {reason}", details)
+    if status in (401, 403):
+        return SpearError(ErrorCode.PERMISSION_DENIED, f"artifact {shown}: {reason}", details)
+    return invalid(shown, reason, http_status=status)
+
+
+def _too_big(shown: str, limit: int) -> SpearError:
+    return SpearError(
+        ErrorCode.RESOURCE_EXHAUSTED,
+        f"artifact {shown}: download exceeds the limit of {limit} bytes",
+        {"location": shown, "limit": limit},
+    )
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+async def _attempt(client: httpx.AsyncClient, url: str, shown: str, dest: Path, max_bytes: int) -> tuple[str, int]:
+    # identity encoding + raw bytes: the checksum is over the file as published,
+    # and a server that gzips on the fly (or mislabels a .tar.gz) cannot change it;
+    # counting raw bytes also keeps a compression bomb from passing the size cap.
+    async with client.stream("GET", url, headers={"accept-encoding": "identity"}) as response:
+        if not 200 <= response.status_code < 300:
+            raise _status_failure(shown, response)
+        declared = response.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > max_bytes:
+            raise _too_big(shown, max_bytes)
+        digest = hashlib.sha256()
+        size = 0
+        failure: Exception | None = None
+        async with await trio.open_file(dest, "wb") as out:
+            # httpx's body iterator is a chain of async generators. Leaving the loop
+            # while they are suspended (an exception or a cancellation in the loop
+            # body) abandons them half-way, which trio reports as a ResourceWarning.
+            # So the body never raises and never takes a cancellation: its one await
+            # is shielded, a failure is parked and the loop stopped by cancelling
+            # `stop`, which lands inside the generators' own network read and
+            # unwinds them properly. An outside cancellation lands there too.
+            with trio.CancelScope() as stop:
+                async for chunk in response.aiter_raw():
+                    if failure is not None:
+                        continue
+                    try:
+                        size += len(chunk)
+                        if size > max_bytes:
+                            raise _too_big(shown, max_bytes)
+                        digest.update(chunk)
+                        with trio.CancelScope(shield=True):
+                            await out.write(chunk)
+                    except Exception as exc:
+                        failure = exc
+                        stop.cancel()
+        if failure is not None:
+            raise failure
+    return digest.hexdigest(), size
+
+
+async def _attempt_mapped(
+    client: httpx.AsyncClient, url: str, shown: str, dest: Path, max_bytes: int
+) -> tuple[str, int]:
+    # Sort httpx's exceptions into "try again" and "give up now".
+    try:
+        return await _attempt(client, url, shown, dest, max_bytes)
+    except (httpx.UnsupportedProtocol, httpx.TooManyRedirects, httpx.InvalidURL) as exc:
+        raise invalid(shown, _describe(exc)) from exc
+    except httpx.ConnectError as exc:
+        if isinstance(exc.__cause__ or exc.__context__, ssl.SSLCertVerificationError):
+            raise SpearError(
+                ErrorCode.UNAVAILABLE, f"artifact {shown}: TLS verification failed: {exc}", {"location": shown}
+            ) from exc
+        raise _Transient(_describe(exc)) from exc
+    except httpx.TransportError as exc:  # timeouts, resets, truncated bodies
+        raise _Transient(_describe(exc)) from exc
+
+
+async def download(
+    url: str,
+    shown: str,
+    dest: Path,
+    *,
+    max_bytes: int,
+    timeout: float,
+    retry: RetryPolicy,
+    ssl_context: ssl.SSLContext,
+) -> tuple[str, int]:
+    """GET *url* into *dest* (overwritten per attempt); return (sha256 hex, size).
+
+    *shown* is the redacted location used in messages. Raises SpearError as
+    described in the module docstring.
+    """
+    async with httpx.AsyncClient(timeout=timeout, follow_redirects=True, verify=ssl_context, trust_env=True) as client:
+        failures = 0
+        while True:
+            try:
+                return await _attempt_mapped(client, url, shown, dest, max_bytes)
+            except _Transient as exc:
+                failures += 1
+                if failures > retry.retries:
+                    raise SpearError(
+                        ErrorCode.UNAVAILABLE,
+                        f"artifact {shown}: {exc.reason} (gave up after {failures} attempts)",
+                        {"location": shown, "attempts": failures, "reason": exc.reason},
+                    ) from exc
+                delay = retry.delay(failures, exc.retry_after)
+                log.warning("artifact %s: %s; retry %d in %.2fs", shown, exc.reason, failures, delay)
+                await trio.sleep(delay)

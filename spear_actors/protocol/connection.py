@@ -568,12 +568,20 @@ class Connection:
             scope.deadline = trio.current_time() + incoming.timeout_ms / 1000
         try:
             with scope:
-                async with self._limiter:
+                # acquire_nowait first: `async with limiter` always adds a schedule
+                # point, one more trip through the run loop for every request served
+                try:
+                    self._limiter.acquire_nowait()
+                except trio.WouldBlock:
+                    await self._limiter.acquire()
+                try:
                     result = await self._handler(incoming)
-                    if incoming.is_stream:
-                        reply = StreamEnd(incoming.id, incoming.items_sent, result)
-                    else:
-                        reply = Response(incoming.id, result)
+                finally:
+                    self._limiter.release()
+                if incoming.is_stream:
+                    reply = StreamEnd(incoming.id, incoming.items_sent, result)
+                else:
+                    reply = Response(incoming.id, result)
             if scope.cancelled_caught:
                 if incoming.cancel_reason is not None:
                     reply = Error(incoming.id, ErrorCode.CANCELLED.value, incoming.cancel_reason)

@@ -24,11 +24,13 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import json
 import logging
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Final
 
@@ -103,7 +105,7 @@ def _write_atomic_sync(path: Path, data: bytes) -> None:
         raise
 
 
-def _read_entry_sync(directory: Path) -> tuple[CacheEntry, float]:
+def _read_entry_sync(directory: Path) -> tuple[CacheEntry, int]:
     # ValueError / OSError when the entry is unusable.
     path = directory / _ENTRY_FILE
     raw: Any = json.loads(path.read_bytes())
@@ -115,7 +117,7 @@ def _read_entry_sync(directory: Path) -> tuple[CacheEntry, float]:
     manifest = Manifest.from_json(raw.get("manifest"))
     if kind == "file" and not manifest.files:
         raise ValueError("single-file entry without a file")
-    return CacheEntry(digest, kind, manifest, directory), path.stat().st_mtime
+    return CacheEntry(digest, kind, manifest, directory), path.stat().st_mtime_ns
 
 
 def _remove_tree_sync(path: Path) -> None:
@@ -136,11 +138,12 @@ class ContentCache:
         self._reserved = 0
         """Bytes of entries being committed, already counted against the limit."""
         self._opened = False
+        self._last_stamp = 0
         self._open_lock = trio.Lock()
 
     # -- start-up -----------------------------------------------------------------
 
-    def _load_sync(self) -> list[tuple[CacheEntry, float]]:
+    def _load_sync(self) -> list[tuple[CacheEntry, int]]:
         self._objects.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(self._tmp, ignore_errors=True)  # leftovers of a crash
         self._tmp.mkdir(parents=True, exist_ok=True)
@@ -159,8 +162,9 @@ class ContentCache:
             if self._opened:
                 return
             found = await trio.to_thread.run_sync(self._load_sync)
-            for entry, _ in sorted(found, key=lambda pair: pair[1]):
+            for entry, used in sorted(found, key=lambda pair: pair[1]):
                 self._entries[entry.digest] = entry
+                self._last_stamp = max(self._last_stamp, used)
             self._opened = True
             # The limit may have shrunk since the last run; nothing is pinned yet.
             excess = self._choose_victims(0, exclude=None, strict=False)
@@ -214,11 +218,18 @@ class ContentCache:
             verify_tree_sync, entry.content, entry.manifest, trio.from_thread.check_cancelled
         )
 
+    def _stamp(self) -> int:
+        # Strictly increasing: the kernel's file clock is coarse (jiffies), and two
+        # uses in one tick must still keep their order after a restart.
+        self._last_stamp = max(time.time_ns(), self._last_stamp + 1)
+        return self._last_stamp
+
     async def touch(self, entry: CacheEntry) -> None:
         """Record a use: most recently used in memory, and on disk (entry.json's mtime)
         so the order survives a restart."""
+        stamp = self._stamp()
         try:
-            await trio.to_thread.run_sync(os.utime, entry.directory / _ENTRY_FILE)
+            await trio.to_thread.run_sync(functools.partial(os.utime, entry.directory / _ENTRY_FILE, ns=(stamp, stamp)))
         except OSError as exc:  # LRU order is advisory; never fail a resolve for it
             log.debug("artifact cache: cannot touch %s: %s", entry.digest, exc)
         if entry.digest in self._entries:
@@ -279,8 +290,11 @@ class ContentCache:
             await self._delete(victims)
             target = self._objects / digest
 
+            stamp = self._stamp()
+
             def install_sync() -> None:
                 _write_atomic_sync(work / _ENTRY_FILE, _entry_json(kind, digest, manifest))
+                os.utime(work / _ENTRY_FILE, ns=(stamp, stamp))
                 if target.exists():  # a stale directory the index does not know
                     self._trash_sync(target)
                 os.rename(work, target)

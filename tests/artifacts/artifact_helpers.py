@@ -37,6 +37,8 @@ class Route:
     headers: dict[str, str] = dataclasses.field(default_factory=dict)
     failure_headers: dict[str, str] = dataclasses.field(default_factory=dict)
     """Extra headers of the failure responses (e.g. Retry-After)."""
+    stall_after: int | None = None
+    """Send this many body bytes, then wait for :attr:`ArtifactServer.release`."""
 
 
 class ArtifactServer:
@@ -50,6 +52,8 @@ class ArtifactServer:
         self.hits: collections.Counter[str] = collections.Counter()
         self.gate: trio.Event | None = None
         """When set to an Event, responses wait for it (to hold a download open)."""
+        self.release = trio.Event()
+        """Lets stalled responses (:attr:`Route.stall_after`) finish."""
         self.port = 0
         self._scope: trio.CancelScope | None = None
 
@@ -96,16 +100,22 @@ class ArtifactServer:
                     headers["content-length"] = ""  # an empty value drops the header
                 elif route.claim_length is not None:
                     headers["content-length"] = str(route.claim_length)
-                await self._send(stream, route.status, route.body, headers)
+                await self._send(stream, route.status, route.body, headers, route.stall_after)
 
-    @staticmethod
-    async def _send(stream: trio.SocketStream, status: int, body: bytes, headers: dict[str, str]) -> None:
+    async def _send(
+        self, stream: trio.SocketStream, status: int, body: bytes, headers: dict[str, str], stall: int | None = None
+    ) -> None:
         fields = {"content-length": str(len(body)), "connection": "close", **headers}
         head = f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n"
         head += "".join(f"{k}: {v}\r\n" for k, v in fields.items() if v)
+        data = head.encode() + b"\r\n" + body
+        split = len(data) - len(body) + (len(body) if stall is None else stall)
         try:
-            await stream.send_all(head.encode() + b"\r\n" + body)
-        except trio.BrokenResourceError:  # the client gave up first (size cap)
+            await stream.send_all(data[:split])
+            if split < len(data):
+                await self.release.wait()
+                await stream.send_all(data[split:])
+        except trio.BrokenResourceError:  # the client gave up first (size cap, cancel)
             pass
 
 

@@ -292,3 +292,34 @@ async def test_credentials_are_redacted_from_errors(server: ArtifactServer, make
     assert info.value.code is ErrorCode.NOT_FOUND
     assert "hunter2" not in info.value.message and "s3cr3t" not in info.value.message
     assert "user:***@" in info.value.message and "token=***" in info.value.message
+
+
+async def test_cancelled_download_hands_over_to_a_waiter(
+    server: ArtifactServer, make_store: StoreFactory, data_dir: Path
+) -> None:
+    body = bytes(range(256)) * 1000
+    url = server.serve("/big.bin", body, stall_after=100_000)
+    store = make_store()
+    results = []
+    leader_scope = trio.CancelScope()
+
+    async def leader() -> None:
+        with leader_scope:
+            await store.resolve(spec(url, sha(body)))
+
+    async def waiter() -> None:
+        results.append(await store.resolve(spec(url, sha(body))))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(leader)
+        while server.hits["/big.bin"] == 0:
+            await trio.sleep(0.001)
+        nursery.start_soon(waiter)
+        await trio.testing.wait_all_tasks_blocked()
+        leader_scope.cancel()  # mid-body: the waiter must not inherit this cancellation
+        while server.hits["/big.bin"] < 2:
+            await trio.sleep(0.001)
+        server.release.set()
+    assert leader_scope.cancelled_caught
+    assert results[0].path is not None and results[0].path.read_bytes() == body
+    assert list((data_dir / "artifacts" / "tmp").iterdir()) == []  # the abandoned build is gone

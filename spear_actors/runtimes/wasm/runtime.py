@@ -1,0 +1,101 @@
+"""The WASM runtime: one engine, its epoch ticker, the module cache, the worker limiter."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
+from typing import TypeVar
+
+import trio
+import wasmtime
+
+from ...errors import ErrorCode, SpearError
+from ..base import InstanceSpec, Runtime, RuntimeInstance
+from .cache import CacheStats, ModuleCache
+from .capi import Interrupt
+from .engine import EngineSetup, EpochTicker
+from .instance import WasmInstance
+from .settings import WasmSettings
+
+__all__ = ["WasmRuntime"]
+
+_T = TypeVar("_T")
+
+
+class WasmRuntime(Runtime):
+    """Runs ``artifact_type: "wasm"`` tasks in process with wasmtime.
+
+    *data_dir* holds the compiled-module cache (``<data_dir>/wasm-cache``; None =
+    memory only). At most *max_workers* executions run at once, each on a worker
+    thread, so the trio loop stays responsive while modules compute. An execution
+    gets the shorter of its call's timeout and the artifact's ``timeout_s``, or
+    *default_timeout_s* when neither is set. :meth:`run` must be running (the node
+    runs it) before instances are opened: it owns the epoch ticker that enforces
+    timeouts and cancellation.
+    """
+
+    kind = "wasm"
+
+    def __init__(self, data_dir: Path | None, max_workers: int = 4, *, default_timeout_s: float = 60.0) -> None:
+        self.setup = EngineSetup()
+        self.cache = ModuleCache(self.setup, None if data_dir is None else Path(data_dir) / "wasm-cache")
+        self.limiter = trio.CapacityLimiter(max_workers)
+        """Worker threads in use (``borrowed_tokens``) out of ``max_workers``."""
+        self.default_timeout_s = default_timeout_s
+        self._ticker = EpochTicker(self.setup.engine)
+
+    @property
+    def engine(self) -> wasmtime.Engine:
+        """The runtime's one engine (every module and store belongs to it)."""
+        return self.setup.engine
+
+    @property
+    def stats(self) -> CacheStats:
+        """What the module cache did (compiles, disk hits, recovered cache files)."""
+        return self.cache.stats
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Tick the engine's epoch for as long as the node lives."""
+        self._ticker.start()
+        try:
+            task_status.started()
+            await trio.sleep_forever()
+        finally:
+            self._ticker.stop()
+
+    def open_instance(self, spec: InstanceSpec) -> AbstractAsyncContextManager[RuntimeInstance]:
+        """Compile (or fetch from the cache) the module of *spec*; see :class:`Runtime`."""
+        return self._open(spec)
+
+    @asynccontextmanager
+    async def _open(self, spec: InstanceSpec) -> AsyncIterator[RuntimeInstance]:
+        if not self._ticker.running:
+            raise SpearError(ErrorCode.FAILED_PRECONDITION, "WasmRuntime.run() is not running")
+        settings = WasmSettings.from_config(spec.config)
+        if settings.preopen_dir is not None and not await trio.Path(settings.preopen_dir).is_dir():
+            raise SpearError(
+                ErrorCode.INVALID_ARGUMENT, f"preopen_dir {settings.preopen_dir!r} is not a directory"
+            )
+        compiled = await self.cache.get(spec)
+        if settings.abi == "wasi" and "_start" not in compiled.exports:
+            raise SpearError(
+                ErrorCode.INVALID_ARGUMENT,
+                "abi 'wasi' needs a WASI command (a `_start` export); use abi 'export' to call exports",
+            )
+        instance = WasmInstance(self, spec, compiled, settings)
+        if settings.warm:
+            await instance.prepare()
+        try:
+            yield instance
+        finally:
+            instance.close()
+
+    async def run_job(self, job: Callable[[], _T], interrupt: Interrupt) -> _T:
+        """Run *job* on a worker thread; if the caller is cancelled, trip *interrupt*
+        so the module stops at once instead of burning the abandoned thread."""
+        try:
+            return await trio.to_thread.run_sync(job, limiter=self.limiter, abandon_on_cancel=True)
+        except BaseException:
+            interrupt.cancel()  # a no-op when the job already finished
+            raise

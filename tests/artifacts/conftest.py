@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 import trio
-from artifact_helpers import ArtifactServer
 
 from spear_actors.artifacts import ArtifactStore
+
+from .artifact_helpers import ArtifactServer
 
 StoreFactory = Callable[..., ArtifactStore]
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from artifact_helpers import ArtifactServer, sha
-from conftest import StoreFactory
 
 from spear_actors.artifacts import ArtifactStore, ResolvedArtifact
 from spear_actors.errors import ErrorCode, SpearError
 from spear_actors.model import ArtifactSpec
+
+from .artifact_helpers import ArtifactServer, sha
+from .conftest import StoreFactory
 
 BODIES = {name: name.encode() * 100 for name in ("a", "b", "c")}  # 100 bytes each
 

@@ -6,11 +6,12 @@ import os
 from pathlib import Path
 
 import pytest
-from artifact_helpers import WASM_MODULE, sha, tar_file, tar_gz, zip_bytes
-from conftest import StoreFactory
 
 from spear_actors.errors import ErrorCode, SpearError
 from spear_actors.model import ArtifactSpec
+
+from .artifact_helpers import WASM_MODULE, sha, tar_file, tar_gz, zip_bytes
+from .conftest import StoreFactory
 
 SCRIPT = b"print('hello')\n"
 

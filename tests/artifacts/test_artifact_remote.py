@@ -9,12 +9,13 @@ from pathlib import Path
 import pytest
 import trio
 import trio.testing
-from artifact_helpers import WASM_MODULE, ArtifactServer, sha, tar_file, tar_gz
-from conftest import StoreFactory
 
 from spear_actors.artifacts import ArtifactStore
 from spear_actors.errors import ErrorCode, SpearError
 from spear_actors.model import ArtifactSpec
+
+from .artifact_helpers import WASM_MODULE, ArtifactServer, sha, tar_file, tar_gz
+from .conftest import StoreFactory
 
 SCRIPT = b"#!/bin/sh\necho hello\n"
 

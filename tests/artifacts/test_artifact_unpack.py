@@ -6,11 +6,12 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from artifact_helpers import sha, tar_dir, tar_file, tar_gz, tar_link, tar_special, zip_bytes
-from conftest import StoreFactory
 
 from spear_actors.errors import ErrorCode, SpearError
 from spear_actors.model import ArtifactSpec
+
+from .artifact_helpers import sha, tar_dir, tar_file, tar_gz, tar_link, tar_special, zip_bytes
+from .conftest import StoreFactory
 
 OK = tar_file("ok.txt", b"fine")
 

@@ -36,9 +36,15 @@ class InstanceActor(Actor[InstanceMessage]):
     def __init__(
         self, spec: InstanceSpec, runtime: Runtime, parent: ActorRef[TaskMessage], max_concurrency: int
     ) -> None:
-        # Room for every execution the task may dispatch here, plus cancels for each.
-        self.inbox_size = 2 * max_concurrency + 16
+        # Room for a cancel per execution the task may dispatch here.
+        self.inbox_size = max_concurrency + 16
         super().__init__(f"instance {spec.instance_id}")
+        # Executions skip the control inbox: they go straight to one of
+        # max_concurrency worker tasks, so a call costs no task spawn and no extra hop,
+        # while cancels on the control inbox are served even when every worker is busy.
+        work_send, self._work = trio.open_memory_channel[Execute](max_concurrency)
+        self.work: ActorRef[Execute] = ActorRef(f"instance {spec.instance_id} workers", work_send)
+        self._max_concurrency = max_concurrency
         self.spec = spec
         self.status = InstanceStatus.CREATING
         self._runtime = runtime
@@ -64,19 +70,37 @@ class InstanceActor(Actor[InstanceMessage]):
             self._failure = exc if ready else _start_failure(exc)
         finally:
             self.close_inbox()
+            unstarted = self._close_work()
             self.status = InstanceStatus.FAILED if self._failure else InstanceStatus.TERMINATED
-            self._parent.post(InstanceExited(self.spec.instance_id, self._failure, ready))
+            self._parent.post(InstanceExited(self.spec.instance_id, self._failure, ready, unstarted))
 
     async def on_start(self) -> None:
         assert self._instance is not None
         self.nursery.start_soon(self._watch_health, self._instance)
+        for _ in range(self._max_concurrency):
+            self.nursery.start_soon(self._worker)
 
     def handle(self, message: InstanceMessage) -> None:
-        if isinstance(message, Execute):
-            self.status = InstanceStatus.RUNNING
+        if isinstance(message, Execute):  # also accepted on the control inbox
             self.nursery.start_soon(self._execute, message)
         else:
             self._cancel(message)
+
+    async def _worker(self) -> None:
+        async for message in self._work:
+            await self._execute(message)
+
+    def _close_work(self) -> list[Execute]:
+        """Refuse new executions; return the ones that never started."""
+        self.work._send.close()
+        unstarted = []
+        while True:
+            try:
+                unstarted.append(self._work.receive_nowait())
+            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                break
+        self._work.close()
+        return unstarted
 
     def _cancel(self, message: CancelExecution) -> None:
         scope = self._running.get(message.execution_id)
@@ -97,6 +121,7 @@ class InstanceActor(Actor[InstanceMessage]):
     async def _execute(self, message: Execute) -> None:
         assert self._instance is not None
         call, reply = message.call, message.reply
+        self.status = InstanceStatus.RUNNING
         logs: list[str] = []
         started = trio.current_time()
         scope = trio.CancelScope()

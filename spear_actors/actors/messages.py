@@ -145,6 +145,8 @@ class InstanceExited:
     reason: SpearError | None
     ready: bool
     """Whether it had become READY before it exited."""
+    unstarted: list[Execute] = dataclasses.field(default_factory=list)
+    """Calls dispatched to it that never started: the task runs them elsewhere."""
 
 
 @dataclasses.dataclass(slots=True)

@@ -56,6 +56,7 @@ class _Slot:
 
     instance_id: str
     ref: ActorRef[InstanceMessage]
+    work: ActorRef[Execute]
     scope: trio.CancelScope
     ready: bool = False
     inflight: int = 0
@@ -92,6 +93,8 @@ class TaskActor(Actor[TaskMessage]):
         self._pending: collections.deque[_Pending] = collections.deque()
         self._running: dict[str, str] = {}
         self._wakeup = trio.Event()
+        self._timer_at = math.inf
+        self._queued_deadline = math.inf
         self._ids = itertools.count(1)
         self._last_start_error: SpearError | None = None
 
@@ -118,7 +121,6 @@ class TaskActor(Actor[TaskMessage]):
             if slot is not None:
                 slot.inflight -= 1
                 slot.last_used = trio.current_time()
-                self._wakeup.set()
         elif isinstance(message, InstanceReady):
             slot = self._slots.get(message.instance_id)
             if slot is not None:
@@ -155,7 +157,7 @@ class TaskActor(Actor[TaskMessage]):
         if submit.force_new_instance and len(self._slots) < (self._policy.max_instances or 1):
             entry.target = self._start_instance().instance_id
         self._pending.append(entry)
-        self._wakeup.set()
+        self._queued_deadline = min(self._queued_deadline, submit.deadline)
 
     def _dispatch(self) -> None:
         now = trio.current_time()
@@ -167,7 +169,7 @@ class TaskActor(Actor[TaskMessage]):
             submit = entry.submit
             call = dataclasses.replace(submit.call, timeout=max(0.0, submit.deadline - now))
             try:
-                slot.ref.tell_nowait(Execute(call, submit.reply, submit.sink))
+                slot.work.tell_nowait(Execute(call, submit.reply, submit.sink))
             except SpearError:
                 # The instance is stopping (its InstanceExited is on the way): skip it.
                 slot.ready = False
@@ -176,7 +178,17 @@ class TaskActor(Actor[TaskMessage]):
             slot.inflight += 1
             slot.executions += 1
             self._running[call.execution_id] = slot.instance_id
+        if self._pending:
+            # A call has to wait: the timer must expire it at its deadline.
+            self._wake_timer_by(self._queued_deadline)
+        self._queued_deadline = math.inf
         self._scale_up()
+
+    def _wake_timer_by(self, when: float) -> None:
+        """Make sure the timer looks again no later than *when* (free if it will anyway)."""
+        if when < self._timer_at:
+            self._timer_at = when
+            self._wakeup.set()
 
     def _pick(self, target: str | None) -> _Slot | None:
         if target is not None:
@@ -212,9 +224,11 @@ class TaskActor(Actor[TaskMessage]):
             artifact_digest=definition.artifact_digest,
         )
         actor = InstanceActor(spec, self._runtime, self.ref, self._max_concurrency)
-        slot = _Slot(instance_id, actor.ref, trio.CancelScope())
+        slot = _Slot(instance_id, actor.ref, actor.work, trio.CancelScope())
         self._slots[instance_id] = slot
         self.nursery.start_soon(self._run_instance, slot, actor)
+        if len(self._slots) > (self._policy.min_instances or 0) and self._policy.idle_timeout_s is not None:
+            self._wake_timer_by(trio.current_time() + self._policy.idle_timeout_s)  # reaping may be due then
         return slot
 
     async def _run_instance(self, slot: _Slot, actor: InstanceActor) -> None:
@@ -223,6 +237,11 @@ class TaskActor(Actor[TaskMessage]):
 
     def _instance_exited(self, message: InstanceExited) -> None:
         slot = self._slots.pop(message.instance_id, None)
+        # Calls that reached it but never started go back to the head of the queue.
+        for execute in reversed(message.unstarted):
+            self._running.pop(execute.call.execution_id, None)
+            deadline = trio.current_time() + (execute.call.timeout or 0.0)
+            self._pending.appendleft(_Pending(Submit(execute.call, execute.reply, deadline, execute.sink)))
         if slot is None:
             return
         if message.reason is not None:
@@ -278,8 +297,10 @@ class TaskActor(Actor[TaskMessage]):
             if idle_timeout is not None:
                 wake = min(wake, self._reap_idle(now, idle_timeout))
             self._wakeup = trio.Event()
+            self._timer_at = wake
             with trio.move_on_at(wake):
                 await self._wakeup.wait()
+
 
     def _reap_idle(self, now: float, idle_timeout: float) -> float:
         """Stop instances idle past the timeout (above the minimum); return when to look again."""
@@ -288,6 +309,10 @@ class TaskActor(Actor[TaskMessage]):
         live = len(self._slots)
         for slot in list(self._slots.values()):
             if not slot.ready or slot.inflight:
+                # Busy now, so idle no earlier than a full timeout from now: looking
+                # again then means no wake-up is needed when its calls finish.
+                if live > keep:
+                    wake = min(wake, now + idle_timeout)
                 continue
             expires = slot.last_used + idle_timeout
             if expires <= now and live > keep:

@@ -1,0 +1,309 @@
+"""Warm and cold invoke latency of process agents, next to the floors measured in the same run.
+
+    .venv/bin/python benchmarks/invoke.py [--quick]
+
+Measures:
+  * warm sync invoke to a process agent over websocket and over TCP: p50/p99 of
+    sequential calls, and throughput with 64 calls in flight over 8 connections;
+  * in-process ``node.invoke``;
+  * cold start: spawn → READY of one agent process;
+and the floors: a raw trio-websocket echo, a raw trio unix-socket echo (same
+8-byte framing + msgpack, no correlation layer), a bare python+msgpack dial-back,
+and Ray's local actor call when ``ray`` is importable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import trio
+import trio_websocket
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from spear_actors import connect, open_node  # noqa: E402
+from spear_actors.config import NodeConfig  # noqa: E402
+from spear_actors.model import ArtifactSpec  # noqa: E402
+from spear_actors.runtimes.base import InstanceSpec  # noqa: E402
+from spear_actors.runtimes.process import ProcessRuntime  # noqa: E402
+
+AGENT = ROOT / "examples" / "hello_agent.py"
+PAYLOAD = {"a": 1, "b": "x" * 32}
+
+
+def percentiles(samples: list[float]) -> tuple[float, float]:
+    ordered = sorted(samples)
+    return ordered[len(ordered) // 2], ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+
+
+async def sequential(call: Callable[[], Awaitable[Any]], n: int) -> tuple[float, float]:
+    for _ in range(min(200, n // 5)):
+        await call()
+    samples = []
+    for _ in range(n):
+        start = time.perf_counter()
+        await call()
+        samples.append(time.perf_counter() - start)
+    return percentiles(samples)
+
+
+async def throughput(calls: list[Callable[[], Awaitable[Any]]], in_flight: int, total: int) -> float:
+    per_worker = total // in_flight
+
+    async def worker(call: Callable[[], Awaitable[Any]]) -> None:
+        for _ in range(per_worker):
+            await call()
+
+    start = time.perf_counter()
+    async with trio.open_nursery() as nursery:
+        for i in range(in_flight):
+            nursery.start_soon(worker, calls[i % len(calls)])
+    return per_worker * in_flight / (time.perf_counter() - start)
+
+
+def row(name: str, p50: float | None = None, p99: float | None = None, rate: float | None = None,
+        note: str = "") -> None:
+    cells = [f"{name:<46}"]
+    cells.append(f"p50 {p50 * 1e6:8.1f} µs" if p50 is not None else " " * 15)
+    cells.append(f"p99 {p99 * 1e6:8.1f} µs" if p99 is not None else " " * 15)
+    cells.append(f"{rate:9.0f}/s" if rate is not None else " " * 11)
+    print("  ".join(cells), note, flush=True)
+
+
+# -- floors ----------------------------------------------------------------------
+async def raw_ws_echo(n: int, total: int) -> tuple[tuple[float, float], float]:
+    async def handler(request: trio_websocket.WebSocketRequest) -> None:
+        ws = await request.accept()
+        try:
+            while True:
+                message = await ws.get_message()
+                await ws.send_message(msgpack.packb(msgpack.unpackb(message)))
+        except trio_websocket.ConnectionClosed:
+            pass
+
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(trio_websocket.serve_websocket, handler, "127.0.0.1", 0, None)
+        url = f"ws://127.0.0.1:{server.port}/"
+        async with trio_websocket.open_websocket_url(url) as ws:
+            body = msgpack.packb(PAYLOAD)
+
+            async def call() -> None:
+                await ws.send_message(body)
+                msgpack.unpackb(await ws.get_message())
+
+            seq = await sequential(call, n)
+        # 64 in flight over 8 connections: each connection carries 8 lock-stepped callers.
+        conns = []
+        async with trio.open_nursery() as inner:
+            for _ in range(8):
+                conns.append(await inner.start(_ws_pipelined_client, url))
+            rate = await throughput([c.call for c in conns], 64, total)
+            inner.cancel_scope.cancel()
+        nursery.cancel_scope.cancel()
+    return seq, rate
+
+
+class _WsPipelined:
+    """One websocket with callers correlated in FIFO order (the echo keeps order)."""
+
+    def __init__(self, ws: trio_websocket.WebSocketConnection) -> None:
+        self.ws = ws
+        self.waiters: list[trio.Event] = []
+        self.body = msgpack.packb(PAYLOAD)
+
+    async def call(self) -> None:
+        done = trio.Event()
+        self.waiters.append(done)
+        await self.ws.send_message(self.body)
+        await done.wait()
+
+    async def read(self) -> None:
+        while True:
+            msgpack.unpackb(await self.ws.get_message())
+            self.waiters.pop(0).set()
+
+
+async def _ws_pipelined_client(url: str, task_status: trio.TaskStatus[_WsPipelined]) -> None:
+    async with trio_websocket.open_websocket_url(url) as ws, trio.open_nursery() as nursery:
+        client = _WsPipelined(ws)
+        nursery.start_soon(client.read)
+        task_status.started(client)
+        await trio.sleep_forever()
+
+
+async def raw_unix_echo(n: int) -> tuple[float, float]:
+    path = tempfile.mktemp(suffix=".sock")
+
+    async def read_frame(stream: trio.SocketStream, buffer: bytearray) -> bytes:
+        while len(buffer) < 8 or len(buffer) < 8 + int.from_bytes(buffer[:8], "little"):
+            data = await stream.receive_some(65536)
+            if not data:
+                raise EOFError
+            buffer += data
+        length = int.from_bytes(buffer[:8], "little")
+        body = bytes(buffer[8:8 + length])
+        del buffer[:8 + length]
+        return body
+
+    async def handler(stream: trio.SocketStream) -> None:
+        buffer = bytearray()
+        try:
+            while True:
+                body = msgpack.packb(msgpack.unpackb(await read_frame(stream, buffer)))
+                await stream.send_all(len(body).to_bytes(8, "little") + body)
+        except (EOFError, trio.BrokenResourceError):
+            pass
+
+    sock = trio.socket.socket(trio.socket.AF_UNIX)
+    await sock.bind(path)
+    sock.listen()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(trio.serve_listeners, handler, [trio.SocketListener(sock)])
+        stream = await trio.open_unix_socket(path)
+        buffer = bytearray()
+        body = msgpack.packb(PAYLOAD)
+
+        async def call() -> None:
+            await stream.send_all(len(body).to_bytes(8, "little") + body)
+            msgpack.unpackb(await read_frame(stream, buffer))
+
+        result = await sequential(call, n)
+        await stream.aclose()
+        nursery.cancel_scope.cancel()
+    os.unlink(path)
+    return result
+
+
+DIAL_BACK = """
+import os, socket, msgpack
+s = socket.socket(socket.AF_UNIX); s.connect(os.environ["ADDR"])
+body = msgpack.packb({"type": "hello"}); s.sendall(len(body).to_bytes(8, "little") + body); s.recv(1)
+"""
+
+
+async def bare_dial_back(runs: int) -> tuple[float, float]:
+    path = tempfile.mktemp(suffix=".sock")
+    sock = trio.socket.socket(trio.socket.AF_UNIX)
+    await sock.bind(path)
+    sock.listen()
+    samples = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        process = await trio.lowlevel.open_process(
+            [sys.executable, "-c", DIAL_BACK], env={**os.environ, "ADDR": path}
+        )
+        conn, _ = await sock.accept()
+        await conn.recv(65536)
+        samples.append(time.perf_counter() - start)
+        await conn.send(b"x")
+        conn.close()
+        await process.wait()
+    sock.close()
+    os.unlink(path)
+    return percentiles(samples)
+
+
+def ray_actor_call(n: int) -> tuple[float, float] | None:
+    try:
+        import ray  # type: ignore[import-not-found]
+    except ImportError:
+        return None
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+
+    @ray.remote
+    class Echo:
+        def echo(self, x: Any) -> Any:
+            return x
+
+    actor = Echo.remote()
+    ray.get(actor.echo.remote(PAYLOAD))
+    samples = []
+    for _ in range(n):
+        start = time.perf_counter()
+        ray.get(actor.echo.remote(PAYLOAD))
+        samples.append(time.perf_counter() - start)
+    ray.shutdown()
+    return percentiles(samples)
+
+
+# -- spear_actors ---------------------------------------------------------------------
+async def cold_start(runs: int) -> tuple[float, float]:
+    runtime = ProcessRuntime(f"unix://{tempfile.mkdtemp()}/agents.sock")
+    samples = []
+    async with trio.open_nursery() as nursery:
+        await nursery.start(runtime.run)
+        for i in range(runs):
+            spec = InstanceSpec(f"cold-{i}", "t", "t", ArtifactSpec(location=str(AGENT)), AGENT)
+            start = time.perf_counter()
+            async with runtime.open_instance(spec):
+                samples.append(time.perf_counter() - start)
+        nursery.cancel_scope.cancel()
+    return percentiles(samples)
+
+
+async def main(quick: bool) -> None:
+    n = 1000 if quick else 5000
+    total = 6400 if quick else 32000
+    print(f"python {sys.version.split()[0]}, trio {trio.__version__}, {os.cpu_count()} cpus; n={n}\n")
+    print("floors:")
+    (ws_p50, ws_p99), ws_rate = await raw_ws_echo(n, total)
+    row("raw trio-websocket echo", ws_p50, ws_p99, ws_rate, "(64 in flight / 8 conns)")
+    unix_p50, unix_p99 = await raw_unix_echo(n)
+    row("raw trio unix-socket echo (framed msgpack)", unix_p50, unix_p99)
+    floor = ws_p50 + unix_p50
+    row("floor for ws invoke = ws echo + unix echo", floor)
+    dial_p50, dial_p99 = await bare_dial_back(10 if quick else 30)
+    row("bare python+msgpack dial-back", dial_p50, dial_p99)
+    ray = ray_actor_call(n)
+    if ray:
+        row("ray local actor call", *ray)
+    else:
+        print("  (ray not importable: skipped)")
+
+    print("\nspear_actors:")
+    cold_p50, cold_p99 = await cold_start(10 if quick else 30)
+    row("cold start: spawn → READY (python agent)", cold_p50, cold_p99,
+        note=f"target ≤ 25 ms; {cold_p50 / dial_p50:.2f}x bare dial-back")
+    config = NodeConfig(listen=["ws://127.0.0.1:0", "tcp://127.0.0.1:0"], data_dir=Path(tempfile.mkdtemp()))
+    spec = {"location": str(AGENT)}
+    policy = {"max_instances": 4, "max_concurrency": 16}
+    async with open_node(config) as node:
+        await node.invoke("echo", PAYLOAD, task_name="bench", artifact_spec=spec, policy=policy)
+        p50, p99 = await sequential(lambda: node.invoke("echo", PAYLOAD, task_name="bench"), n)
+        row("in-process node.invoke (warm)", p50, p99)
+        for endpoint, label in ((node.endpoints[0], "websocket"), (node.endpoints[1], "tcp")):
+            async with connect(str(endpoint)) as client:
+                p50, p99 = await sequential(lambda c=client: c.invoke("echo", PAYLOAD, task_name="bench"), n)
+                note = f"{p50 / floor:.2f}x floor (target ≤ 1.3x)" if label == "websocket" else ""
+                row(f"{label} invoke (warm, sequential)", p50, p99, note=note)
+            async with trio.open_nursery() as nursery:
+                clients = []
+                for _ in range(8):
+                    clients.append(await nursery.start(_client, str(endpoint)))
+                calls = [lambda c=c: c.invoke("echo", PAYLOAD, task_name="bench") for c in clients]
+                rate = await throughput(calls, 64, total)
+                note = f"{rate / ws_rate:.2f}x raw ws echo (target ≥ 0.5x)" if label == "websocket" else ""
+                row(f"{label} invoke, 64 in flight / 8 conns", rate=rate, note=note)
+                nursery.cancel_scope.cancel()
+
+
+async def _client(url: str, task_status: trio.TaskStatus[Any]) -> None:
+    async with connect(url) as client:
+        task_status.started(client)
+        await trio.sleep_forever()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true", help="fewer samples (about 20 s)")
+    trio.run(main, parser.parse_args().quick or bool(os.environ.get("BENCH_QUICK")))

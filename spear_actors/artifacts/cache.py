@@ -167,7 +167,7 @@ class ContentCache:
                 self._last_stamp = max(self._last_stamp, used)
             self._opened = True
             # The limit may have shrunk since the last run; nothing is pinned yet.
-            excess = self._choose_victims(0, exclude=None, strict=False)
+            excess = self._choose_victims(0, exclude=None, shown=None)
             for entry in excess:
                 del self._entries[entry.digest]
             await self._delete(excess)
@@ -273,14 +273,14 @@ class ContentCache:
         """Where the bytes go inside a :meth:`workdir`."""
         return work / _CONTENT
 
-    async def commit(self, work: Path, digest: str, kind: EntryKind, manifest: Manifest) -> CacheEntry:
+    async def commit(self, work: Path, digest: str, kind: EntryKind, manifest: Manifest, *, shown: str) -> CacheEntry:
         """Move the finished *work* directory into the cache as *digest*.
 
         Evicts least-recently-used unpinned entries to make room; RESOURCE_EXHAUSTED
-        (and nothing changes) if the entry cannot fit even then.
+        naming *shown* (the location) and nothing changes if it cannot fit even then.
         """
         size = manifest.size
-        victims = self._choose_victims(size, exclude=digest, strict=True)
+        victims = self._choose_victims(size, exclude=digest, shown=shown)
         # Index decisions are final from here: victims leave it now, the new entry's
         # bytes are reserved until it is in.
         for victim in victims:
@@ -306,13 +306,15 @@ class ContentCache:
         self._entries[digest] = entry
         return entry
 
-    def _choose_victims(self, incoming: int, *, exclude: str | None, strict: bool) -> list[CacheEntry]:
+    def _choose_victims(self, incoming: int, *, exclude: str | None, shown: str | None) -> list[CacheEntry]:
         # Least recently used first, never a pinned entry nor the one being added.
-        if strict and incoming > self.max_bytes:
+        # With *shown* (a location) it is strict: RESOURCE_EXHAUSTED if room cannot be
+        # made; without, it frees what it can (start-up after the limit shrank).
+        if shown is not None and incoming > self.max_bytes:
             raise SpearError(
                 ErrorCode.RESOURCE_EXHAUSTED,
-                f"artifact of {incoming} bytes is larger than the whole artifact cache ({self.max_bytes} bytes)",
-                {"size": incoming, "limit": self.max_bytes},
+                f"artifact {shown}: {incoming} bytes is larger than the whole artifact cache ({self.max_bytes} bytes)",
+                {"location": shown, "size": incoming, "limit": self.max_bytes},
             )
         excess = self.total_bytes + self._reserved + incoming - self.max_bytes
         victims: list[CacheEntry] = []
@@ -323,13 +325,19 @@ class ContentCache:
                 continue
             victims.append(entry)
             excess -= entry.size
-        if excess > 0 and strict:
+        if excess > 0 and shown is not None:
             pinned = sum(e.size for e in self._entries.values() if self._pins[e.digest])
             raise SpearError(
                 ErrorCode.RESOURCE_EXHAUSTED,
-                f"artifact cache full: {incoming} more bytes do not fit in {self.max_bytes} "
-                f"({pinned} bytes are held by live tasks, {self._reserved} being added)",
-                {"size": incoming, "limit": self.max_bytes, "pinned_bytes": pinned, "retry_after_ms": 1000},
+                f"artifact {shown}: artifact cache full: {incoming} more bytes do not fit in "
+                f"{self.max_bytes} ({pinned} bytes are held by live tasks, {self._reserved} being added)",
+                {
+                    "location": shown,
+                    "size": incoming,
+                    "limit": self.max_bytes,
+                    "pinned_bytes": pinned,
+                    "retry_after_ms": 1000,
+                },
             )
         return victims
 

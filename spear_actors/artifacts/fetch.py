@@ -97,6 +97,18 @@ def _too_big(shown: str, limit: int) -> SpearError:
     )
 
 
+def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
+    # httpx wraps httpcore's error, which wraps trio's, which wraps the ssl one.
+    seen: BaseException | None = exc
+    for _ in range(10):
+        if seen is None:
+            return False
+        if isinstance(seen, kind):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def _describe(exc: BaseException) -> str:
     text = str(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
@@ -151,7 +163,7 @@ async def _attempt_mapped(
     except (httpx.UnsupportedProtocol, httpx.TooManyRedirects, httpx.InvalidURL) as exc:
         raise invalid(shown, _describe(exc)) from exc
     except httpx.ConnectError as exc:
-        if isinstance(exc.__cause__ or exc.__context__, ssl.SSLCertVerificationError):
+        if _caused_by(exc, ssl.SSLCertVerificationError):
             raise SpearError(
                 ErrorCode.UNAVAILABLE, f"artifact {shown}: TLS verification failed: {exc}", {"location": shown}
             ) from exc

@@ -24,6 +24,7 @@ import hashlib
 import logging
 import shutil
 import ssl
+import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -200,32 +201,36 @@ class ArtifactStore:
             check_wasm(source.shown, content)
         return ResolvedArtifact(None, digest)
 
-    async def _local_path(self, source: Source) -> trio.Path:
+    async def _local_path(self, source: Source) -> tuple[Path, int]:
+        """The resolved local path and its st_mode; NOT_FOUND and friends if unusable."""
         assert source.path is not None
         try:
-            return await trio.Path(source.path).resolve(strict=True)
+            path = await trio.Path(source.path).resolve(strict=True)
+            return Path(path), (await path.stat()).st_mode
         except OSError as exc:
             raise _local_error(source.shown, exc) from exc
 
     async def _resolve_in_place(self, source: Source, expected: str | None, wasm: bool) -> ResolvedArtifact:
         # Local single files and directories are used where they are: copying would
         # break scripts that import their neighbours, and the node trusts its own disk.
-        path = await self._local_path(source)
-        if await path.is_dir():
+        path, mode = await self._local_path(source)
+        if stat.S_ISDIR(mode):
             if expected is not None:
                 raise invalid(source.shown, "is a directory; a checksum can only be verified for a file")
             if wasm:
                 raise invalid(source.shown, "is a directory; a wasm artifact must be a module file")
-            return ResolvedArtifact(Path(path))
+            return ResolvedArtifact(path)
+        if not stat.S_ISREG(mode):  # a fifo or device would hang or never end hashing
+            raise invalid(source.shown, "is neither a regular file nor a directory")
         try:
-            digest, _ = await trio.to_thread.run_sync(hash_file_sync, Path(path), trio.from_thread.check_cancelled)
-            head = await trio.to_thread.run_sync(read_head_sync, Path(path)) if wasm else b""
+            digest, _ = await trio.to_thread.run_sync(hash_file_sync, path, trio.from_thread.check_cancelled)
+            head = await trio.to_thread.run_sync(read_head_sync, path) if wasm else b""
         except OSError as exc:
             raise _local_error(source.shown, exc) from exc
         check_digest(source.shown, expected, digest)
         if wasm:
             check_wasm(source.shown, head)
-        return ResolvedArtifact(Path(path), digest)
+        return ResolvedArtifact(path, digest)
 
     # -- cached: remote files and all archives --------------------------------------------
 
@@ -238,7 +243,9 @@ class ArtifactStore:
                 raise invalid(source.shown, "a checksum (sha256) is required for a remote location")
             digest = expected
         else:
-            local = Path(await self._local_path(source))
+            local, mode = await self._local_path(source)
+            if not stat.S_ISREG(mode):
+                raise invalid(source.shown, "an archive must be a regular file")
             try:
                 digest, _ = await trio.to_thread.run_sync(hash_file_sync, local, trio.from_thread.check_cancelled)
             except OSError as exc:
@@ -352,7 +359,7 @@ class ArtifactStore:
                 )
             )
             await trio.to_thread.run_sync(blob.unlink)
-            await self.cache.commit(work, digest, "tree", manifest)
+            await self.cache.commit(work, digest, "tree", manifest, shown=source.shown)
             return
         if wasm:
             check_wasm(source.shown, await trio.to_thread.run_sync(read_head_sync, blob))
@@ -366,4 +373,4 @@ class ArtifactStore:
 
         await trio.to_thread.run_sync(place_sync)
         manifest = Manifest({source.name: FileRecord(actual, size, not wasm)})
-        await self.cache.commit(work, digest, "file", manifest)
+        await self.cache.commit(work, digest, "file", manifest, shown=source.shown)

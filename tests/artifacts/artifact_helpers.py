@@ -6,6 +6,7 @@ import collections
 import dataclasses
 import hashlib
 import io
+import ssl
 import stat
 import tarfile
 import zipfile
@@ -47,7 +48,11 @@ class ArtifactServer:
     One request per connection (``Connection: close``), which is all httpx needs.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
+        self.tls = tls
+        """Serve https with this server-side context."""
+        self.connections = 0
+        """Connections accepted (TLS handshakes included, failed or not)."""
         self.routes: dict[str, Route] = {}
         self.hits: collections.Counter[str] = collections.Counter()
         self.gate: trio.Event | None = None
@@ -58,7 +63,8 @@ class ArtifactServer:
         self._scope: trio.CancelScope | None = None
 
     def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://127.0.0.1:{self.port}{path}"
 
     def serve(self, path: str, body: bytes, **route: object) -> str:
         """Add a route; return its URL."""
@@ -67,8 +73,11 @@ class ArtifactServer:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         with trio.CancelScope() as self._scope:
-            listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-            self.port = listeners[0].socket.getsockname()[1]
+            tcp = await trio.open_tcp_listeners(0, host="127.0.0.1")
+            self.port = tcp[0].socket.getsockname()[1]
+            listeners: list[trio.abc.Listener[trio.abc.Stream]] = list(tcp)
+            if self.tls is not None:
+                listeners = [trio.SSLListener(listener, self.tls, https_compatible=True) for listener in tcp]
             task_status.started()
             await trio.serve_listeners(self._handle, listeners)
 
@@ -77,11 +86,15 @@ class ArtifactServer:
         assert self._scope is not None
         self._scope.cancel()
 
-    async def _handle(self, stream: trio.SocketStream) -> None:
+    async def _handle(self, stream: trio.abc.Stream) -> None:
+        self.connections += 1
         async with stream:
             buffer = b""
             while b"\r\n\r\n" not in buffer:
-                data = await stream.receive_some(65536)
+                try:
+                    data = await stream.receive_some(65536)
+                except trio.BrokenResourceError:  # a failed TLS handshake
+                    return
                 if not data:
                     return
                 buffer += data
@@ -103,7 +116,7 @@ class ArtifactServer:
                 await self._send(stream, route.status, route.body, headers, route.stall_after)
 
     async def _send(
-        self, stream: trio.SocketStream, status: int, body: bytes, headers: dict[str, str], stall: int | None = None
+        self, stream: trio.abc.Stream, status: int, body: bytes, headers: dict[str, str], stall: int | None = None
     ) -> None:
         fields = {"content-length": str(len(body)), "connection": "close", **headers}
         head = f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n"

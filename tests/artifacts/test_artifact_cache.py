@@ -78,6 +78,7 @@ async def test_full_of_pins_is_resource_exhausted(
     with pytest.raises(SpearError, match="live tasks") as info:
         await get(store, urls, "c")
     assert info.value.code is ErrorCode.RESOURCE_EXHAUSTED
+    assert urls["c"] in info.value.message and info.value.details["pinned_bytes"] == 200
     assert (await store.stats()) == {"entries": 2, "bytes": 200, "max_bytes": 250, "pinned": 2}
     assert list((data_dir / "artifacts" / "tmp").iterdir()) == []
 
@@ -88,6 +89,7 @@ async def test_artifact_larger_than_the_cache(
     with pytest.raises(SpearError, match="larger than the whole artifact cache") as info:
         await get(make_store(max_cache_bytes=50), urls, "a")
     assert info.value.code is ErrorCode.RESOURCE_EXHAUSTED
+    assert urls["a"] in info.value.message
 
 
 async def test_unpin_is_forgiving(make_store: StoreFactory) -> None:

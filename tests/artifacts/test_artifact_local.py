@@ -61,6 +61,14 @@ async def test_local_directory(tmp_path: Path, make_store: StoreFactory) -> None
     assert info.value.code is ErrorCode.INVALID_ARGUMENT
 
 
+async def test_special_files_are_refused(tmp_path: Path, make_store: StoreFactory) -> None:
+    fifo = tmp_path / "agent.py"
+    os.mkfifo(fifo)
+    with pytest.raises(SpearError, match="regular file") as info:
+        await make_store().resolve(ArtifactSpec(location=str(fifo)))
+    assert info.value.code is ErrorCode.INVALID_ARGUMENT
+
+
 @pytest.mark.parametrize("location", ["s3://bucket/agent.py", "ftp://host/agent.py", "file://other-host/x"])
 async def test_unsupported_locations(make_store: StoreFactory, location: str) -> None:
     with pytest.raises(SpearError) as info:

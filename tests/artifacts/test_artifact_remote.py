@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
+import ssl
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -324,3 +327,45 @@ async def test_cancelled_download_hands_over_to_a_waiter(
     assert leader_scope.cancelled_caught
     assert results[0].path is not None and results[0].path.read_bytes() == body
     assert list((data_dir / "artifacts" / "tmp").iterdir()) == []  # the abandoned build is gone
+
+
+@pytest.fixture
+def tls_files(tmp_path: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 (cert, key), made with the openssl CLI."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl CLI not available")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+         "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+@pytest.fixture
+async def tls_server(nursery: trio.Nursery, tls_files: tuple[Path, Path]) -> ArtifactServer:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(*tls_files)
+    running = ArtifactServer(tls=context)
+    await nursery.start(running.run)
+    return running
+
+
+async def test_https_with_a_private_ca(
+    tls_server: ArtifactServer, tls_files: tuple[Path, Path], make_store: StoreFactory
+) -> None:
+    url = tls_server.serve("/agent.sh", SCRIPT)
+    trusted = ssl.create_default_context(cafile=str(tls_files[0]))
+    resolved = await make_store(ssl_context=trusted).resolve(spec(url, sha(SCRIPT)))
+    assert resolved.path is not None and resolved.path.read_bytes() == SCRIPT
+
+
+async def test_untrusted_certificate_fails_fast(tls_server: ArtifactServer, make_store: StoreFactory) -> None:
+    url = tls_server.serve("/agent.sh", SCRIPT)
+    with pytest.raises(SpearError, match="TLS verification failed") as info:
+        await make_store(retries=3).resolve(spec(url, sha(SCRIPT)))
+    assert info.value.code is ErrorCode.UNAVAILABLE and url in info.value.message
+    assert tls_server.connections == 1  # not retried: the certificate will not change

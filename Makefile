@@ -31,5 +31,10 @@ test: lint typecheck pytest
 bench: setup
 	@for f in benchmarks/*.py; do echo "== $$f"; $(PY) $$f || exit 1; done
 
+# The C examples compiled to wasm32-wasi (rules in examples/c/Makefile; WASM_OUT=dir
+# puts the .wasm files elsewhere).
+wasm-examples:
+	$(MAKE) -C examples/c
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

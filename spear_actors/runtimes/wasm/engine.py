@@ -18,6 +18,13 @@ TICK_SECONDS: Final = 0.01
 
 _WASI: Final = "wasi_snapshot_preview1"
 
+_FILE_WRITER: Final = """(module
+  (import "guest" "memory" (memory 0))
+  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (export "memory" (memory 0))
+  (func (export "fd_write") (param i32 i32 i32 i32) (result i32)
+    (call $fd_write (local.get 0) (local.get 1) (local.get 2) (local.get 3))))"""
+
 
 def _wasmtime_version() -> str:
     try:
@@ -41,25 +48,29 @@ class EngineSetup:
         config.cranelift_opt_level = "speed"
         self.engine = wasmtime.Engine(config)
         self.cache_key = (
-            f"wasmtime={_wasmtime_version()};machine={platform.machine()};"
-            "epoch_interruption=1;consume_fuel=1;opt=speed"
+            f"wasmtime={_wasmtime_version()};machine={platform.machine()};epoch_interruption=1;consume_fuel=1;opt=speed"
         )
         self.linker = wasmtime.Linker(self.engine)
         """WASI, with ``fd_write`` shadowed by the runtime's own (see stdio)."""
         self.linker.define_wasi()
         self.linker.allow_shadowing = True
         i32 = wasmtime.ValType.i32()
-        self.linker.define_func(
-            _WASI, "fd_write", wasmtime.FuncType([i32] * 4, [i32]), fd_write, access_caller=True
-        )
+        self.linker.define_func(_WASI, "fd_write", wasmtime.FuncType([i32] * 4, [i32]), fd_write, access_caller=True)
         self._native = wasmtime.Linker(self.engine)
         self._native.define_wasi()
+        self._file_writer = wasmtime.Module(self.engine, _FILE_WRITER)
 
-    def native_fd_write(self, store: wasmtime.Store) -> wasmtime.Func:
-        """wasmtime's own ``fd_write`` in *store* (for files in a preopened directory)."""
-        func = self._native.get(store, _WASI, "fd_write")
-        assert isinstance(func, wasmtime.Func)
-        return func
+    def file_fd_write(self, store: wasmtime.Store, memory: wasmtime.Memory) -> wasmtime.Func:
+        """wasmtime's own ``fd_write`` for the instance whose memory is *memory* (files
+        in a preopened directory).
+
+        WASI reads the iovecs from the memory of the *calling instance*, so it cannot
+        be called straight from the host's fd_write; it is called through a tiny
+        module that imports the guest's memory and exports it again."""
+        native = self._native.get(store, _WASI, "fd_write")
+        writer = wasmtime.Instance(store, self._file_writer, [memory, native]).exports(store)["fd_write"]
+        assert isinstance(writer, wasmtime.Func)
+        return writer
 
 
 class EpochTicker:

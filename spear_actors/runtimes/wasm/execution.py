@@ -42,6 +42,8 @@ class Sandbox:
     hook: StoreHook
     exports: dict[str, Any]
     memory: wasmtime.Memory | None
+    file_writer: wasmtime.Func | None = None
+    """wasmtime's fd_write for files (only with a preopened directory)."""
 
 
 @dataclasses.dataclass(slots=True)
@@ -196,6 +198,7 @@ class Job:
         else:
             self._arm(sandbox)
         self.io.memory = sandbox.memory
+        self.io.file_fd_write = sandbox.file_writer
         return sandbox
 
     def _arm(self, sandbox: Sandbox) -> None:
@@ -219,8 +222,6 @@ class Job:
             if settings.preopen_dir is not None:
                 wasi.preopen_dir(settings.preopen_dir, settings.preopen_guest_path, not settings.preopen_readonly)
             store.set_wasi(wasi)
-            if settings.preopen_dir is not None:
-                self.io.native_fd_write = self.setup.native_fd_write(store)
         sandbox = Sandbox(store, hook, {}, None)
         self._arm(sandbox)
         instance = self.compiled.pre.instantiate(store)
@@ -228,6 +229,8 @@ class Job:
         memory = sandbox.exports.get("memory")
         sandbox.memory = memory if isinstance(memory, wasmtime.Memory) else None
         self.io.memory = sandbox.memory
+        if settings.preopen_dir is not None and sandbox.memory is not None:
+            sandbox.file_writer = self.io.file_fd_write = self.setup.file_fd_write(store, sandbox.memory)
         initialize = sandbox.exports.get("_initialize")
         if settings.abi == "export" and isinstance(initialize, wasmtime.Func):
             initialize(store)  # a WASI reactor's constructors, once per store
@@ -333,7 +336,5 @@ def _numeric_args(name: str, params: Any, kinds: list[str]) -> list[int | float]
         elif kind in ("f32", "f64") and isinstance(value, int | float) and not isinstance(value, bool):
             converted.append(float(value))
         else:
-            raise SpearError(
-                ErrorCode.INVALID_ARGUMENT, f"param {index} of {name!r} must be {kind}, got {value!r}"
-            )
+            raise SpearError(ErrorCode.INVALID_ARGUMENT, f"param {index} of {name!r} must be {kind}, got {value!r}")
     return converted

@@ -74,9 +74,7 @@ class WasmRuntime(Runtime):
             raise SpearError(ErrorCode.FAILED_PRECONDITION, "WasmRuntime.run() is not running")
         settings = WasmSettings.from_config(spec.config)
         if settings.preopen_dir is not None and not await trio.Path(settings.preopen_dir).is_dir():
-            raise SpearError(
-                ErrorCode.INVALID_ARGUMENT, f"preopen_dir {settings.preopen_dir!r} is not a directory"
-            )
+            raise SpearError(ErrorCode.INVALID_ARGUMENT, f"preopen_dir {settings.preopen_dir!r} is not a directory")
         compiled = await self.cache.get(spec)
         if settings.abi == "wasi" and "_start" not in compiled.exports:
             raise SpearError(

@@ -61,9 +61,7 @@ def _bool(config: Mapping[str, Any], key: str) -> bool:
 
 def _str_map(config: Mapping[str, Any], key: str) -> dict[str, str]:
     value = config.get(key) or {}
-    if not isinstance(value, Mapping) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
-    ):
+    if not isinstance(value, Mapping) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
         raise _invalid(key, "must map strings to strings")
     return dict(value)
 
@@ -92,9 +90,7 @@ class WasmSettings:
     def from_config(cls, config: Mapping[str, Any]) -> WasmSettings:
         """Read and check the WASM keys of *config*."""
         timeout = config.get("timeout_s")
-        if timeout is not None and (
-            not isinstance(timeout, int | float) or isinstance(timeout, bool) or timeout <= 0
-        ):
+        if timeout is not None and (not isinstance(timeout, int | float) or isinstance(timeout, bool) or timeout <= 0):
             raise _invalid("timeout_s", f"must be a positive number of seconds, got {timeout!r}")
         preopen = config.get("preopen_dir")
         if preopen is not None and (not isinstance(preopen, str) or not preopen):

@@ -98,8 +98,8 @@ class ExecutionIO:
         self._decoder = ChunkDecoder(output_format)
         self.memory: wasmtime.Memory | None = None
         """The instance's exported memory (looked up through the caller if unset)."""
-        self.native_fd_write: wasmtime.Func | None = None
-        """wasmtime's own fd_write for this store (set when a directory is preopened)."""
+        self.file_fd_write: wasmtime.Func | None = None
+        """wasmtime's own fd_write for files (set when a directory is preopened)."""
         self.interrupt: Interrupt | None = None
         self.stdout = bytearray()
         self.overflowed = False
@@ -180,7 +180,7 @@ def fd_write(caller: wasmtime.Caller, fd: int, iovs: int, iovs_len: int, nwritte
         if io is None:
             return _EBADF
         if fd not in (1, 2):
-            native = io.native_fd_write
+            native = io.file_fd_write
             return _EBADF if native is None else int(native(caller, fd, iovs, iovs_len, nwritten))
         memory = io.memory or caller.get("memory")
         if not isinstance(memory, wasmtime.Memory):

@@ -156,6 +156,7 @@ class ArtifactStore:
         HTTP 404), PERMISSION_DENIED, RESOURCE_EXHAUSTED (a size cap, cache full of
         pinned artifacts), UNAVAILABLE (retries exhausted). Messages name the location.
         """
+        await trio.lowlevel.checkpoint()  # like any trio call, even when all is in memory
         source = parse_source(spec)
         expected = normalize_checksum(spec.checksum, source.shown)
         wasm = spec.artifact_type == "wasm"

@@ -273,6 +273,9 @@ class Connection:
         self._last_received = trio.current_time()
         self._ping_seq = 0
         self._nursery: trio.Nursery | None = None
+        self.on_unconfirmed_cancel: Callable[[str, int], None] | None = None
+        """Called with (method, request id) when a peer does not confirm a cancel
+        within the caller's ``cancel_grace``."""
 
     # -- public API ----------------------------------------------------------
     @property
@@ -294,12 +297,22 @@ class Connection:
         """Return once the connection has closed, for whatever reason."""
         await self._closed_event.wait()
 
-    async def request(self, method: str, params: Any = None, *, timeout: float | None = None) -> Any:
+    async def request(
+        self,
+        method: str,
+        params: Any = None,
+        *,
+        timeout: float | None = None,
+        cancel_grace: float | None = None,
+    ) -> Any:
         """Call *method* on the peer and return its result.
 
         Raises the peer's :class:`SpearError`; DEADLINE_EXCEEDED after *timeout*
         seconds (the deadline also travels to the peer); UNAVAILABLE at once if
-        the connection dies. Cancelling the caller sends a cancel to the peer.
+        the connection dies. Cancelling the caller sends a cancel to the peer;
+        with *cancel_grace*, the caller then waits up to that long (shielded) for
+        the peer to confirm by answering, and :attr:`on_unconfirmed_cancel` is
+        called if it does not.
         """
         self._check_open()
         request_id = next(self._ids)
@@ -319,7 +332,13 @@ class Connection:
                     )
         except trio.Cancelled:
             if not call.event.is_set():
-                self._give_up(request_id, "caller cancelled")
+                self._send_nowait(Cancel(request_id, "caller cancelled"))
+                if cancel_grace is not None:
+                    with trio.CancelScope(shield=True) as grace:
+                        grace.deadline = trio.current_time() + cancel_grace
+                        await call.event.wait()
+                    if not call.event.is_set() and not self.closed and self.on_unconfirmed_cancel is not None:
+                        self.on_unconfirmed_cancel(method, request_id)
             raise
         finally:
             self._pending.pop(request_id, None)

@@ -76,6 +76,12 @@ class NodeConfig:
     """How long an instance may take to become READY."""
     stop_grace_s: float = 2.0
     """Between SIGTERM and SIGKILL when an agent process is stopped."""
+    cancel_grace_s: float = 2.0
+    """How long an agent has to confirm a cancel before its instance is killed and replaced."""
+    max_execution_records: int = 10_000
+    """Finished execution records kept for status queries (oldest evicted first)."""
+    execution_record_ttl_s: float = 3600.0
+    """Age after which a finished execution record is evicted."""
     agent_heartbeat_interval_s: float = 1.0
     agent_heartbeat_timeout_s: float = 5.0
     client_heartbeat_interval_s: float = 5.0

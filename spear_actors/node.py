@@ -10,6 +10,7 @@ Embed it in any trio program::
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, Final
@@ -17,9 +18,20 @@ from typing import Any, Final
 import trio
 
 from ._nursery import background_nursery
-from .actors.mailbox import ActorRef
+from .actors.executions import ExecutionRegistry
+from .actors.mailbox import ActorRef, Reply
 from .actors.manager import ManagerActor, TaskSeed
-from .actors.messages import CancelExecution, DeclareTask, GetHealth, Invoke, ManagerMessage, Outcome, Routed
+from .actors.messages import (
+    CancelExecution,
+    DeclareTask,
+    DeleteTask,
+    Invoke,
+    ManagerMessage,
+    Outcome,
+    Query,
+    Routed,
+    WaitExecution,
+)
 from .artifacts import ArtifactStore
 from .config import NodeConfig
 from .errors import ErrorCode, SpearError
@@ -38,7 +50,8 @@ _DEADLINE_GRACE: Final = 1.0
 
 
 class Node:
-    """A running node. Get one from :func:`open_node`."""
+    """A running node. Get one from :func:`open_node`. Every FunctionService method
+    is here, callable in process; the gateway serves the same methods remotely."""
 
     def __init__(self, config: NodeConfig, manager: ActorRef[ManagerMessage], nursery: trio.Nursery) -> None:
         self.config = config
@@ -47,50 +60,156 @@ class Node:
         self.endpoints: list[Endpoint] = []
         """Gateway endpoints this node listens on (with real ports)."""
 
+    # -- invocation -------------------------------------------------------------------
     async def invoke(self, function_name: str, parameters: Any = None, **fields: Any) -> dict[str, Any]:
         """Invoke *function_name* in process, without a network hop.
 
         *fields* are InvokeFunctionRequest fields (task_name, task_id,
         artifact_spec, execution_mode, context, ...). Returns the response map;
-        raises :class:`SpearError` on failure.
+        raises :class:`SpearError` on failure. ASYNC mode returns at once with the
+        execution id; STREAM mode must use :meth:`stream`.
         """
         request = InvokeRequest.from_dict(build_invoke_request(function_name, parameters, fields))
         return await self.invoke_request(request)
 
     async def invoke_request(self, request: InvokeRequest, sink: StreamSink | None = None) -> dict[str, Any]:
-        """Run a parsed request (the gateway's entry point). *sink* receives the
-        items of a STREAM call."""
+        """Run a parsed request (the gateway's entry point). With *sink*, the call is
+        a stream: its items go to *sink* and the final response is returned."""
         request.validate()
-        if request.execution_mode is ExecutionMode.STREAM and sink is None:
-            raise SpearError(ErrorCode.INVALID_ARGUMENT, "STREAM mode must use stream_function, not invoke")
-        if request.execution_mode is ExecutionMode.ASYNC:
-            raise SpearError(ErrorCode.INVALID_ARGUMENT, "ASYNC mode is not supported by this node yet")
+        if sink is not None:
+            request.execution_mode = ExecutionMode.STREAM
+        elif request.execution_mode is ExecutionMode.STREAM:
+            raise SpearError(
+                ErrorCode.INVALID_ARGUMENT, "STREAM mode is served by stream_function, not invoke"
+            )
         routed: Routed = await self._manager.ask(lambda reply: Invoke(request, reply, sink))
+        if request.execution_mode is ExecutionMode.ASYNC:
+            return _accepted(routed)
         try:
             with trio.move_on_at(routed.deadline + _DEADLINE_GRACE):
                 outcome = await routed.outcome.wait()
                 return _response(routed, outcome)
-            self._cancel(routed, "deadline exceeded")
+            self._cancel(routed.execution_id, "deadline exceeded")
             raise SpearError(ErrorCode.DEADLINE_EXCEEDED, "execution did not finish before its deadline")
         except trio.Cancelled:
-            self._cancel(routed, "caller went away")
+            # The caller went away (e.g. its connection closed): a SYNC or STREAM
+            # execution has nobody to answer to, so it is cancelled.
+            self._cancel(routed.execution_id, "caller went away")
             raise
         except SpearError as exc:
             details = {**exc.details, "execution_id": routed.execution_id, "task_id": routed.task_id}
             raise SpearError(exc.code, exc.message, details) from None
 
-    def _cancel(self, routed: Routed, reason: str) -> None:
-        self._manager.post(CancelExecution(routed.execution_id, reason, routed.task_id))
+    @asynccontextmanager
+    async def stream(
+        self, function_name: str, parameters: Any = None, *, window: int = 16, **fields: Any
+    ) -> AsyncIterator[ExecutionStream]:
+        """Invoke a streaming function; iterate the yielded object for its items.
 
+        At most *window* items are buffered here: a slow consumer slows the agent.
+        Leaving the block early cancels the execution.
+        """
+        request = InvokeRequest.from_dict(build_invoke_request(function_name, parameters, fields))
+        send, receive = trio.open_memory_channel[Any](window)
+        stream = ExecutionStream(receive)
+
+        async def run() -> None:
+            async with send:
+                try:
+                    stream.response = await self.invoke_request(request, send.send)
+                except SpearError as exc:
+                    stream.error = exc
+
+        async with background_nursery() as nursery:
+            nursery.start_soon(run)
+            yield stream
+
+    def _cancel(self, execution_id: str, reason: str) -> None:
+        self._manager.post(CancelExecution(execution_id, reason))
+
+    # -- executions ----------------------------------------------------------------------
+    async def get_execution(
+        self, execution_id: str, include_result: bool = True, include_logs: bool = False
+    ) -> dict[str, Any]:
+        """The execution record; NOT_FOUND if unknown or evicted."""
+        return await self._query(
+            "get_execution", execution_id=execution_id, include_result=include_result, include_logs=include_logs
+        )
+
+    async def wait_execution(
+        self, execution_id: str, timeout: float | None = None, include_logs: bool = False
+    ) -> dict[str, Any]:
+        """Wait until the execution finishes (or *timeout* seconds pass) and return its
+        record; the record's status says which."""
+        with trio.move_on_after(math.inf if timeout is None else timeout):
+            done: Reply[Outcome] = Reply()
+            await self._manager.tell(WaitExecution(execution_id, done))
+            try:
+                await done.wait()
+            except SpearError as exc:
+                if exc.code is ErrorCode.NOT_FOUND:
+                    raise
+        return await self.get_execution(execution_id, include_logs=include_logs)
+
+    async def cancel_execution(
+        self, execution_id: str, reason: str = "cancelled", force: bool = False
+    ) -> dict[str, Any]:
+        """Cancel an execution and return its record once it has ended.
+
+        A PENDING execution never starts; a RUNNING one is cancelled in its
+        instance (with *force*, or without the agent's confirmation within the
+        grace period, the instance is killed and replaced). A finished execution
+        is returned unchanged.
+        """
+        await self._manager.ask(lambda reply: CancelExecution(execution_id, reason, force, reply))
+        return await self.wait_execution(execution_id, timeout=self.config.cancel_grace_s + _DEADLINE_GRACE)
+
+    async def list_executions(
+        self, task_id: str = "", status_filter: list[str] | None = None, limit: int = 100, start_after: str = ""
+    ) -> dict[str, Any]:
+        """A page of execution records (without results), oldest first."""
+        return await self._query(
+            "list_executions", task_id=task_id, status_filter=status_filter, limit=limit, start_after=start_after
+        )
+
+    # -- tasks ---------------------------------------------------------------------------
     async def declare_task(self, seed: TaskSeed) -> str:
         """Create a task now (if none has its name); return its id."""
         return await self._manager.ask(lambda reply: DeclareTask(seed, reply))
 
-    async def health(self) -> dict[str, Any]:
-        """Status, uptime and counts."""
-        health: dict[str, Any] = await self._manager.ask(GetHealth)
+    async def list_tasks(self, prefix: str = "", limit: int = 100, start_after: str = "") -> dict[str, Any]:
+        """A page of tasks sorted by name; ``next_start_after`` is the next page's cursor."""
+        return await self._query("list_tasks", prefix=prefix, limit=limit, start_after=start_after)
+
+    async def get_task(
+        self, task_id: str, include_executions: bool = False, execution_limit: int = 20
+    ) -> dict[str, Any]:
+        """A task with its policy, instances and (optionally) recent executions."""
+        return await self._query(
+            "get_task", task_id=task_id, include_executions=include_executions, execution_limit=execution_limit
+        )
+
+    async def delete_task(self, task_id: str, force: bool = False) -> dict[str, Any]:
+        """Delete a task once its instances have stopped. Busy and not *force*:
+        FAILED_PRECONDITION; with *force*, its executions end CANCELLED."""
+        return await self._manager.ask(lambda reply: DeleteTask(task_id, force, reply))
+
+    # -- node ------------------------------------------------------------------------------
+    async def get_health(self) -> dict[str, Any]:
+        """Status, uptime, active tasks and instances, running and pending executions."""
+        health: dict[str, Any] = await self._query("get_health")
         health["node_id"] = self.config.node_id
         return health
+
+    async def get_stats(self) -> dict[str, Any]:
+        """Per node and per task: counts by status, latency percentiles, instances."""
+        return await self._query("get_stats")
+
+    health = get_health
+
+    async def _query(self, method: str, **params: Any) -> dict[str, Any]:
+        answer: dict[str, Any] = await self._manager.ask(lambda reply: Query(method, params, reply))
+        return answer
 
     async def listen(self, url: str) -> Endpoint:
         """Start a gateway on *url* (ws://, tcp://, unix://); return the bound endpoint."""
@@ -100,6 +219,42 @@ class Node:
         self.endpoints.append(endpoint)
         log.info("node %s listening on %s", self.config.node_id, endpoint)
         return endpoint
+
+
+class ExecutionStream:
+    """The items of a streaming execution (from :meth:`Node.stream`), in order.
+
+    Iteration ends after the last item; then :attr:`response` holds the final
+    response map, or the execution's error is raised after the items before it.
+    """
+
+    def __init__(self, receive: trio.MemoryReceiveChannel[Any]) -> None:
+        self._receive = receive
+        self.response: dict[str, Any] | None = None
+        self.error: SpearError | None = None
+
+    def __aiter__(self) -> ExecutionStream:
+        return self
+
+    async def __anext__(self) -> Any:
+        try:
+            return await self._receive.receive()
+        except trio.EndOfChannel:
+            if self.error is not None:
+                raise self.error from None
+            raise StopAsyncIteration from None
+
+
+def _accepted(routed: Routed) -> dict[str, Any]:
+    return {
+        "success": True,
+        "message": "accepted",
+        "execution_id": routed.execution_id,
+        "task_id": routed.task_id,
+        "status": routed.status,
+        "status_endpoint": f"get_execution?execution_id={routed.execution_id}",
+        "estimated_completion_ms": routed.estimated_completion_ms,
+    }
 
 
 def _response(routed: Routed, outcome: Outcome) -> dict[str, Any]:
@@ -124,6 +279,7 @@ def _runtimes(config: NodeConfig) -> dict[str, Runtime]:
             stop_grace=config.stop_grace_s,
             heartbeat_interval=config.agent_heartbeat_interval_s,
             heartbeat_timeout=config.agent_heartbeat_timeout_s,
+            cancel_grace=config.cancel_grace_s,
             node_id=config.node_id,
         )
     }
@@ -153,6 +309,7 @@ async def open_node(config: NodeConfig | None = None) -> AsyncIterator[Node]:
             artifacts=ArtifactStore(config.data_dir),
             defaults=config.defaults,
             default_timeout_ms=config.default_timeout_ms,
+            registry=ExecutionRegistry(config.max_execution_records, config.execution_record_ttl_s),
         )
         manager_done = trio.Event()
 

@@ -19,6 +19,7 @@ from .messages import (
     InstanceMessage,
     InstanceReady,
     Outcome,
+    StopInstance,
     TaskMessage,
 )
 
@@ -50,8 +51,7 @@ class InstanceActor(Actor[InstanceMessage]):
         self._runtime = runtime
         self._parent = parent
         self._instance: RuntimeInstance | None = None
-        self._running: dict[str, trio.CancelScope] = {}
-        self._cancel_reasons: dict[str, str] = {}
+        self._running: dict[str, tuple[trio.CancelScope, Execute]] = {}
         self._failure: SpearError | None = None
 
     async def run(self, *, task_status: trio.TaskStatus[ActorRef[InstanceMessage]] = trio.TASK_STATUS_IGNORED) -> None:
@@ -83,6 +83,9 @@ class InstanceActor(Actor[InstanceMessage]):
     def handle(self, message: InstanceMessage) -> None:
         if isinstance(message, Execute):  # also accepted on the control inbox
             self.nursery.start_soon(self._execute, message)
+        elif isinstance(message, StopInstance):
+            self._failure = message.reason
+            self.stop()
         else:
             self._cancel(message)
 
@@ -103,10 +106,20 @@ class InstanceActor(Actor[InstanceMessage]):
         return unstarted
 
     def _cancel(self, message: CancelExecution) -> None:
-        scope = self._running.get(message.execution_id)
-        if scope is not None:
-            self._cancel_reasons[message.execution_id] = message.reason
-            scope.cancel()
+        running = self._running.get(message.execution_id)
+        if running is None:
+            return
+        scope, execute = running
+        # The caller learns at once; the runtime's own cancel (and the agent's
+        # confirmation, or the instance's replacement without one) follows.
+        execute.reply.fail(SpearError(ErrorCode.CANCELLED, message.reason))
+        scope.cancel()
+        if message.force:
+            self._failure = SpearError(
+                ErrorCode.INSTANCE_FAILED,
+                f"instance {self.spec.instance_id} killed by a forced cancel of {message.execution_id}",
+            )
+            self.stop()
 
     async def _watch_health(self, instance: RuntimeInstance) -> None:
         reason = await instance.wait_failed()
@@ -125,14 +138,11 @@ class InstanceActor(Actor[InstanceMessage]):
         logs: list[str] = []
         started = trio.current_time()
         scope = trio.CancelScope()
-        self._running[call.execution_id] = scope
+        self._running[call.execution_id] = (scope, message)
         try:
             with scope:
                 result = await self._instance.execute(call, message.sink, logs.append)
                 reply.send(Outcome(result, self.spec.instance_id, _ms_since(started), logs))
-            reason = self._cancel_reasons.pop(call.execution_id, None)
-            if reason is not None:
-                reply.fail(SpearError(ErrorCode.CANCELLED, reason))
         except SpearError as exc:
             reply.fail(_with_logs(exc, logs, self.spec.instance_id))
         except Exception as exc:  # a runtime bug must not kill the instance's other calls
@@ -140,7 +150,6 @@ class InstanceActor(Actor[InstanceMessage]):
             reply.fail(SpearError(ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}"))
         finally:
             del self._running[call.execution_id]
-            self._cancel_reasons.pop(call.execution_id, None)
             if not reply.done:
                 reply.fail(
                     self._failure

@@ -29,12 +29,29 @@ class Reply(Generic[T]):
     teardown of an actor) may race to answer and exactly one wins.
     """
 
-    __slots__ = ("_error", "_event", "_value")
+    __slots__ = ("_error", "_event", "_value", "on_done")
 
     def __init__(self) -> None:
         self._event = trio.Event()
         self._value: T | None = None
         self._error: SpearError | None = None
+        self.on_done: Callable[[Reply[T]], None] | None = None
+        """Called once, synchronously, by whoever answers (to post a notification)."""
+
+    @property
+    def error(self) -> SpearError | None:
+        """The error it was answered with (None if a value, or not answered yet)."""
+        return self._error
+
+    @property
+    def value(self) -> T | None:
+        """The value it was answered with (None if an error, or not answered yet)."""
+        return self._value
+
+    def _answered(self) -> None:
+        self._event.set()
+        if self.on_done is not None:
+            self.on_done(self)
 
     @property
     def done(self) -> bool:
@@ -45,13 +62,13 @@ class Reply(Generic[T]):
         """Answer with a value (ignored if already answered)."""
         if not self._event.is_set():
             self._value = value
-            self._event.set()
+            self._answered()
 
     def fail(self, error: SpearError) -> None:
         """Answer with an error (ignored if already answered)."""
         if not self._event.is_set():
             self._error = error
-            self._event.set()
+            self._answered()
 
     async def wait(self) -> T:
         """Wait for the answer; return the value or raise the error."""

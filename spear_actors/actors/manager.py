@@ -1,7 +1,8 @@
-"""ManagerActor: the node's task table and router."""
+"""ManagerActor: the node's task table, execution registry and router."""
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
 import time
@@ -12,21 +13,29 @@ import trio
 
 from ..artifacts import ArtifactStore
 from ..errors import ErrorCode, SpearError
-from ..model import InstancePolicy, InvocationType
+from ..model import ExecutionStatus, InstancePolicy, InvocationType, TaskStatus
 from ..runtimes.base import Call, Runtime
+from .executions import ExecutionRecord, ExecutionRegistry, LatencyWindow
 from .mailbox import Actor, ActorRef, Reply
 from .messages import (
     CancelExecution,
     DeclareTask,
-    GetHealth,
+    DeleteTask,
+    ExecutionDone,
+    ExecutionStarted,
+    GetTaskInfo,
     Invoke,
     ManagerMessage,
     Outcome,
+    Query,
     Routed,
     StopTask,
     Submit,
     TaskCreated,
+    TaskInstances,
     TaskMessage,
+    TaskStopped,
+    WaitExecution,
 )
 from .task import TaskActor, TaskDefinition
 
@@ -51,10 +60,28 @@ class _TaskEntry:
     ref: ActorRef[TaskMessage]
     definition: TaskDefinition
     scope: trio.CancelScope
+    status: TaskStatus = TaskStatus.ACTIVE
+    instances: int = 0
+    latency: LatencyWindow = dataclasses.field(default_factory=LatencyWindow)
+    counts: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
+    deleters: list[Reply[dict[str, Any]]] = dataclasses.field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        definition = self.definition
+        return {
+            "task_id": definition.task_id,
+            "task_name": definition.task_name,
+            "description": definition.description,
+            "status": self.status.value,
+            "created_at": definition.created_at,
+            "artifact": definition.artifact.to_dict(),
+            "instances": self.instances,
+        }
 
 
 class ManagerActor(Actor[ManagerMessage]):
-    """Owns the task table (id → task, name → id), creates tasks, routes calls.
+    """Owns the task table (id → task, name → id) and the execution registry,
+    creates tasks, routes calls, and answers every FunctionService query.
 
     Creating a task involves slow work (fetching the artifact), done in a task of
     the manager's nursery; calls for a task being created wait for it in
@@ -70,6 +97,7 @@ class ManagerActor(Actor[ManagerMessage]):
         artifacts: ArtifactStore,
         defaults: InstancePolicy,
         default_timeout_ms: int,
+        registry: ExecutionRegistry | None = None,
     ) -> None:
         super().__init__("manager")
         self._runtimes = runtimes
@@ -79,25 +107,47 @@ class ManagerActor(Actor[ManagerMessage]):
         self._tasks: dict[str, _TaskEntry] = {}
         self._by_name: dict[str, str] = {}
         self._creating: dict[str, list[Invoke | DeclareTask]] = {}
+        self.registry = registry or ExecutionRegistry()
         self._started_at = time.time()
 
     def handle(self, message: ManagerMessage) -> None:
         if isinstance(message, Invoke):
             self._invoke(message)
+        elif isinstance(message, ExecutionStarted):
+            record = self.registry.get(message.execution_id)
+            if record is not None:
+                self.registry.started(record, message.instance_id)
+        elif isinstance(message, ExecutionDone):
+            self._execution_done(message)
+        elif isinstance(message, Query):
+            self._query(message)
+        elif isinstance(message, WaitExecution):
+            try:
+                self.registry.watch(self.registry.require(message.execution_id), message.reply)
+            except SpearError as exc:
+                message.reply.fail(exc)
+        elif isinstance(message, CancelExecution):
+            self._cancel(message)
+        elif isinstance(message, TaskInstances):
+            entry = self._tasks.get(message.task_id)
+            if entry is not None:
+                entry.instances = message.instances
         elif isinstance(message, DeclareTask):
             self._declare(message)
         elif isinstance(message, TaskCreated):
             self._task_created(message)
-        elif isinstance(message, CancelExecution):
-            entry = self._tasks.get(message.task_id)
-            if entry is not None:
-                entry.ref.post(message)
-        elif isinstance(message, GetHealth):
-            message.reply.send(self.health())
+        elif isinstance(message, DeleteTask):
+            self._delete(message)
+        else:
+            self._task_stopped(message)
 
     # -- routing ------------------------------------------------------------------
     def _invoke(self, message: Invoke) -> None:
         request = message.request
+        duplicate = self.registry.get(request.context.execution_id) if request.context.execution_id else None
+        if duplicate is not None:
+            self._route_duplicate(duplicate, message)
+            return
         if request.invocation_type is InvocationType.NEW_TASK:
             task_id = self._by_name.get(request.task_name)
             key = f"name:{request.task_name}"
@@ -133,27 +183,13 @@ class ManagerActor(Actor[ManagerMessage]):
         )
         self._create_once(key, seed, message)
 
-    def _declare(self, message: DeclareTask) -> None:
-        task_id = self._by_name.get(message.seed.task_name)
-        if task_id is not None:
-            message.reply.send(task_id)
-        else:
-            self._create_once(f"name:{message.seed.task_name}", message.seed, message)
-
-    def _create_once(self, key: str, seed: TaskSeed, waiter: Invoke | DeclareTask) -> None:
-        """Create the task for *key* unless it is being created already; *waiter* is
-        answered when it exists."""
-        waiting = self._creating.get(key)
-        if waiting is not None:
-            waiting.append(waiter)
-            return
-        self._creating[key] = [waiter]
-        self.nursery.start_soon(self._create_task, key, seed)
-
     def _route(self, entry: _TaskEntry, message: Invoke) -> None:
         request = message.request
         context = request.context
         execution_id = context.execution_id or f"exec-{uuid.uuid4().hex}"
+        if execution_id in self.registry._records:  # created by a racing duplicate while the task was made
+            self._route_duplicate(self.registry.require(execution_id), message)
+            return
         timeout = context.timeout_ms / 1000 if context.timeout_ms else self._default_timeout
         deadline = trio.current_time() + timeout
         call = Call(
@@ -172,9 +208,78 @@ class ManagerActor(Actor[ManagerMessage]):
         except SpearError as exc:
             message.reply.fail(exc)
             return
-        message.reply.send(Routed(entry.definition.task_id, execution_id, deadline, outcome))
+        self.registry.create(execution_id, entry.definition.task_id, request.function_name, request.execution_mode)
+
+        def notify_done(done: Reply[Outcome]) -> None:
+            # Runs in whichever task answered the outcome: only post, never touch state.
+            self.ref.post(ExecutionDone(execution_id, done))
+
+        outcome.on_done = notify_done
+        estimate = entry.latency.percentile(0.5)
+        message.reply.send(Routed(entry.definition.task_id, execution_id, deadline, outcome, "PENDING", estimate))
+
+    def _route_duplicate(self, record: ExecutionRecord, message: Invoke) -> None:
+        """A second submission of an execution id: report the first, never run twice."""
+        watcher: Reply[Outcome] = Reply()
+        self.registry.watch(record, watcher)
+        entry = self._tasks.get(record.task_id)
+        timeout = message.request.context.timeout_ms / 1000 or self._default_timeout
+        message.reply.send(
+            Routed(
+                record.task_id,
+                record.execution_id,
+                trio.current_time() + timeout,
+                watcher,
+                record.status.value,
+                entry.latency.percentile(0.5) if entry else None,
+            )
+        )
+
+    def _execution_done(self, message: ExecutionDone) -> None:
+        record = self.registry.get(message.execution_id)
+        if record is None:
+            return
+        outcome = message.outcome
+        self.registry.finish(record, outcome.value, outcome.error)
+        entry = self._tasks.get(record.task_id)
+        if entry is not None:
+            entry.counts[record.status.value] += 1
+            if record.status is ExecutionStatus.COMPLETED and record.execution_time_ms is not None:
+                entry.latency.add(record.execution_time_ms)
+
+    # -- cancellation -------------------------------------------------------------
+    def _cancel(self, message: CancelExecution) -> None:
+        try:
+            record = self.registry.require(message.execution_id)
+        except SpearError as exc:
+            if message.reply is not None:
+                message.reply.fail(exc)
+            return
+        if not record.finished:
+            entry = self._tasks.get(record.task_id)
+            if entry is not None:
+                entry.ref.post(CancelExecution(message.execution_id, message.reason, message.force))
+        if message.reply is not None:
+            message.reply.send(record.to_dict(include_result=False))
 
     # -- task creation --------------------------------------------------------------
+    def _declare(self, message: DeclareTask) -> None:
+        task_id = self._by_name.get(message.seed.task_name)
+        if task_id is not None:
+            message.reply.send(task_id)
+        else:
+            self._create_once(f"name:{message.seed.task_name}", message.seed, message)
+
+    def _create_once(self, key: str, seed: TaskSeed, waiter: Invoke | DeclareTask) -> None:
+        """Create the task for *key* unless it is being created already; *waiter* is
+        answered when it exists."""
+        waiting = self._creating.get(key)
+        if waiting is not None:
+            waiting.append(waiter)
+            return
+        self._creating[key] = [waiter]
+        self.nursery.start_soon(self._create_task, key, seed)
+
     async def _create_task(self, key: str, seed: TaskSeed) -> None:
         try:
             definition = await self._define(seed)
@@ -217,7 +322,7 @@ class ManagerActor(Actor[ManagerMessage]):
 
     def add_task(self, definition: TaskDefinition) -> _TaskEntry:
         """Start a TaskActor for *definition* and enter it in the table."""
-        actor = TaskActor(definition, self._runtimes[definition.artifact.artifact_type])
+        actor = TaskActor(definition, self._runtimes[definition.artifact.artifact_type], self.ref)
         entry = _TaskEntry(actor.ref, definition, trio.CancelScope())
         self._tasks[definition.task_id] = entry
         self._by_name[definition.task_name] = definition.task_id
@@ -229,28 +334,169 @@ class ManagerActor(Actor[ManagerMessage]):
             with entry.scope:
                 await actor.run()
         finally:
-            definition = entry.definition
-            if self._tasks.get(definition.task_id) is entry:
-                del self._tasks[definition.task_id]
-                if self._by_name.get(definition.task_name) == definition.task_id:
-                    del self._by_name[definition.task_name]
+            self.ref.post(TaskStopped(entry.definition.task_id))
+
+    def _task_stopped(self, message: TaskStopped) -> None:
+        entry = self._tasks.pop(message.task_id, None)
+        if entry is None:
+            return
+        definition = entry.definition
+        if self._by_name.get(definition.task_name) == definition.task_id:
+            del self._by_name[definition.task_name]
+        for deleter in entry.deleters:
+            deleter.send({"task_id": definition.task_id, "deleted": True})
+
+    # -- deletion ---------------------------------------------------------------------
+    def _delete(self, message: DeleteTask) -> None:
+        entry = self._tasks.get(message.task_id)
+        if entry is None:
+            message.reply.fail(SpearError(ErrorCode.NOT_FOUND, f"task {message.task_id!r} not found"))
+            return
+        live = self.registry.live(message.task_id)
+        if live and not message.force:
+            message.reply.fail(
+                SpearError(
+                    ErrorCode.FAILED_PRECONDITION,
+                    f"task {message.task_id!r} has {len(live)} executions in progress (use force to cancel them)",
+                    {"executions": len(live)},
+                )
+            )
+            return
+        entry.deleters.append(message.reply)
+        if entry.status is not TaskStatus.DELETING:
+            entry.status = TaskStatus.DELETING
+            # The name is free at once: a NEW_TASK of that name now makes a new task.
+            if self._by_name.get(entry.definition.task_name) == message.task_id:
+                del self._by_name[entry.definition.task_name]
+            entry.ref.post(StopTask(SpearError(ErrorCode.CANCELLED, f"task {message.task_id} deleted")))
 
     def on_stop(self) -> None:
         error = SpearError(ErrorCode.UNAVAILABLE, "node is shutting down")
         for entry in self._tasks.values():
             entry.ref.post(StopTask(error))
+            for deleter in entry.deleters:
+                deleter.fail(error)
         for waiting in self._creating.values():
             for waiter in waiting:
                 waiter.reply.fail(error)
         self._creating.clear()
 
-    # -- status ---------------------------------------------------------------------
-    def health(self) -> dict[str, Any]:
-        """A summary of the node's state."""
+    # -- queries ------------------------------------------------------------------------
+    def _query(self, message: Query) -> None:
+        try:
+            handler = getattr(self, f"_q_{message.method}", None)
+            if handler is None:
+                raise SpearError(ErrorCode.NOT_FOUND, f"no such query: {message.method!r}")
+            result = handler(**message.params)
+        except SpearError as exc:
+            message.reply.fail(exc)
+        except TypeError as exc:  # a bad or missing parameter
+            message.reply.fail(SpearError(ErrorCode.INVALID_ARGUMENT, f"{message.method}: {exc}"))
+        else:
+            if isinstance(result, Reply):  # answered later, by another actor
+                result.on_done = lambda done: _forward(done, message.reply)
+            else:
+                message.reply.send(result)
+
+    def _q_get_execution(
+        self, execution_id: str, include_result: bool = True, include_logs: bool = False
+    ) -> dict[str, Any]:
+        return self.registry.require(execution_id).to_dict(include_result, include_logs)
+
+    def _q_list_executions(
+        self, task_id: str = "", status_filter: list[str] | None = None, limit: int = 100, start_after: str = ""
+    ) -> dict[str, Any]:
+        statuses = {_status(s) for s in status_filter or ()}
+        page, cursor = self.registry.page(
+            task_id=task_id, statuses=statuses, limit=_limit(limit), start_after=start_after
+        )
+        return {"executions": [r.to_dict(include_result=False) for r in page], "next_start_after": cursor}
+
+    def _q_list_tasks(self, prefix: str = "", limit: int = 100, start_after: str = "") -> dict[str, Any]:
+        names = sorted(
+            name for name in self._by_name if name.startswith(prefix) and (not start_after or name > start_after)
+        )
+        page = names[: _limit(limit)]
+        cursor = page[-1] if len(names) > len(page) else ""
+        return {"tasks": [self._tasks[self._by_name[name]].summary() for name in page], "next_start_after": cursor}
+
+    def _q_get_task(
+        self, task_id: str, include_executions: bool = False, execution_limit: int = 20
+    ) -> Reply[dict[str, Any]]:
+        entry = self._tasks.get(task_id)
+        if entry is None:
+            raise SpearError(ErrorCode.NOT_FOUND, f"task {task_id!r} not found")
+        recent = None
+        if include_executions:
+            page, _ = self.registry.page(task_id=task_id, limit=10**9)
+            recent = [r.to_dict(include_result=False) for r in page[-_limit(execution_limit) :]]
+        status = entry.status.value
+        answer: Reply[dict[str, Any]] = Reply()
+
+        def complete(done: Reply[dict[str, Any]]) -> None:
+            # Runs when the task actor answers: add the manager's view to its own.
+            if done.value is not None:
+                answer.send({**done.value, "status": status, "executions": recent})
+            else:
+                answer.fail(done.error or SpearError(ErrorCode.INTERNAL, "task gave no answer"))
+
+        live_view: Reply[dict[str, Any]] = Reply()
+        live_view.on_done = complete
+        entry.ref.post(GetTaskInfo(live_view))
+        return answer
+
+    def _q_get_health(self) -> dict[str, Any]:
+        counts = self.registry.counts
         return {
             "status": "SERVING",
             "uptime_s": round(time.time() - self._started_at, 3),
             "tasks": len(self._tasks),
-            "creating_tasks": len(self._creating),
+            "instances": sum(entry.instances for entry in self._tasks.values()),
+            "running_executions": counts[ExecutionStatus.RUNNING],
+            "pending_executions": counts[ExecutionStatus.PENDING],
         }
 
+    def _q_get_stats(self) -> dict[str, Any]:
+        tasks = {}
+        node_latency = LatencyWindow(size=10**9)
+        for entry in self._tasks.values():
+            node_latency.samples.extend(entry.latency.samples)
+            tasks[entry.definition.task_id] = {
+                "task_name": entry.definition.task_name,
+                "instances": entry.instances,
+                "counts": dict(entry.counts),
+                "latency_ms": _percentiles(entry.latency),
+            }
+        return {
+            "node": {
+                "counts": {status.value: n for status, n in self.registry.counts.items() if n},
+                "latency_ms": _percentiles(node_latency),
+                "instances": sum(entry.instances for entry in self._tasks.values()),
+                "retained_records": len(self.registry),
+            },
+            "tasks": tasks,
+        }
+
+
+def _forward(done: Reply[Any], to: Reply[Any]) -> None:
+    if done.error is not None:
+        to.fail(done.error)
+    else:
+        to.send(done.value)
+
+
+def _percentiles(window: LatencyWindow) -> dict[str, float | None]:
+    return {"p50": window.percentile(0.5), "p95": window.percentile(0.95), "p99": window.percentile(0.99)}
+
+
+def _limit(limit: object) -> int:
+    if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= 10_000:
+        raise SpearError(ErrorCode.INVALID_ARGUMENT, "limit must be an integer from 1 to 10000")
+    return limit
+
+
+def _status(name: object) -> ExecutionStatus:
+    try:
+        return ExecutionStatus(str(name).upper())
+    except ValueError:
+        raise SpearError(ErrorCode.INVALID_ARGUMENT, f"unknown execution status {name!r}") from None

@@ -13,19 +13,28 @@ from .mailbox import Reply
 __all__ = [
     "CancelExecution",
     "DeclareTask",
+    "DeleteTask",
     "Execute",
+    "ExecutionDone",
     "ExecutionFinished",
-    "GetHealth",
+    "ExecutionStarted",
     "GetTaskInfo",
     "InstanceExited",
+    "InstanceMessage",
     "InstanceReady",
     "Invoke",
+    "ManagerMessage",
     "Outcome",
+    "Query",
     "Routed",
-    "TaskCreated",
+    "StopInstance",
     "StopTask",
     "Submit",
+    "TaskCreated",
+    "TaskInstances",
     "TaskMessage",
+    "TaskStopped",
+    "WaitExecution",
 ]
 
 
@@ -48,6 +57,10 @@ class Routed:
     execution_id: str
     deadline: float
     outcome: Reply[Outcome]
+    status: str = "PENDING"
+    """The execution's status when routed (not PENDING for a duplicate execution_id)."""
+    estimated_completion_ms: float | None = None
+    """The task's recent median execution time, if it has one."""
 
 
 # -- node → manager -----------------------------------------------------------
@@ -78,10 +91,62 @@ class TaskCreated:
 
 
 @dataclasses.dataclass(slots=True)
-class GetHealth:
-    """Ask the manager for the node's health summary."""
+class Query:
+    """A read-only question for the manager: *method* is a FunctionService method
+    (get_execution, list_tasks, get_task, list_executions, get_health, get_stats)."""
 
+    method: str
+    params: dict[str, Any]
+    reply: Reply[Any]
+
+
+@dataclasses.dataclass(slots=True)
+class WaitExecution:
+    """Answer *reply* with the execution's outcome when it finishes."""
+
+    execution_id: str
+    reply: Reply[Outcome]
+
+
+@dataclasses.dataclass(slots=True)
+class DeleteTask:
+    """Delete a task; busy and not forced is FAILED_PRECONDITION."""
+
+    task_id: str
+    force: bool
     reply: Reply[dict[str, Any]]
+
+
+@dataclasses.dataclass(slots=True)
+class ExecutionDone:
+    """The manager's note that an execution's outcome reply was answered."""
+
+    execution_id: str
+    outcome: Reply[Outcome]
+
+
+@dataclasses.dataclass(slots=True)
+class TaskStopped:
+    """The manager's note that a task actor has ended."""
+
+    task_id: str
+
+
+# -- task → manager -----------------------------------------------------------------
+@dataclasses.dataclass(slots=True)
+class ExecutionStarted:
+    """An execution left the queue for an instance."""
+
+    execution_id: str
+    instance_id: str
+
+
+@dataclasses.dataclass(slots=True)
+class TaskInstances:
+    """A task's instance count changed."""
+
+    task_id: str
+    instances: int
 
 
 # -- manager → task -------------------------------------------------------------
@@ -98,11 +163,14 @@ class Submit:
 
 @dataclasses.dataclass(slots=True)
 class CancelExecution:
-    """Cancel an execution wherever it is (pending or running)."""
+    """Cancel an execution wherever it is (pending or running). With *force*, the
+    instance running it is killed and replaced rather than asked."""
 
     execution_id: str
     reason: str = "cancelled"
-    task_id: str = ""
+    force: bool = False
+    reply: Reply[dict[str, Any]] | None = None
+    """The manager answers it with the execution record (after the cancel was sent)."""
 
 
 @dataclasses.dataclass(slots=True)
@@ -114,7 +182,15 @@ class GetTaskInfo:
 
 @dataclasses.dataclass(slots=True)
 class StopTask:
-    """Stop the task: pending calls fail with *reason*, instances are stopped."""
+    """Stop the task: pending calls fail with *reason*, instances are stopped and
+    their in-flight calls fail with *reason* too."""
+
+    reason: SpearError
+
+
+@dataclasses.dataclass(slots=True)
+class StopInstance:
+    """Stop the instance; in-flight calls fail with *reason*."""
 
     reason: SpearError
 
@@ -160,5 +236,8 @@ class ExecutionFinished:
 TaskMessage = (
     Submit | CancelExecution | GetTaskInfo | StopTask | InstanceReady | InstanceExited | ExecutionFinished
 )
-InstanceMessage = Execute | CancelExecution
-ManagerMessage = Invoke | DeclareTask | TaskCreated | CancelExecution | GetHealth
+InstanceMessage = Execute | CancelExecution | StopInstance
+ManagerMessage = (
+    Invoke | DeclareTask | TaskCreated | CancelExecution | Query | WaitExecution | DeleteTask | ExecutionDone
+    | TaskStopped | ExecutionStarted | TaskInstances
+)

@@ -22,12 +22,16 @@ from .messages import (
     CancelExecution,
     Execute,
     ExecutionFinished,
+    ExecutionStarted,
     GetTaskInfo,
     InstanceExited,
     InstanceMessage,
     InstanceReady,
+    ManagerMessage,
+    StopInstance,
     StopTask,
     Submit,
+    TaskInstances,
     TaskMessage,
 )
 
@@ -79,7 +83,9 @@ class TaskActor(Actor[TaskMessage]):
     ``idle_timeout_s`` above ``min_instances`` are stopped.
     """
 
-    def __init__(self, definition: TaskDefinition, runtime: Runtime) -> None:
+    def __init__(
+        self, definition: TaskDefinition, runtime: Runtime, parent: ActorRef[ManagerMessage] | None = None
+    ) -> None:
         policy = definition.policy
         assert policy.max_instances is not None and policy.max_concurrency is not None
         # Room for the queue limit plus a notification per possible in-flight call.
@@ -87,6 +93,8 @@ class TaskActor(Actor[TaskMessage]):
         super().__init__(f"task {definition.task_name}")
         self.definition = definition
         self.status = TaskStatus.ACTIVE
+        self._parent = parent
+        self._stop_reason: SpearError | None = None
         self._runtime = runtime
         self._policy = policy
         self._slots: dict[str, _Slot] = {}
@@ -134,12 +142,24 @@ class TaskActor(Actor[TaskMessage]):
         elif isinstance(message, GetTaskInfo):
             message.reply.send(self.info())
         elif isinstance(message, StopTask):
-            while self._pending:
-                self._pending.popleft().submit.reply.fail(message.reason)
-            self.status = TaskStatus.DELETING
-            self.stop()
+            self._stop_task(message.reason)
+        if self._stop_reason is not None:
+            if not self._slots:
+                self.stop()
             return
         self._dispatch()
+
+    def _stop_task(self, reason: SpearError) -> None:
+        """Fail what waits, stop every instance with *reason*; the actor stops once
+        the last InstanceExited is in (the instances end gracefully meanwhile)."""
+        self._stop_reason = reason
+        self.status = TaskStatus.DELETING
+        self._fail_pending(reason)
+        for slot in self._slots.values():
+            if slot.ready:
+                slot.ref.post(StopInstance(reason))
+            else:
+                slot.scope.cancel()
 
     # -- scheduling -----------------------------------------------------------
     def _submit(self, submit: Submit) -> None:
@@ -178,6 +198,8 @@ class TaskActor(Actor[TaskMessage]):
             slot.inflight += 1
             slot.executions += 1
             self._running[call.execution_id] = slot.instance_id
+            if self._parent is not None:
+                self._parent.post(ExecutionStarted(call.execution_id, slot.instance_id))
         if self._pending:
             # A call has to wait: the timer must expire it at its deadline.
             self._wake_timer_by(self._queued_deadline)
@@ -226,6 +248,7 @@ class TaskActor(Actor[TaskMessage]):
         actor = InstanceActor(spec, self._runtime, self.ref, self._max_concurrency)
         slot = _Slot(instance_id, actor.ref, actor.work, trio.CancelScope())
         self._slots[instance_id] = slot
+        self._report_instances()
         self.nursery.start_soon(self._run_instance, slot, actor)
         if len(self._slots) > (self._policy.min_instances or 0) and self._policy.idle_timeout_s is not None:
             self._wake_timer_by(trio.current_time() + self._policy.idle_timeout_s)  # reaping may be due then
@@ -235,8 +258,17 @@ class TaskActor(Actor[TaskMessage]):
         with slot.scope:
             await actor.run()
 
+    def _report_instances(self) -> None:
+        if self._parent is not None:
+            self._parent.post(TaskInstances(self.definition.task_id, len(self._slots)))
+
     def _instance_exited(self, message: InstanceExited) -> None:
         slot = self._slots.pop(message.instance_id, None)
+        self._report_instances()
+        if self._stop_reason is not None:
+            for execute in message.unstarted:
+                execute.reply.fail(self._stop_reason)
+            return
         # Calls that reached it but never started go back to the head of the queue.
         for execute in reversed(message.unstarted):
             self._running.pop(execute.call.execution_id, None)
@@ -264,6 +296,7 @@ class TaskActor(Actor[TaskMessage]):
     def _cancel(self, message: CancelExecution) -> None:
         for entry in self._pending:
             if entry.submit.call.execution_id == message.execution_id:
+                # Still waiting: it never starts.
                 self._pending.remove(entry)
                 entry.submit.reply.fail(SpearError(ErrorCode.CANCELLED, message.reason))
                 return

@@ -103,11 +103,13 @@ class ProcessRuntime(Runtime):
         stop_grace: float = 2.0,
         heartbeat_interval: float = 1.0,
         heartbeat_timeout: float = 5.0,
+        cancel_grace: float = 2.0,
         node_id: str = "node",
     ) -> None:
         self.agent_listen = agent_listen
         self.start_timeout = start_timeout
         self.stop_grace = stop_grace
+        self.cancel_grace = cancel_grace
         self.node_id = node_id
         self._connection_config = ConnectionConfig(
             heartbeat_interval=heartbeat_interval,
@@ -185,7 +187,7 @@ class ProcessRuntime(Runtime):
         except OSError as exc:
             del self._arrivals[digest]
             raise SpearError(ErrorCode.INSTANCE_FAILED, f"cannot start {argv[0]!r}: {exc}") from None
-        instance = ProcessInstance(spec.instance_id, process, stderr_tail)
+        instance = ProcessInstance(spec.instance_id, process, stderr_tail, self.cancel_grace)
         try:
             async with background_nursery() as nursery:
                 agent_log = logging.getLogger(f"spear_actors.agent.{spec.instance_id}")
@@ -209,9 +211,12 @@ class ProcessRuntime(Runtime):
 class ProcessInstance(RuntimeInstance):
     """An agent process and its connection."""
 
-    def __init__(self, instance_id: str, process: trio.Process, stderr_tail: collections.deque[str]) -> None:
+    def __init__(
+        self, instance_id: str, process: trio.Process, stderr_tail: collections.deque[str], cancel_grace: float
+    ) -> None:
         self.instance_id = instance_id
         self.process = process
+        self.cancel_grace = cancel_grace
         self._stderr_tail = stderr_tail
         self._connection: Connection | None = None
         self._failed = trio.Event()
@@ -222,6 +227,11 @@ class ProcessInstance(RuntimeInstance):
 
     def _attach(self, connection: Connection) -> None:
         self._connection = connection
+        connection.on_unconfirmed_cancel = self._ignored_cancel
+
+    def _ignored_cancel(self, method: str, request_id: int) -> None:
+        # An agent that does not confirm a cancel may be stuck for good: replace it.
+        self._fail(f"agent did not confirm the cancel of request {request_id} within {self.cancel_grace:g}s")
 
     def _fail(self, reason: str) -> None:
         if self._failure is None:
@@ -264,7 +274,9 @@ class ProcessInstance(RuntimeInstance):
         }
         try:
             if sink is None:
-                envelope = await connection.request("execute", params, timeout=call.timeout)
+                envelope = await connection.request(
+                    "execute", params, timeout=call.timeout, cancel_grace=self.cancel_grace
+                )
             else:
                 async with connection.stream("execute", params, timeout=call.timeout) as items:
                     async for item in items:

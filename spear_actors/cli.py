@@ -1,11 +1,17 @@
 """The ``spear`` command: run a node, or talk to one.
 
     spear serve [--config FILE] [--listen URL]... [--data-dir DIR] [--token T]
-    spear invoke [--url URL] (--artifact PATH --task-name NAME | --task-id ID)
-                 --function NAME [--params JSON|@file] [--timeout-ms N] [--json]
-    spear health [--url URL] [--json]
+    spear invoke [--url URL] (--artifact LOCATION [--checksum SHA256] [--task-name NAME] | --task-id ID
+                 | --task-name NAME) --function NAME [--params JSON|@file] [--timeout-ms N]
+                 [--mode sync|async|stream] [--execution-id ID] [--json]
+    spear status ID [--wait] [--logs]      spear cancel ID [--force]
+    spear tasks [--prefix P]               spear task ID
+    spear delete-task ID [--force]         spear executions [--task ID] [--status S]
+    spear stats                            spear health
 
-Errors go to stderr as ``CODE: message`` with exit status 1 (2 for usage errors).
+Every command accepts ``--url``, ``--token`` and ``--json`` (machine-readable output;
+``invoke`` without ``--json`` prints just the result as JSON). Errors go to stderr
+as ``CODE: message`` with exit status 1 (2 for usage errors).
 """
 
 from __future__ import annotations
@@ -45,16 +51,53 @@ def _parser() -> argparse.ArgumentParser:
 
     invoke = commands.add_parser("invoke", help="invoke a function")
     client_options(invoke)
-    invoke.add_argument("--artifact", help="artifact location (a .py file runs with the node's Python)")
+    invoke.add_argument("--artifact", help="artifact location: path, file://, http(s):// (a .py file runs "
+                        "with the node's Python)")
     invoke.add_argument("--artifact-type", help="process or wasm (default: from the extension)")
+    invoke.add_argument("--checksum", help="sha256 of the artifact (required for http(s) locations)")
     invoke.add_argument("--task-name")
     invoke.add_argument("--task-id")
     invoke.add_argument("--function", required=True)
     invoke.add_argument("--params", help="JSON parameters, or @file to read them from a file")
     invoke.add_argument("--timeout-ms", type=int, default=0)
+    invoke.add_argument("--mode", choices=["sync", "async", "stream"], default="sync")
+    invoke.add_argument("--execution-id", help="idempotency key: a repeated id never runs twice")
 
-    health = commands.add_parser("health", help="show the node's health")
-    client_options(health)
+    status = commands.add_parser("status", help="show an execution")
+    client_options(status)
+    status.add_argument("execution_id")
+    status.add_argument("--wait", action="store_true", help="wait until it finishes")
+    status.add_argument("--logs", action="store_true", help="include its log lines")
+
+    cancel = commands.add_parser("cancel", help="cancel an execution")
+    client_options(cancel)
+    cancel.add_argument("execution_id")
+    cancel.add_argument("--force", action="store_true", help="kill the instance instead of asking")
+
+    tasks = commands.add_parser("tasks", help="list tasks")
+    client_options(tasks)
+    tasks.add_argument("--prefix", default="")
+    tasks.add_argument("--limit", type=int, default=100)
+    tasks.add_argument("--start-after", default="")
+
+    task = commands.add_parser("task", help="show a task")
+    client_options(task)
+    task.add_argument("task_id")
+
+    delete = commands.add_parser("delete-task", help="delete a task")
+    client_options(delete)
+    delete.add_argument("task_id")
+    delete.add_argument("--force", action="store_true", help="cancel its running executions")
+
+    executions = commands.add_parser("executions", help="list executions")
+    client_options(executions)
+    executions.add_argument("--task", default="")
+    executions.add_argument("--status", action="append", help="filter by status (repeatable)")
+    executions.add_argument("--limit", type=int, default=100)
+    executions.add_argument("--start-after", default="")
+
+    for name, text in (("stats", "show statistics"), ("health", "show the node's health")):
+        client_options(commands.add_parser(name, help=text))
     return parser
 
 
@@ -65,9 +108,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.command == "serve":
             trio.run(_serve, args)
         else:
-            result = trio.run(_client_command, args)
-            # invoke prints its result as JSON for scripts; --json prints whole responses.
-            _print(result, args.json or args.command == "invoke")
+            trio.run(_client_command, args)
     except SpearError as exc:
         print(f"{exc.code.value}: {exc.message}", file=sys.stderr)
         raise SystemExit(1) from None
@@ -75,13 +116,42 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(130) from None
 
 
-def _print(result: Any, as_json: bool) -> None:
+def _show(result: Any, as_json: bool) -> None:
+    """Print *result*: JSON for scripts, else a table (lists of maps) or key: value lines."""
     if as_json or not isinstance(result, dict):
-        print(json.dumps(result, default=repr))
+        print(json.dumps(result, default=repr), flush=True)
+        return
+    rows = next((value for value in result.values() if isinstance(value, list) and value), None)
+    if rows is not None and all(isinstance(row, dict) for row in rows):
+        _table(rows)
+        cursor = result.get("next_start_after")
+        if cursor:
+            print(f"(more: --start-after {cursor})")
         return
     for key, value in result.items():
         shown = json.dumps(value, default=repr) if isinstance(value, (dict, list)) else value
-        print(f"{key:>20}: {shown}")
+        print(f"{key:>24}: {shown}")
+
+
+_COLUMNS = ("task_id", "task_name", "execution_id", "function_name", "status", "instances",
+            "instance_id", "execution_time_ms", "description")
+
+
+def _table(rows: list[dict[str, Any]]) -> None:
+    columns = [c for c in _COLUMNS if any(c in row for row in rows)]
+    cells = [[_cell(row.get(c)) for c in columns] for row in rows]
+    widths = [max(len(c), *(len(line[i]) for line in cells)) for i, c in enumerate(columns)]
+    print("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)))
+    for line in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(line, widths, strict=True)))
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, list):
+        return str(len(value))
+    return str(value)
 
 
 async def _serve(args: argparse.Namespace) -> None:
@@ -126,32 +196,84 @@ def _load_params(text: str | None) -> Any:
         raise SpearError(ErrorCode.INVALID_ARGUMENT, f"--params is not valid JSON: {exc}") from None
 
 
-def _artifact_spec(location: str, artifact_type: str | None) -> dict[str, Any]:
+def _artifact_spec(location: str, artifact_type: str | None, checksum: str | None) -> dict[str, Any]:
     path = Path(location)
     if "://" not in location:
         location = str(path.resolve())
     kind = artifact_type or ("wasm" if path.suffix in (".wasm", ".wat") else "process")
-    return {"location": location, "artifact_type": kind}
+    spec: dict[str, Any] = {"location": location, "artifact_type": kind}
+    if checksum:
+        spec["checksum"] = checksum
+    return spec
 
 
-async def _client_command(args: argparse.Namespace) -> Any:
+def _invoke_fields(args: argparse.Namespace) -> dict[str, Any]:
+    fields: dict[str, Any] = {}
+    if args.task_id:
+        fields["task_id"] = args.task_id
+    if args.task_name:
+        fields["task_name"] = args.task_name
+    if args.artifact:
+        fields["artifact_spec"] = _artifact_spec(args.artifact, args.artifact_type, args.checksum)
+        fields.setdefault("task_name", Path(args.artifact.rsplit("/", 1)[-1]).stem)
+    context: dict[str, Any] = {}
+    if args.timeout_ms:
+        context["timeout_ms"] = args.timeout_ms
+    if args.execution_id:
+        context["execution_id"] = args.execution_id
+    if context:
+        fields["context"] = context
+    if args.mode == "async":
+        fields["execution_mode"] = "ASYNC"
+    return fields
+
+
+async def _client_command(args: argparse.Namespace) -> None:
     from .client import connect
 
     async with connect(args.url, token=args.token) as client:
-        if args.command == "health":
-            return await client.health()
-        fields: dict[str, Any] = {}
-        if args.task_id:
-            fields["task_id"] = args.task_id
-        if args.task_name:
-            fields["task_name"] = args.task_name
-        if args.artifact:
-            fields["artifact_spec"] = _artifact_spec(args.artifact, args.artifact_type)
-            fields.setdefault("task_name", Path(args.artifact).stem)
-        if args.timeout_ms:
-            fields["context"] = {"timeout_ms": args.timeout_ms}
-        response = await client.invoke(args.function, _load_params(args.params), **fields)
-        return response if args.json else response.get("result")
+        command = args.command
+        if command == "invoke":
+            await _invoke(client, args)
+            return
+        result: Any
+        if command == "status":
+            if args.wait:
+                result = await client.wait_execution(args.execution_id, include_logs=args.logs)
+            else:
+                result = await client.get_execution(args.execution_id, include_logs=args.logs)
+        elif command == "cancel":
+            result = await client.cancel_execution(args.execution_id, force=args.force)
+        elif command == "tasks":
+            result = await client.list_tasks(args.prefix, args.limit, args.start_after)
+        elif command == "task":
+            result = await client.get_task(args.task_id, include_executions=True)
+        elif command == "delete-task":
+            result = await client.delete_task(args.task_id, force=args.force)
+        elif command == "executions":
+            result = await client.list_executions(args.task, args.status, args.limit, args.start_after)
+        elif command == "stats":
+            result = await client.get_stats()
+        else:
+            result = await client.get_health()
+        _show(result, args.json)
+
+
+async def _invoke(client: Any, args: argparse.Namespace) -> None:
+    params = _load_params(args.params)
+    fields = _invoke_fields(args)
+    if args.mode != "stream":
+        response = await client.invoke(args.function, params, **fields)
+        if args.mode == "async" and not args.json:
+            _show(response, False)
+        else:  # the result alone, as JSON, for scripts; --json gives the whole response
+            _show(response if args.json else response.get("result"), True)
+        return
+    async with client.stream(args.function, params, **fields) as items:
+        async for item in items:  # chunks print as they come
+            _show({"chunk": item} if args.json else item, True)
+        if args.json:
+            _show(items.result, True)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from typing import Any
 
 import trio
 
-from ..artifacts import ArtifactStore
+from ..artifacts import ArtifactStore, describe_artifact, same_artifact
 from ..errors import ErrorCode, SpearError
 from ..model import ExecutionStatus, InstancePolicy, InvocationType, TaskStatus
 from ..runtimes.base import Call, Runtime
@@ -151,6 +151,20 @@ class ManagerActor(Actor[ManagerMessage]):
         if request.invocation_type is InvocationType.NEW_TASK:
             task_id = self._by_name.get(request.task_name)
             key = f"name:{request.task_name}"
+            if task_id is not None and request.artifact_spec is not None:
+                existing = self._tasks[task_id].definition.artifact
+                if not same_artifact(existing, request.artifact_spec):
+                    if not request.force_new_instance:
+                        message.reply.fail(
+                            SpearError(
+                                ErrorCode.ALREADY_EXISTS,
+                                f"task {request.task_name!r} exists with artifact {describe_artifact(existing)}; "
+                                f"this request names {describe_artifact(request.artifact_spec)} "
+                                "(set force_new_instance to replace it)",
+                            )
+                        )
+                        return
+                    task_id, key = None, f"upgrade:{request.task_name}"  # replaced once the new one exists
         else:
             task_id = request.task_id if request.task_id in self._tasks else None
             key = f"id:{request.task_id}"
@@ -295,17 +309,21 @@ class ManagerActor(Actor[ManagerMessage]):
                 ErrorCode.INVALID_ARGUMENT,
                 f"artifact_type {artifact.artifact_type!r} is not one of {sorted(self._runtimes)}",
             )
-        resolved = await self._artifacts.resolve(artifact)
-        policy = seed.policy.merged_over(InstancePolicy.from_dict(artifact.config.get("policy")))
-        return TaskDefinition(
-            task_id=seed.task_id or f"task-{uuid.uuid4().hex[:12]}",
-            task_name=seed.task_name,
-            description=seed.description,
-            artifact=artifact,
-            artifact_path=resolved.path,
-            artifact_digest=resolved.digest,
-            policy=policy.merged_over(self._defaults),
-        )
+        resolved = await self._artifacts.resolve(artifact, pin=True)
+        try:
+            policy = seed.policy.merged_over(InstancePolicy.from_dict(artifact.config.get("policy")))
+            return TaskDefinition(
+                task_id=seed.task_id or f"task-{uuid.uuid4().hex[:12]}",
+                task_name=seed.task_name,
+                description=seed.description,
+                artifact=artifact,
+                artifact_path=resolved.path,
+                artifact_digest=resolved.digest,
+                policy=policy.merged_over(self._defaults),
+            )
+        except BaseException:
+            self._artifacts.unpin(resolved.digest)
+            raise
 
     def _task_created(self, message: TaskCreated) -> None:
         waiting = self._creating.pop(message.key, [])
@@ -313,7 +331,15 @@ class ManagerActor(Actor[ManagerMessage]):
             for waiter in waiting:
                 waiter.reply.fail(SpearError(message.error.code, message.error.message, message.error.details))
             return
+        replaced = self._by_name.get(message.definition.task_name)
         entry = self.add_task(message.definition)
+        if replaced is not None and message.key.startswith("upgrade:"):
+            old = self._tasks[replaced]
+            old.status = TaskStatus.DELETING
+            old.ref.post(
+                StopTask(SpearError(ErrorCode.UNAVAILABLE, f"task {replaced} replaced by {entry.definition.task_id}"),
+                         drain=True)
+            )
         for waiter in waiting:
             if isinstance(waiter, Invoke):
                 self._route(entry, waiter)
@@ -334,6 +360,7 @@ class ManagerActor(Actor[ManagerMessage]):
             with entry.scope:
                 await actor.run()
         finally:
+            self._artifacts.unpin(entry.definition.artifact_digest)
             self.ref.post(TaskStopped(entry.definition.task_id))
 
     def _task_stopped(self, message: TaskStopped) -> None:

@@ -183,9 +183,11 @@ class GetTaskInfo:
 @dataclasses.dataclass(slots=True)
 class StopTask:
     """Stop the task: pending calls fail with *reason*, instances are stopped and
-    their in-flight calls fail with *reason* too."""
+    their in-flight calls fail with *reason* too. With *drain*, calls already
+    accepted finish first and only new ones are refused."""
 
     reason: SpearError
+    drain: bool = False
 
 
 @dataclasses.dataclass(slots=True)

@@ -95,6 +95,7 @@ class TaskActor(Actor[TaskMessage]):
         self.status = TaskStatus.ACTIVE
         self._parent = parent
         self._stop_reason: SpearError | None = None
+        self._draining: SpearError | None = None
         self._runtime = runtime
         self._policy = policy
         self._slots: dict[str, _Slot] = {}
@@ -142,7 +143,13 @@ class TaskActor(Actor[TaskMessage]):
         elif isinstance(message, GetTaskInfo):
             message.reply.send(self.info())
         elif isinstance(message, StopTask):
-            self._stop_task(message.reason)
+            if message.drain:
+                self._draining = message.reason
+                self.status = TaskStatus.DELETING
+            else:
+                self._stop_task(message.reason)
+        if self._draining is not None and not self._pending and not self._running and self._stop_reason is None:
+            self._stop_task(self._draining)
         if self._stop_reason is not None:
             if not self._slots:
                 self.stop()
@@ -163,6 +170,10 @@ class TaskActor(Actor[TaskMessage]):
 
     # -- scheduling -----------------------------------------------------------
     def _submit(self, submit: Submit) -> None:
+        refusal = self._stop_reason or self._draining
+        if refusal is not None:
+            submit.reply.fail(SpearError(ErrorCode.UNAVAILABLE, f"task is stopping: {refusal.message}"))
+            return
         limit = self._policy.max_pending
         if limit is not None and len(self._pending) >= limit:
             submit.reply.fail(

@@ -107,7 +107,7 @@ class ManagerActor(Actor[ManagerMessage]):
         self._tasks: dict[str, _TaskEntry] = {}
         self._by_name: dict[str, str] = {}
         self._creating: dict[str, list[Invoke | DeclareTask]] = {}
-        self.registry = registry or ExecutionRegistry()
+        self.registry = registry if registry is not None else ExecutionRegistry()
         self._started_at = time.time()
 
     def handle(self, message: ManagerMessage) -> None:

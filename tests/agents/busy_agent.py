@@ -43,5 +43,46 @@ def double(x):
     return 2 * x
 
 
+@agent.function
+def record(path, value):
+    """Append *value* to a file (to count how often a function really ran)."""
+    with open(path, "a") as out:
+        out.write(f"{value}\n")
+    time.sleep(0.05)
+    return value
+
+
+@agent.function
+def produce(n, path):
+    """Stream 0..n-1, writing how far the producer got to *path*."""
+    for i in range(n):
+        with open(path, "w") as out:
+            out.write(str(i))
+        yield i
+
+
+@agent.function
+def fail_midway(n):
+    for i in range(n):
+        yield i
+    raise RuntimeError(f"failed after {n} items")
+
+
+@agent.function
+async def async_count(n):
+    for i in range(n):
+        yield {"i": i}
+
+
+@agent.function
+def ticking(n, seconds):
+    """Stream n items, one every *seconds* (cooperatively cancellable)."""
+    for i in range(n):
+        if cancelled():
+            return
+        time.sleep(seconds)
+        yield i
+
+
 if __name__ == "__main__":
     agent.run()

@@ -1,0 +1,27 @@
+"""An agent that ignores cancel messages (to test the kill-and-replace path)."""
+
+import time
+
+from spear_actors.agent import Agent
+
+
+class DeafAgent(Agent):
+    def _cancel(self, message):  # never confirms, never stops the work
+        pass
+
+
+agent = DeafAgent()
+
+
+@agent.function
+def block(seconds):
+    time.sleep(seconds)
+    return "done"
+
+
+@agent.function
+def hello():
+    return "hello"
+
+
+agent.run()

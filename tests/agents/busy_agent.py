@@ -63,8 +63,7 @@ def produce(n, path):
 
 @agent.function
 def fail_midway(n):
-    for i in range(n):
-        yield i
+    yield from range(n)
     raise RuntimeError(f"failed after {n} items")
 
 

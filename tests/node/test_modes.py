@@ -215,9 +215,10 @@ async def test_cancel_a_running_async_execution_and_every_waiter_learns_it(node:
 async def test_cancel_a_running_stream(node: Node) -> None:
     received = []
     async with spear_actors.connect(str(node.endpoints[0])) as client:
+        stream = client.stream("ticking", [1000, 0.02], task_name="rt", artifact_spec=BUSY,
+                               context={"execution_id": "exec-stream"})
         with pytest.raises(SpearError) as info:
-            async with client.stream("ticking", [1000, 0.02], task_name="rt", artifact_spec=BUSY,
-                                     context={"execution_id": "exec-stream"}) as items:
+            async with stream as items:
                 async for chunk in items:
                     received.append(chunk)
                     if chunk == 3:

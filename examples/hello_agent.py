@@ -41,8 +41,7 @@ def fail(message="boom"):
 @agent.function
 def count(n):
     """Stream the numbers 0..n-1."""
-    for i in range(n):
-        yield i
+    yield from range(n)
     return {"counted": n}
 
 

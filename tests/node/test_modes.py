@@ -103,13 +103,14 @@ async def test_invoke_in_stream_mode_names_stream_function(node: Node) -> None:
 
 async def test_a_slow_consumer_bounds_how_far_the_agent_runs_ahead(node: Node, tmp_path: Path) -> None:
     progress = tmp_path / "progress"
-    async with spear_actors.connect(str(node.endpoints[0])) as client:
-        async with client.stream("produce", [1000, str(progress)], task_name="p", artifact_spec=BUSY,
-                                 window=2) as items:
-            first = await items.__anext__()
-            assert first == 0
-            await trio.sleep(1.0)  # the agent runs free for a second while we do not read
-            produced = int(progress.read_text())
+    async with (
+        spear_actors.connect(str(node.endpoints[0])) as client,
+        client.stream("produce", [1000, str(progress)], task_name="p", artifact_spec=BUSY, window=2) as items,
+    ):
+        first = await items.__anext__()
+        assert first == 0
+        await trio.sleep(1.0)  # the agent runs free for a second while we do not read
+        produced = int(progress.read_text())
     # Client window 2 + node↔agent window 16 + a chunk in each hand-off: never 1000.
     assert produced < 30, produced
 

@@ -181,7 +181,10 @@ async def _serve(args: argparse.Namespace) -> None:
                     flush=True,
                 )
             async for signum in signals:
-                logging.getLogger(__name__).info("signal %s: shutting down", signal.Signals(signum).name)
+                logger = logging.getLogger(__name__)
+                logger.info("signal %s: draining (up to %gs)", signal.Signals(signum).name, config.shutdown_grace_s)
+                if not await node.drain():
+                    logger.warning("grace period over: ending the executions still running")
                 break
 
 

@@ -41,7 +41,12 @@ def _default_data_dir() -> Path:
 
 def _default_policy() -> InstancePolicy:
     return InstancePolicy(
-        min_instances=0, max_instances=4, max_concurrency=1, idle_timeout_s=300.0, max_pending=1000
+        min_instances=0,
+        max_instances=4,
+        max_concurrency=1,
+        idle_timeout_s=300.0,
+        max_pending=1000,
+        scheduling="least_loaded",
     )
 
 
@@ -86,6 +91,18 @@ class NodeConfig:
     agent_heartbeat_timeout_s: float = 5.0
     client_heartbeat_interval_s: float = 5.0
     client_heartbeat_timeout_s: float = 20.0
+    max_total_instances: int = 256
+    """Node-wide cap on live instances, over all tasks."""
+    max_running_executions: int = 100_000
+    """Node-wide cap on unfinished (pending + running) executions: past it, calls are
+    answered RESOURCE_EXHAUSTED at once."""
+    start_backoff_s: float = 0.5
+    """First back-off after an instance failed to start; doubles per failure."""
+    start_backoff_max_s: float = 30.0
+    """Longest back-off between start attempts of a crash-looping task."""
+    shutdown_grace_s: float = 10.0
+    """On SIGTERM, how long running calls may take to finish before the rest are
+    answered UNAVAILABLE."""
     wasm_workers: int = 4
     """Worker threads running WASM executions (per node)."""
     tasks: list[TaskDeclaration] = dataclasses.field(default_factory=list)

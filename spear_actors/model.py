@@ -165,6 +165,9 @@ class ArtifactSpec:
         return out
 
 
+SCHEDULING_POLICIES = ("least_loaded", "round_robin")
+
+
 @dataclasses.dataclass(slots=True)
 class InstancePolicy:
     """How many instances a task runs and how they are used. None = the node's default."""
@@ -174,6 +177,8 @@ class InstancePolicy:
     max_concurrency: int | None = None
     idle_timeout_s: float | None = None
     max_pending: int | None = None
+    scheduling: str | None = None
+    """``least_loaded`` (default) or ``round_robin``."""
 
     @classmethod
     def from_dict(cls, data: object, where: str = "policy.") -> InstancePolicy:
@@ -188,7 +193,10 @@ class InstancePolicy:
             max_concurrency=_field(data, "max_concurrency", int, None, where),
             idle_timeout_s=_field(data, "idle_timeout_s", float, None, where),
             max_pending=_field(data, "max_pending", int, None, where),
+            scheduling=_field(data, "scheduling", str, None, where),
         )
+        if policy.scheduling is not None and policy.scheduling not in SCHEDULING_POLICIES:
+            raise _invalid(f"{where}scheduling must be one of {', '.join(SCHEDULING_POLICIES)}")
         for name in ("min_instances", "max_pending"):
             value = getattr(policy, name)
             if value is not None and value < 0:

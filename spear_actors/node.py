@@ -18,6 +18,7 @@ from typing import Any, Final
 import trio
 
 from ._nursery import background_nursery
+from .actors.budget import InstanceBudget
 from .actors.executions import ExecutionRegistry
 from .actors.mailbox import ActorRef, Reply
 from .actors.manager import ManagerActor, TaskSeed
@@ -25,6 +26,7 @@ from .actors.messages import (
     CancelExecution,
     DeclareTask,
     DeleteTask,
+    Drain,
     Invoke,
     ManagerMessage,
     Outcome,
@@ -57,6 +59,7 @@ class Node:
         self.config = config
         self._manager = manager
         self._nursery = nursery
+        self._listeners = trio.CancelScope()
         self.endpoints: list[Endpoint] = []
         """Gateway endpoints this node listens on (with real ports)."""
 
@@ -215,10 +218,26 @@ class Node:
         """Start a gateway on *url* (ws://, tcp://, unix://); return the bound endpoint."""
         from .gateway import Gateway
 
-        endpoint: Endpoint = await self._nursery.start(Gateway(self).serve, url)
+        async def serve(task_status: trio.TaskStatus[Endpoint]) -> None:
+            with self._listeners:
+                await Gateway(self).serve(url, task_status=task_status)
+
+        endpoint: Endpoint = await self._nursery.start(serve)
         self.endpoints.append(endpoint)
         log.info("node %s listening on %s", self.config.node_id, endpoint)
         return endpoint
+
+    async def drain(self, grace: float | None = None) -> bool:
+        """Stop accepting: listeners close and new calls get UNAVAILABLE; then wait up
+        to *grace* seconds (default ``shutdown_grace_s``) for running calls to finish.
+        Returns True if everything finished in time. Leaving :func:`open_node`
+        afterwards ends whatever is left (UNAVAILABLE, records FAILED)."""
+        self._listeners.cancel()
+        grace = self.config.shutdown_grace_s if grace is None else grace
+        with trio.move_on_after(grace):
+            await self._manager.ask(lambda reply: Drain("node is shutting down", reply))
+            return True
+        return False
 
 
 class ExecutionStream:
@@ -310,6 +329,9 @@ async def open_node(config: NodeConfig | None = None) -> AsyncIterator[Node]:
             defaults=config.defaults,
             default_timeout_ms=config.default_timeout_ms,
             registry=ExecutionRegistry(config.max_execution_records, config.execution_record_ttl_s),
+            budget=InstanceBudget(config.max_total_instances),
+            backoff=(config.start_backoff_s, config.start_backoff_max_s),
+            max_running_executions=config.max_running_executions,
         )
         manager_done = trio.Event()
 

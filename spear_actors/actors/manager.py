@@ -15,12 +15,14 @@ from ..artifacts import ArtifactStore, describe_artifact, same_artifact
 from ..errors import ErrorCode, SpearError
 from ..model import ExecutionStatus, InstancePolicy, InvocationType, TaskStatus
 from ..runtimes.base import Call, Runtime
+from .budget import InstanceBudget
 from .executions import ExecutionRecord, ExecutionRegistry, LatencyWindow
 from .mailbox import Actor, ActorRef, Reply
 from .messages import (
     CancelExecution,
     DeclareTask,
     DeleteTask,
+    Drain,
     ExecutionDone,
     ExecutionStarted,
     GetTaskInfo,
@@ -98,6 +100,9 @@ class ManagerActor(Actor[ManagerMessage]):
         defaults: InstancePolicy,
         default_timeout_ms: int,
         registry: ExecutionRegistry | None = None,
+        budget: InstanceBudget | None = None,
+        backoff: tuple[float, float] = (0.5, 30.0),
+        max_running_executions: int = 100_000,
     ) -> None:
         super().__init__("manager")
         self._runtimes = runtimes
@@ -108,7 +113,13 @@ class ManagerActor(Actor[ManagerMessage]):
         self._by_name: dict[str, str] = {}
         self._creating: dict[str, list[Invoke | DeclareTask]] = {}
         self.registry = registry if registry is not None else ExecutionRegistry()
+        self._budget = budget or InstanceBudget(10**9)
+        self._backoff = backoff
+        self._max_running = max_running_executions
         self._started_at = time.time()
+        self._idle_waiters: list[Reply[None]] = []
+        self.draining: str | None = None
+        """Set when the node stops taking calls (shutdown): the reason new calls get."""
 
     def handle(self, message: ManagerMessage) -> None:
         if isinstance(message, Invoke):
@@ -138,6 +149,10 @@ class ManagerActor(Actor[ManagerMessage]):
             self._task_created(message)
         elif isinstance(message, DeleteTask):
             self._delete(message)
+        elif isinstance(message, Drain):
+            self.draining = message.reason
+            self._idle_waiters.append(message.reply)
+            self._answer_idle_waiters()
         else:
             self._task_stopped(message)
 
@@ -147,6 +162,19 @@ class ManagerActor(Actor[ManagerMessage]):
         duplicate = self.registry.get(request.context.execution_id) if request.context.execution_id else None
         if duplicate is not None:
             self._route_duplicate(duplicate, message)
+            return
+        if self.draining is not None:
+            message.reply.fail(SpearError(ErrorCode.UNAVAILABLE, self.draining))
+            return
+        counts = self.registry.counts
+        if counts[ExecutionStatus.PENDING] + counts[ExecutionStatus.RUNNING] >= self._max_running:
+            message.reply.fail(
+                SpearError(
+                    ErrorCode.RESOURCE_EXHAUSTED,
+                    f"node has {self._max_running} executions in progress (max_running_executions)",
+                    {"retry_after_ms": 50},
+                )
+            )
             return
         if request.invocation_type is InvocationType.NEW_TASK:
             task_id = self._by_name.get(request.task_name)
@@ -216,7 +244,9 @@ class ManagerActor(Actor[ManagerMessage]):
             headers=context.headers,
         )
         outcome: Reply[Outcome] = Reply()
-        submit = Submit(call, outcome, deadline, message.sink, request.force_new_instance)
+        submit = Submit(
+            call, outcome, deadline, message.sink, request.force_new_instance, context.max_retries
+        )
         try:
             entry.ref.tell_nowait(submit)
         except SpearError as exc:
@@ -249,12 +279,21 @@ class ManagerActor(Actor[ManagerMessage]):
             )
         )
 
+    def _answer_idle_waiters(self) -> None:
+        counts = self.registry.counts
+        if counts[ExecutionStatus.PENDING] + counts[ExecutionStatus.RUNNING] == 0:
+            for waiter in self._idle_waiters:
+                waiter.send(None)
+            self._idle_waiters.clear()
+
     def _execution_done(self, message: ExecutionDone) -> None:
         record = self.registry.get(message.execution_id)
         if record is None:
             return
         outcome = message.outcome
         self.registry.finish(record, outcome.value, outcome.error)
+        if self._idle_waiters:
+            self._answer_idle_waiters()
         entry = self._tasks.get(record.task_id)
         if entry is not None:
             entry.counts[record.status.value] += 1
@@ -348,7 +387,13 @@ class ManagerActor(Actor[ManagerMessage]):
 
     def add_task(self, definition: TaskDefinition) -> _TaskEntry:
         """Start a TaskActor for *definition* and enter it in the table."""
-        actor = TaskActor(definition, self._runtimes[definition.artifact.artifact_type], self.ref)
+        actor = TaskActor(
+            definition,
+            self._runtimes[definition.artifact.artifact_type],
+            self.ref,
+            budget=self._budget,
+            backoff=self._backoff,
+        )
         entry = _TaskEntry(actor.ref, definition, trio.CancelScope())
         self._tasks[definition.task_id] = entry
         self._by_name[definition.task_name] = definition.task_id
@@ -399,6 +444,13 @@ class ManagerActor(Actor[ManagerMessage]):
 
     def on_stop(self) -> None:
         error = SpearError(ErrorCode.UNAVAILABLE, "node is shutting down")
+        # Executions still unfinished are recorded as FAILED with the reason, and
+        # whoever waits for them learns it: nothing is dropped silently.
+        for record in list(self.registry._records.values()):
+            if not record.finished:
+                log.warning("execution %s (%s) ended by shutdown", record.execution_id, record.mode.value)
+                shutdown = SpearError(ErrorCode.UNAVAILABLE, "node shut down before it finished")
+                self.registry.finish(record, None, shutdown)
         for entry in self._tasks.values():
             entry.ref.post(StopTask(error))
             for deleter in entry.deleters:
@@ -475,7 +527,7 @@ class ManagerActor(Actor[ManagerMessage]):
     def _q_get_health(self) -> dict[str, Any]:
         counts = self.registry.counts
         return {
-            "status": "SERVING",
+            "status": "DRAINING" if self.draining else "SERVING",
             "uptime_s": round(time.time() - self._started_at, 3),
             "tasks": len(self._tasks),
             "instances": sum(entry.instances for entry in self._tasks.values()),

@@ -11,9 +11,11 @@ from ..runtimes.base import Call, StreamSink
 from .mailbox import Reply
 
 __all__ = [
+    "AttemptDone",
     "CancelExecution",
     "DeclareTask",
     "DeleteTask",
+    "Drain",
     "Execute",
     "ExecutionDone",
     "ExecutionFinished",
@@ -118,6 +120,14 @@ class DeleteTask:
 
 
 @dataclasses.dataclass(slots=True)
+class Drain:
+    """Refuse new calls with *reason*; answer *reply* once no execution is unfinished."""
+
+    reason: str
+    reply: Reply[None]
+
+
+@dataclasses.dataclass(slots=True)
 class ExecutionDone:
     """The manager's note that an execution's outcome reply was answered."""
 
@@ -159,6 +169,8 @@ class Submit:
     deadline: float
     sink: StreamSink | None = None
     force_new_instance: bool = False
+    retries: int = 0
+    """Runs left on another instance if the instance running it fails (max_retries)."""
 
 
 @dataclasses.dataclass(slots=True)
@@ -178,6 +190,14 @@ class GetTaskInfo:
     """Ask a task for its description, policy and instances."""
 
     reply: Reply[dict[str, Any]]
+
+
+@dataclasses.dataclass(slots=True)
+class AttemptDone:
+    """The task's own note: one attempt of a retryable call ended (*outcome*)."""
+
+    submit: Submit
+    outcome: Reply[Outcome]
 
 
 @dataclasses.dataclass(slots=True)
@@ -237,9 +257,10 @@ class ExecutionFinished:
 
 TaskMessage = (
     Submit | CancelExecution | GetTaskInfo | StopTask | InstanceReady | InstanceExited | ExecutionFinished
+    | AttemptDone
 )
 InstanceMessage = Execute | CancelExecution | StopInstance
 ManagerMessage = (
     Invoke | DeclareTask | TaskCreated | CancelExecution | Query | WaitExecution | DeleteTask | ExecutionDone
-    | TaskStopped | ExecutionStarted | TaskInstances
+    | TaskStopped | ExecutionStarted | TaskInstances | Drain
 )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import itertools
 import logging
 import math
@@ -16,9 +17,11 @@ import trio
 from ..errors import ErrorCode, SpearError
 from ..model import ArtifactSpec, InstancePolicy, InstanceStatus, TaskStatus
 from ..runtimes.base import InstanceSpec, Runtime
+from .budget import InstanceBudget
 from .instance import InstanceActor
-from .mailbox import Actor, ActorRef
+from .mailbox import Actor, ActorRef, Reply
 from .messages import (
+    AttemptDone,
     CancelExecution,
     Execute,
     ExecutionFinished,
@@ -28,6 +31,7 @@ from .messages import (
     InstanceMessage,
     InstanceReady,
     ManagerMessage,
+    Outcome,
     StopInstance,
     StopTask,
     Submit,
@@ -84,7 +88,13 @@ class TaskActor(Actor[TaskMessage]):
     """
 
     def __init__(
-        self, definition: TaskDefinition, runtime: Runtime, parent: ActorRef[ManagerMessage] | None = None
+        self,
+        definition: TaskDefinition,
+        runtime: Runtime,
+        parent: ActorRef[ManagerMessage] | None = None,
+        *,
+        budget: InstanceBudget | None = None,
+        backoff: tuple[float, float] = (0.5, 30.0),
     ) -> None:
         policy = definition.policy
         assert policy.max_instances is not None and policy.max_concurrency is not None
@@ -94,6 +104,11 @@ class TaskActor(Actor[TaskMessage]):
         self.definition = definition
         self.status = TaskStatus.ACTIVE
         self._parent = parent
+        self._budget = budget or InstanceBudget(10**9)
+        self._backoff_base, self._backoff_max = backoff
+        self._start_failures = 0
+        self._backoff_until = -math.inf
+        self._round_robin = 0
         self._stop_reason: SpearError | None = None
         self._draining: SpearError | None = None
         self._runtime = runtime
@@ -113,8 +128,7 @@ class TaskActor(Actor[TaskMessage]):
 
     async def on_start(self) -> None:
         self.nursery.start_soon(self._timer)
-        for _ in range(self._policy.min_instances or 0):
-            self._start_instance()
+        self._replenish()
 
     def on_stop(self) -> None:
         error = SpearError(ErrorCode.UNAVAILABLE, f"task {self.definition.task_name} stopped")
@@ -136,6 +150,11 @@ class TaskActor(Actor[TaskMessage]):
                 slot.ready = True
                 slot.last_used = trio.current_time()
                 self._last_start_error = None
+                self._start_failures = 0
+                if self.status is TaskStatus.DEGRADED:
+                    self.status = TaskStatus.ACTIVE
+        elif isinstance(message, AttemptDone):
+            self._attempt_done(message)
         elif isinstance(message, InstanceExited):
             self._instance_exited(message)
         elif isinstance(message, CancelExecution):
@@ -174,6 +193,9 @@ class TaskActor(Actor[TaskMessage]):
         if refusal is not None:
             submit.reply.fail(SpearError(ErrorCode.UNAVAILABLE, f"task is stopping: {refusal.message}"))
             return
+        if self._in_backoff() and not any(slot.ready for slot in self._slots.values()):
+            submit.reply.fail(self._degraded_error())
+            return
         limit = self._policy.max_pending
         if limit is not None and len(self._pending) >= limit:
             submit.reply.fail(
@@ -186,7 +208,8 @@ class TaskActor(Actor[TaskMessage]):
             return
         entry = _Pending(submit)
         if submit.force_new_instance and len(self._slots) < (self._policy.max_instances or 1):
-            entry.target = self._start_instance().instance_id
+            slot = self._start_instance()
+            entry.target = slot.instance_id if slot is not None else None
         self._pending.append(entry)
         self._queued_deadline = min(self._queued_deadline, submit.deadline)
 
@@ -199,8 +222,13 @@ class TaskActor(Actor[TaskMessage]):
                 break
             submit = entry.submit
             call = dataclasses.replace(submit.call, timeout=max(0.0, submit.deadline - now))
+            reply = submit.reply
+            if submit.retries > 0:
+                # This attempt answers the task, which may run it again elsewhere.
+                reply = Reply()
+                reply.on_done = functools.partial(self._attempt_ended, submit)
             try:
-                slot.work.tell_nowait(Execute(call, submit.reply, submit.sink))
+                slot.work.tell_nowait(Execute(call, reply, submit.sink))
             except SpearError:
                 # The instance is stopping (its InstanceExited is on the way): skip it.
                 slot.ready = False
@@ -223,12 +251,43 @@ class TaskActor(Actor[TaskMessage]):
             self._timer_at = when
             self._wakeup.set()
 
+    def _attempt_ended(self, submit: Submit, outcome: Reply[Outcome]) -> None:
+        # Runs in the instance's task that answered: post, never touch state here.
+        self.ref.post(AttemptDone(submit, outcome))
+
+    def _attempt_done(self, message: AttemptDone) -> None:
+        submit, outcome = message.submit, message.outcome
+        error = outcome.error
+        if (
+            error is not None
+            and error.code is ErrorCode.INSTANCE_FAILED
+            and submit.retries > 0
+            and submit.deadline > trio.current_time()
+            and self._stop_reason is None
+        ):
+            log.info("%s: retrying %s after: %s", self.name, submit.call.execution_id, error.message)
+            submit.retries -= 1
+            self._pending.appendleft(_Pending(submit))
+        elif error is not None:
+            submit.reply.fail(error)
+        else:
+            assert outcome.value is not None
+            submit.reply.send(outcome.value)
+
     def _pick(self, target: str | None) -> _Slot | None:
         if target is not None:
             slot = self._slots.get(target)
             if slot is None:  # the instance made for this call died: any will do
                 return self._pick(None)
             return slot if slot.ready and slot.inflight < self._max_concurrency else None
+        if self._policy.scheduling == "round_robin":
+            slots = list(self._slots.values())
+            for offset in range(len(slots)):
+                slot = slots[(self._round_robin + offset) % len(slots)]
+                if slot.ready and slot.inflight < self._max_concurrency:
+                    self._round_robin = (self._round_robin + offset + 1) % len(slots)
+                    return slot
+            return None
         best: _Slot | None = None
         for slot in self._slots.values():
             if slot.ready and slot.inflight < self._max_concurrency and (
@@ -242,10 +301,39 @@ class TaskActor(Actor[TaskMessage]):
         starting = sum(1 for slot in self._slots.values() if not slot.ready)
         max_instances = self._policy.max_instances or 1
         while waiting > starting * self._max_concurrency and len(self._slots) < max_instances:
-            self._start_instance()
+            if self._start_instance() is None:
+                break
             starting += 1
+        if self._pending and not self._slots:
+            if self._in_backoff():
+                self._fail_pending(self._degraded_error())
+            else:
+                self._fail_pending(
+                    SpearError(
+                        ErrorCode.RESOURCE_EXHAUSTED,
+                        f"node instance limit ({self._budget.limit}) reached; no instance for task "
+                        f"{self.definition.task_name}",
+                        {"retry_after_ms": 100},
+                    )
+                )
 
-    def _start_instance(self) -> _Slot:
+    def _in_backoff(self) -> bool:
+        return trio.current_time() < self._backoff_until
+
+    def _degraded_error(self) -> SpearError:
+        last = self._last_start_error
+        wait_ms = max(1, math.ceil((self._backoff_until - trio.current_time()) * 1000))
+        return SpearError(
+            ErrorCode.UNAVAILABLE,
+            f"task {self.definition.task_name} is DEGRADED after {self._start_failures} failed starts; "
+            f"last error: {last.message if last else 'unknown'}",
+            {**(last.details if last else {}), "retry_after_ms": wait_ms},
+        )
+
+    def _start_instance(self) -> _Slot | None:
+        """Start an instance, unless the task is backing off or the node is full."""
+        if self._in_backoff() or not self._budget.try_acquire():
+            return None
         definition = self.definition
         instance_id = f"{definition.task_id}-{next(self._ids)}-{uuid.uuid4().hex[:6]}"
         spec = InstanceSpec(
@@ -266,8 +354,11 @@ class TaskActor(Actor[TaskMessage]):
         return slot
 
     async def _run_instance(self, slot: _Slot, actor: InstanceActor) -> None:
-        with slot.scope:
-            await actor.run()
+        try:
+            with slot.scope:
+                await actor.run()
+        finally:
+            self._budget.release()
 
     def _report_instances(self) -> None:
         if self._parent is not None:
@@ -290,13 +381,25 @@ class TaskActor(Actor[TaskMessage]):
         if message.reason is not None:
             log.warning("%s: instance %s exited: %s", self.name, message.instance_id, message.reason.message)
         if not message.ready and message.reason is not None:
+            # A failed start: back off exponentially so a broken artifact is not
+            # spawned in a loop; meanwhile the task is DEGRADED and fails fast.
             self._last_start_error = message.reason
+            self._start_failures += 1
+            delay = min(self._backoff_max, self._backoff_base * 2 ** (self._start_failures - 1))
+            self._backoff_until = trio.current_time() + delay
+            self.status = TaskStatus.DEGRADED
+            self._wake_timer_by(self._backoff_until)
             if not any(s.ready for s in self._slots.values()):
                 # Nothing can serve the waiting calls: give them the start error now.
                 self._fail_pending(message.reason)
                 return
+        self._replenish()
+
+    def _replenish(self) -> None:
+        """Start instances up to min_instances (unless backing off)."""
         for _ in range(len(self._slots), self._policy.min_instances or 0):
-            self._start_instance()
+            if self._start_instance() is None:
+                return
 
     def _fail_pending(self, error: SpearError) -> None:
         while self._pending:
@@ -340,6 +443,10 @@ class TaskActor(Actor[TaskMessage]):
                     wake = min(wake, deadline)
             if idle_timeout is not None:
                 wake = min(wake, self._reap_idle(now, idle_timeout))
+            if self._backoff_until > now:
+                wake = min(wake, self._backoff_until)
+            elif self._stop_reason is None and self._draining is None:
+                self._replenish()
             self._wakeup = trio.Event()
             self._timer_at = wake
             with trio.move_on_at(wake):
@@ -381,6 +488,7 @@ class TaskActor(Actor[TaskMessage]):
             "pending": len(self._pending),
             "running": len(self._running),
             "last_start_error": self._last_start_error.to_dict() if self._last_start_error else None,
+            "start_failures": self._start_failures,
             "instances": [
                 {
                     "instance_id": slot.instance_id,

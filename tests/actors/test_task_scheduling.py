@@ -3,6 +3,7 @@ exactly one terminal answer, and the pool never exceeds its policy."""
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Any
 
@@ -184,7 +185,43 @@ async def test_start_failure_reaches_the_waiting_calls(autojump_clock: trio.abc.
             assert exc.details["stderr_tail"] == "boom"
         else:
             raise AssertionError("expected the start failure")
+        await trio.sleep(0.6)  # past the first back-off (0.5 s)
         second: Reply[Outcome] = Reply()
         ref.tell_nowait(Submit(Call("e2", "sleep", 1.0, timeout=100), second, trio.current_time() + 100))
         assert (await second.wait()).result["slept"] == 1.0
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_crash_looping_task_backs_off_exponentially_and_fails_fast(autojump_clock: trio.abc.Clock) -> None:
+    runtime = InlineRuntime(fail_starts=3)
+    async with trio.open_nursery() as nursery:
+        actor = TaskActor(definition(max_instances=1), runtime, backoff=(1.0, 30.0))
+        ref = await nursery.start(actor.run)
+        attempts: list[Any] = []
+        for _ in range(10):
+            reply: Reply[Outcome] = Reply()
+            start = trio.current_time()
+            ref.tell_nowait(Submit(Call("e", "sleep", 0.0, timeout=100), reply, start + 100))
+            try:
+                await reply.wait()
+                attempts.append("ok")
+                break
+            except SpearError as exc:
+                if exc.code is ErrorCode.UNAVAILABLE:  # refused during the back-off, at once
+                    assert trio.current_time() == start
+                    assert "DEGRADED" in exc.message and "inline start failure" in exc.message
+                    assert actor.status.value == "DEGRADED"
+                    await trio.sleep(exc.details["retry_after_ms"] / 1000)
+                    attempts.append("refused")
+                else:
+                    assert exc.code is ErrorCode.INSTANCE_FAILED
+                    attempts.append(("failed", trio.current_time()))
+        # Three failed starts, each followed by a refusal for the back-off (1 s, then
+        # 2 s, then 4 s: exponential), then a fourth start that works.
+        assert runtime.started == 4
+        failed_at = [a[1] for a in attempts if isinstance(a, tuple)]
+        gaps = [round(b - a, 2) for a, b in itertools.pairwise(failed_at)]
+        assert gaps == [1.05, 2.05]  # back-off + the runtime's 0.05 s start time
+        assert attempts[-1] == "ok"
+        assert actor.status.value == "ACTIVE"
         nursery.cancel_scope.cancel()

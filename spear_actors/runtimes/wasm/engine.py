@@ -58,7 +58,8 @@ class EngineSetup:
         self.linker.define_func(_WASI, "fd_write", wasmtime.FuncType([i32] * 4, [i32]), fd_write, access_caller=True)
         self._native = wasmtime.Linker(self.engine)
         self._native.define_wasi()
-        self._file_writer = wasmtime.Module(self.engine, _FILE_WRITER)
+        self._file_writer: wasmtime.Module | None = None  # compiled on first use
+        self._file_writer_lock = threading.Lock()
 
     def file_fd_write(self, store: wasmtime.Store, memory: wasmtime.Memory) -> wasmtime.Func:
         """wasmtime's own ``fd_write`` for the instance whose memory is *memory* (files
@@ -67,6 +68,9 @@ class EngineSetup:
         WASI reads the iovecs from the memory of the *calling instance*, so it cannot
         be called straight from the host's fd_write; it is called through a tiny
         module that imports the guest's memory and exports it again."""
+        with self._file_writer_lock:
+            if self._file_writer is None:
+                self._file_writer = wasmtime.Module(self.engine, _FILE_WRITER)
         native = self._native.get(store, _WASI, "fd_write")
         writer = wasmtime.Instance(store, self._file_writer, [memory, native]).exports(store)["fd_write"]
         assert isinstance(writer, wasmtime.Func)

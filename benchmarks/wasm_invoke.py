@@ -49,18 +49,30 @@ def show(label: str, p50: float, p99: float) -> None:
     print(f"  {label:<52} p50 {p50 * 1e6:8.1f} µs   p99 {p99 * 1e6:8.1f} µs")
 
 
+ROUNDS = 3
+"""Each figure is the best of this many rounds: the machine is shared with other
+sessions' test suites, and single rounds move by ±30 %."""
+
+
 async def sequential(call: Callable[[], Awaitable[Any]], n: int) -> tuple[float, float]:
-    for _ in range(min(200, n // 5)):
-        await call()
-    samples = []
-    for _ in range(n):
-        start = time.perf_counter()
-        await call()
-        samples.append(time.perf_counter() - start)
-    return percentiles(samples)
+    best = (float("inf"), float("inf"))
+    for _ in range(ROUNDS):
+        for _ in range(min(200, n // 5)):
+            await call()
+        samples = []
+        for _ in range(n):
+            start = time.perf_counter()
+            await call()
+            samples.append(time.perf_counter() - start)
+        best = min(best, percentiles(samples))
+    return best
 
 
 async def throughput(call: Callable[[], Awaitable[Any]], in_flight: int, total: int) -> float:
+    return max([await _throughput(call, in_flight, total) for _ in range(ROUNDS)])
+
+
+async def _throughput(call: Callable[[], Awaitable[Any]], in_flight: int, total: int) -> float:
     remaining = total
 
     async def worker() -> None:

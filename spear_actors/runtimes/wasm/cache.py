@@ -64,6 +64,8 @@ class CompiledModule:
     pre: wasmtime.InstancePre
     """The module pre-linked against the runtime's WASI linker."""
     exports: frozenset[str]
+    functions: dict[str, tuple[tuple[str, ...], tuple[str, ...]]]
+    """Exported functions: name → (param types, result types), e.g. ("i32", "i32"), ("i64",)."""
     imports_wasi: bool
     size: int
     """Size of the artifact in bytes (.wasm or .wat)."""
@@ -139,7 +141,12 @@ class ModuleCache:
             ) from None
         imports_wasi = any(item.module == "wasi_snapshot_preview1" for item in module.imports)
         exports = frozenset(item.name for item in module.exports)
-        return CompiledModule(digest, module, pre, exports, imports_wasi, len(source)), origin
+        functions = {
+            item.name: (tuple(str(t) for t in kind.params), tuple(str(t) for t in kind.results))
+            for item in module.exports
+            if isinstance(kind := item.type, wasmtime.FuncType)
+        }
+        return CompiledModule(digest, module, pre, exports, functions, imports_wasi, len(source)), origin
 
     def _compile(self, source: bytes) -> wasmtime.Module:
         try:

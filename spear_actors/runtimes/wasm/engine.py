@@ -9,6 +9,7 @@ from typing import Final
 
 import wasmtime
 
+from .capi import define_i32_func
 from .stdio import fd_write
 
 __all__ = ["TICK_SECONDS", "EngineSetup", "EpochTicker"]
@@ -54,8 +55,7 @@ class EngineSetup:
         """WASI, with ``fd_write`` shadowed by the runtime's own (see stdio)."""
         self.linker.define_wasi()
         self.linker.allow_shadowing = True
-        i32 = wasmtime.ValType.i32()
-        self.linker.define_func(_WASI, "fd_write", wasmtime.FuncType([i32] * 4, [i32]), fd_write, access_caller=True)
+        define_i32_func(self.linker, _WASI, "fd_write", 4, fd_write)
         self._native = wasmtime.Linker(self.engine)
         self._native.define_wasi()
         self._file_writer: wasmtime.Module | None = None  # compiled on first use

@@ -10,6 +10,7 @@ INVALID_ARGUMENT (params that do not fit the export), CANCELLED.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from typing import Any, Final
 
 import wasmtime
@@ -17,7 +18,7 @@ import wasmtime
 from ...errors import ErrorCode, SpearError
 from ..base import Call
 from .cache import CompiledModule
-from .capi import Interrupt, StoreHook, install_hook, set_stdin_bytes
+from .capi import Interrupt, StoreHook, export, install_hook, set_stdin_bytes
 from .codec import decode_output, encode_input
 from .engine import EngineSetup
 from .settings import WasmSettings
@@ -40,10 +41,26 @@ class Sandbox:
 
     store: wasmtime.Store
     hook: StoreHook
-    exports: dict[str, Any]
-    memory: wasmtime.Memory | None
+    instance: wasmtime.Instance
+    names: frozenset[str]
+    memory: wasmtime.Memory | None = None
     file_writer: wasmtime.Func | None = None
     """wasmtime's fd_write for files (only with a preopened directory)."""
+    _exports: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def export(self, name: str) -> Any:
+        """The instance's export *name*, or None (looked up once per store)."""
+        if name not in self.names:
+            return None
+        item = self._exports.get(name)
+        if item is None:
+            item = self._exports[name] = export(self.store, self.instance, name)
+        return item
+
+    def func(self, name: str) -> wasmtime.Func | None:
+        """The exported function *name*, or None."""
+        item = self.export(name)
+        return item if isinstance(item, wasmtime.Func) else None
 
 
 @dataclasses.dataclass(slots=True)
@@ -99,8 +116,8 @@ class Job:
         sandbox = None
         try:
             sandbox = self._enter(stdin)
-            start = sandbox.exports.get("_start")
-            if not isinstance(start, wasmtime.Func):
+            start = sandbox.func("_start")
+            if start is None:
                 raise SpearError(ErrorCode.INVALID_ARGUMENT, "abi 'wasi' needs a `_start` export")
             try:
                 start(sandbox.store)
@@ -121,18 +138,18 @@ class Job:
         sandbox = None
         try:
             sandbox = self._enter(b"")
-            func = sandbox.exports.get(self.call.function_name)
-            if not isinstance(func, wasmtime.Func):
-                names = sorted(name for name, item in sandbox.exports.items() if isinstance(item, wasmtime.Func))
+            name = self.call.function_name
+            func = sandbox.func(name) if name in self.compiled.functions else None
+            if func is None:
                 raise SpearError(
                     ErrorCode.NOT_FOUND,
-                    f"the module exports no function {self.call.function_name!r} (it has: {', '.join(names)})",
+                    f"the module exports no function {name!r} (it has: {', '.join(sorted(self.compiled.functions))})",
                 )
+            params, results = self.compiled.functions[name]
             if self._uses_memory_abi():
-                result = self._call_with_memory(sandbox, func)
+                result = self._call_with_memory(sandbox, func, (params, results))
             else:
-                kinds = [str(kind) for kind in func.type(sandbox.store).params]
-                result = func(sandbox.store, *_numeric_args(self.call.function_name, self.call.params, kinds))
+                result = func(sandbox.store, *_numeric_args(name, self.call.params, params))
         except WASM_ERRORS as exc:
             raise self._failure(exc, sandbox) from None
         except SpearError as exc:
@@ -151,16 +168,15 @@ class Job:
             return not all(_is_number(value) for value in params)
         return not (params is None or _is_number(params))
 
-    def _call_with_memory(self, sandbox: Sandbox, func: wasmtime.Func) -> Any:
+    def _call_with_memory(self, sandbox: Sandbox, func: wasmtime.Func, signature: tuple[Any, Any]) -> Any:
         store, memory = sandbox.store, sandbox.memory
-        alloc = sandbox.exports.get("alloc")
-        if memory is None or not isinstance(alloc, wasmtime.Func):
+        alloc = sandbox.func("alloc")
+        if memory is None or alloc is None:
             raise SpearError(
                 ErrorCode.INVALID_ARGUMENT,
                 "these params go through the memory ABI, which needs exports `memory` and `alloc(len) -> ptr`",
             )
-        kind = func.type(store)
-        if [str(t) for t in kind.params] != ["i32", "i32"] or [str(t) for t in kind.results] != ["i64"]:
+        if signature != (("i32", "i32"), ("i64",)):
             raise SpearError(
                 ErrorCode.INVALID_ARGUMENT,
                 f"{self.call.function_name!r} must have type (ptr: i32, len: i32) -> i64 for the memory ABI",
@@ -178,8 +194,8 @@ class Job:
         if out_length > self.settings.max_output_bytes:
             raise self._too_much_output()
         output = bytes(memory.read(store, out_pointer, out_pointer + out_length))
-        dealloc = sandbox.exports.get("dealloc")
-        if self.warm and isinstance(dealloc, wasmtime.Func):
+        dealloc = sandbox.func("dealloc")
+        if self.warm and dealloc is not None:
             # A fresh store is dropped whole; a warm one must get its buffers back.
             dealloc(store, pointer, len(data))
             dealloc(store, out_pointer, out_length)
@@ -222,17 +238,16 @@ class Job:
             if settings.preopen_dir is not None:
                 wasi.preopen_dir(settings.preopen_dir, settings.preopen_guest_path, not settings.preopen_readonly)
             store.set_wasi(wasi)
-        sandbox = Sandbox(store, hook, {}, None)
-        self._arm(sandbox)
-        instance = self.compiled.pre.instantiate(store)
-        sandbox.exports = dict(instance.exports(store))
-        memory = sandbox.exports.get("memory")
+        hook.interrupt = self.interrupt
+        store.set_fuel(settings.fuel or UNLIMITED_FUEL)
+        sandbox = Sandbox(store, hook, self.compiled.pre.instantiate(store), self.compiled.exports)
+        memory = sandbox.export("memory")
         sandbox.memory = memory if isinstance(memory, wasmtime.Memory) else None
         self.io.memory = sandbox.memory
         if settings.preopen_dir is not None and sandbox.memory is not None:
             sandbox.file_writer = self.io.file_fd_write = self.setup.file_fd_write(store, sandbox.memory)
-        initialize = sandbox.exports.get("_initialize")
-        if settings.abi == "export" and isinstance(initialize, wasmtime.Func):
+        initialize = sandbox.func("_initialize")
+        if settings.abi == "export" and initialize is not None:
             initialize(store)  # a WASI reactor's constructors, once per store
         return sandbox
 
@@ -318,7 +333,7 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float)
 
 
-def _numeric_args(name: str, params: Any, kinds: list[str]) -> list[int | float]:
+def _numeric_args(name: str, params: Any, kinds: Sequence[str]) -> list[int | float]:
     """Positional params converted to the export's parameter types."""
     values = [] if params is None else list(params) if isinstance(params, list) else [params]
     if len(values) != len(kinds):

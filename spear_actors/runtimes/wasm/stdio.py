@@ -26,7 +26,7 @@ import trio
 import wasmtime
 
 from ..base import LogSink
-from .capi import Interrupt
+from .capi import Interrupt, RawCaller, as_caller, memory_span
 from .codec import ChunkDecoder
 
 __all__ = ["ExecutionIO", "LogForwarder", "bind", "fd_write"]
@@ -172,23 +172,22 @@ def bind(io: ExecutionIO | None) -> None:
     _current.io = io
 
 
-def fd_write(caller: wasmtime.Caller, fd: int, iovs: int, iovs_len: int, nwritten: int) -> int:
-    """WASI ``fd_write`` for the guest; must never raise (wasmtime-py would park the
-    exception in a process-wide global that another thread might pick up)."""
+def fd_write(caller: RawCaller, fd: int, iovs: int, iovs_len: int, nwritten: int) -> int:
+    """WASI ``fd_write`` for the guest (on the unchecked ABI); returns a WASI errno
+    and never raises: nothing may escape into wasmtime."""
     try:
         io: ExecutionIO | None = getattr(_current, "io", None)
         if io is None:
             return _EBADF
         if fd not in (1, 2):
-            native = io.file_fd_write
-            return _EBADF if native is None else int(native(caller, fd, iovs, iovs_len, nwritten))
-        memory = io.memory or caller.get("memory")
-        if not isinstance(memory, wasmtime.Memory):
-            return _EFAULT
-        base = ctypes.addressof(memory.data_ptr(caller).contents)
-        size = memory.data_len(caller)
+            return (
+                _EBADF
+                if io.file_fd_write is None
+                else _write_file(io.file_fd_write, caller, fd, iovs, iovs_len, nwritten)
+            )
+        base, size = memory_span(caller, io.memory)
         iovs, nwritten = iovs & _U32, nwritten & _U32
-        if iovs_len < 0 or iovs + 8 * iovs_len > size or nwritten + 4 > size:
+        if not base or iovs_len < 0 or iovs + 8 * iovs_len > size or nwritten + 4 > size:
             return _EFAULT
         table = ctypes.string_at(base + iovs, 8 * iovs_len)
         chunks = []
@@ -206,3 +205,11 @@ def fd_write(caller: wasmtime.Caller, fd: int, iovs: int, iovs_len: int, nwritte
         return 0
     except BaseException:
         return _EIO
+
+
+def _write_file(native: wasmtime.Func, raw: RawCaller, *args: int) -> int:
+    caller = as_caller(raw)
+    try:
+        return int(native(caller, *args))
+    finally:
+        caller._invalidate()

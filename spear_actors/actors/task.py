@@ -151,6 +151,7 @@ class TaskActor(Actor[TaskMessage]):
                 slot.last_used = trio.current_time()
                 self._last_start_error = None
                 self._start_failures = 0
+                self._backoff_until = -math.inf
                 if self.status is TaskStatus.DEGRADED:
                     self.status = TaskStatus.ACTIVE
         elif isinstance(message, AttemptDone):

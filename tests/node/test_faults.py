@@ -114,7 +114,9 @@ async def test_a_busy_agent_that_answers_pings_is_left_alone(tmp_path: Path, no_
         assert response["instance_id"] == first["instance_id"]
 
 
-async def test_an_idle_agent_that_stops_answering_pings_is_failed_too(tmp_path: Path, no_leaked_processes: None) -> None:
+async def test_an_idle_agent_that_stops_answering_pings_is_failed_too(
+    tmp_path: Path, no_leaked_processes: None
+) -> None:
     config = fast_config(tmp_path, agent_heartbeat_interval_s=0.2, agent_heartbeat_timeout_s=1.0)
     async with open_node(config) as node:
         first = await node.invoke("pid", None, task_name="idle", artifact_spec=BUSY)

@@ -277,3 +277,30 @@ async def test_describe(runtime: WasmRuntime) -> None:
         facts = instance.describe()
     assert facts["module_sha256"] == spec.artifact_digest
     assert facts["abi"] == "export" and facts["warm"] is False and facts["executions"] == 1
+
+
+EXAMPLES = Path(__file__).resolve().parent.parent.parent / "examples" / "wasm"
+
+
+@pytest.mark.parametrize(
+    ("example", "config", "function", "params", "expected"),
+    [
+        ("greet", {"input_format": "raw"}, "greet", "Ada", "hello, Ada"),
+        ("math", EXPORT, "add", [2, 3], 5),
+        ("math", EXPORT, "hypot", [3, 4], 5.0),
+        ("math", EXPORT, "fib", [50], 12586269025),
+        ("reverse", {"abi": "export", "input_format": "raw"}, "reverse", "stressed", "desserts"),
+    ],
+)
+async def test_examples(
+    runtime: WasmRuntime, example: str, config: dict[str, Any], function: str, params: Any, expected: Any
+) -> None:
+    path = EXAMPLES / f"{example}.wat"
+    spec = wasm_spec(content=path.read_bytes(), **config)
+    assert await call(runtime, spec, function, params) == expected
+
+
+async def test_counter_example_is_warm(runtime: WasmRuntime) -> None:
+    spec = wasm_spec(content=(EXAMPLES / "counter.wat").read_bytes(), abi="export", warm=True)
+    async with runtime.open_instance(spec) as instance:
+        assert [await instance.execute(Call("e", "next"), None, _drop) for _ in range(3)] == [1, 2, 3]

@@ -129,6 +129,14 @@ async def test_function_name_is_argv1(runtime: WasmRuntime) -> None:
     assert await call(runtime, wasm_spec("argv"), "word_count") == "word_count"
 
 
+async def test_environment_is_only_what_the_artifact_and_call_give(runtime: WasmRuntime) -> None:
+    assert await call(runtime, wasm_spec("environ"), "run") is None  # nothing inherited from the node
+    spec = wasm_spec("environ", env={"GREETING": "hi", "MODE": "artifact"})
+    async with runtime.open_instance(spec) as instance:
+        request = Call("e", "run", environment={"MODE": "call"})
+        assert await instance.execute(request, None, _drop) == "GREETING=hi\nMODE=call\n"
+
+
 async def test_stderr_lines_are_the_logs(runtime: WasmRuntime) -> None:
     logs: list[str] = []
     assert await call(runtime, wasm_spec("log"), "run", logs=logs) == {"ok": True}

@@ -149,3 +149,18 @@ async def test_many_concurrent_executions_share_the_workers(runtime: WasmRuntime
                 for index in range(64):
                     nursery.start_soon(one, index)
     assert results == {index: {"i": index} for index in range(64)}
+
+
+async def test_cancel_during_a_stream_stops_the_module(runtime: WasmRuntime) -> None:
+    received: list[Any] = []
+
+    async def slow_sink(item: Any) -> None:
+        received.append(item)
+        await trio.sleep(0.05)  # the module waits for each item to be taken
+
+    async with runtime.open_instance(wasm_spec("echo", input_format="raw")) as instance:
+        with trio.move_on_after(0.2) as scope:
+            await instance.execute(Call("e", "run", "z" * 64 * 100, timeout=60, stream=True), slow_sink, _drop)
+        assert scope.cancelled_caught
+        assert 1 <= len(received) < 100
+        assert await wait_for_idle_workers(runtime, 2.0) < 0.2

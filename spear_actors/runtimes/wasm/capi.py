@@ -192,16 +192,16 @@ def export(store: wasmtime.Store, instance: wasmtime.Instance, name: str) -> Any
 RawCaller = Any
 """The ``wasmtime_caller_t*`` of a host call on the unchecked ABI (valid during the call only)."""
 
-_handlers: dict[int, Callable[..., int]] = {}
+_handlers: dict[int, tuple[Callable[..., int], int]] = {}
 
 
-def _unchecked(env: int | None, caller: RawCaller, slots: Any, _count: int) -> int:
+def _unchecked(env: int | None, caller: RawCaller, slots: Any, _slot_count: int) -> int:
     # Arguments come in as raw value slots and the (single i32) result goes back
     # in slot 0. The handler returns an errno; it must not raise, and this
     # wrapper makes sure nothing escapes into wasmtime.
     try:
-        handler = _handlers[env or 0]
-        slots[0].i32 = handler(caller, *(slots[i].i32 for i in range(_count)))
+        handler, arity = _handlers[env or 0]
+        slots[0].i32 = handler(caller, *(slots[i].i32 for i in range(arity)))
     except BaseException:  # pragma: no cover - handlers catch their own errors
         slots[0].i32 = 29  # EIO
     return 0
@@ -216,7 +216,7 @@ def define_i32_func(linker: wasmtime.Linker, module: str, name: str, arity: int,
     ``handler(caller, *args) -> int`` on the unchecked ABI (shadowing any earlier
     definition when the linker allows it)."""
     key = next(_keys)
-    _handlers[key] = handler
+    _handlers[key] = (handler, arity)
     i32 = wasmtime.ValType.i32()
     kind = wasmtime.FuncType([i32] * arity, [i32])
     raw_module, raw_name = module.encode(), name.encode()

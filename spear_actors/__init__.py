@@ -7,11 +7,14 @@ every agent process) does not pay for trio and the node at start-up.
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
 
 from .errors import ErrorCode, SpearError
 
+TYPE_CHECKING = False  # typing stays out of the agent's start-up
+
 if TYPE_CHECKING:
+    from typing import Any
+
     from .client import Client, connect
     from .config import NodeConfig
     from .node import Node, open_node

@@ -43,16 +43,14 @@ cooperative function can stop early.
 from __future__ import annotations
 
 import contextvars
-import inspect
 import os
-import queue
 import socket
 import sys
 import threading
 import time
-import traceback
+import types
+from _queue import SimpleQueue
 from collections.abc import Callable
-from typing import Any, TypeVar
 
 from .errors import ErrorCode
 from .protocol.framing import FrameDecoder, ProtocolError, encode_frame
@@ -77,7 +75,25 @@ from .protocol.messages import (
 
 __all__ = ["Agent", "cancelled", "log"]
 
-F = TypeVar("F", bound=Callable[..., Any])
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing, inspect, queue and traceback stay out of the cold start
+    from typing import Any, TypeVar
+
+    F = TypeVar("F", bound=Callable[..., Any])
+
+_CO_COROUTINE = 0x80
+_CO_ASYNC_GENERATOR = 0x200
+
+
+def _is_async(fn: Callable[..., Any]) -> bool:
+    """True for ``async def`` functions and async generators (inspect, without inspect)."""
+    code = getattr(fn, "__code__", None)
+    return code is not None and bool(code.co_flags & (_CO_COROUTINE | _CO_ASYNC_GENERATOR))
+
+
+def _is_async_generator(fn: Callable[..., Any]) -> bool:
+    code = getattr(fn, "__code__", None)
+    return code is not None and bool(code.co_flags & _CO_ASYNC_GENERATOR)
 
 _current: contextvars.ContextVar[_CallState | None] = contextvars.ContextVar("spear_call", default=None)
 
@@ -131,7 +147,7 @@ class Agent:
         self._write_lock = threading.Lock()
         self._calls: dict[int, _CallState] = {}
         self._calls_lock = threading.Lock()
-        self._jobs: queue.SimpleQueue[tuple[Callable[..., Any], _CallState] | None] = queue.SimpleQueue()
+        self._jobs: SimpleQueue[tuple[Callable[..., Any], _CallState] | None] = SimpleQueue()
         self._idle_workers = 0
         self._workers = 0
         self._pool_lock = threading.Lock()
@@ -157,7 +173,7 @@ class Agent:
     def _register(self, fn: Callable[..., Any], name: str) -> None:
         if name in self.functions:
             raise ValueError(f"function {name!r} is already registered")
-        if inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn):
+        if _is_async(fn):
             self._ensure_loop()
         self.functions[name] = fn
 
@@ -295,7 +311,7 @@ class Agent:
         with self._calls_lock:
             self._calls[request.id] = state
         args = params.get("params")
-        if inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn):
+        if _is_async(fn):
             import asyncio
 
             state.future = asyncio.run_coroutine_threadsafe(self._run_async(fn, args, state), self._loop)
@@ -337,6 +353,8 @@ class Agent:
         return Response(state.id, envelope)
 
     def _failure(self, state: _CallState, exc: BaseException) -> Error:
+        import traceback
+
         return Error(
             state.id,
             ErrorCode.FUNCTION_ERROR.value,
@@ -368,7 +386,7 @@ class Agent:
         token = _current.set(state)
         try:
             value = work()
-            if inspect.isgenerator(value):
+            if isinstance(value, types.GeneratorType):
                 value = self._drain_generator(value, state)
             message: Message = self._result(state, value)
         except _Abandoned:
@@ -415,7 +433,7 @@ class Agent:
 
         _current.set(state)
         try:
-            if inspect.isasyncgenfunction(fn):
+            if _is_async_generator(fn):
                 value = await self._drain_async_generator(_call(fn, args), state)
             else:
                 value = await _call(fn, args)

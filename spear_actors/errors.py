@@ -7,7 +7,10 @@ client, the embedded node) is a :class:`SpearError` with one :class:`ErrorCode`.
 from __future__ import annotations
 
 import enum
-from typing import Any
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # keeps typing out of the agent's start-up
+    from typing import Any
 
 __all__ = ["ErrorCode", "SpearError"]
 

@@ -8,10 +8,13 @@ socket code, so an agent process can load them cheaply. The trio parts
 from __future__ import annotations
 
 import importlib
-from typing import Any
 
 from .framing import CLOSE_FRAME, DEFAULT_MAX_FRAME_SIZE, FrameDecoder, ProtocolError, encode_frame
 from .messages import PROTOCOL_VERSION, decode_message, encode_message
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing stays out of the agent's start-up
+    from typing import Any
 
 __all__ = [
     "CLOSE_FRAME",

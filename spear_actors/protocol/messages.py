@@ -10,14 +10,16 @@ Unknown keys are ignored, so a newer peer may add optional fields.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
-from typing import Any, ClassVar, Final, TypeAlias
 
 import msgpack
 
 from ..errors import ErrorCode, SpearError
 from .framing import ProtocolError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing is not imported at run time: see _Message
+    from typing import Any, Final, TypeAlias
 
 __all__ = [
     "MAX_UINT64",
@@ -94,62 +96,119 @@ def _show(value: object) -> str:
     return type(value).__name__
 
 
-@dataclasses.dataclass(slots=True)
-class Hello:
+class _Message:
+    """Base of the message classes: slots, equality by field, a readable repr.
+
+    Plain classes rather than dataclasses on purpose: this module is imported by
+    every agent process at start-up, and ``dataclasses`` (with ``inspect``) and
+    ``typing`` would add ~10 ms to each cold start.
+    """
+
+    __slots__: tuple[str, ...] = ()
+    TYPE = ""
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and all(getattr(self, n) == getattr(other, n) for n in self.__slots__)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__)
+        return f"{type(self).__name__}({fields})"
+
+
+class Hello(_Message):
     """First message of the side that opened the connection."""
 
-    TYPE: ClassVar[str] = "hello"
-    version: int = PROTOCOL_VERSION
-    role: str = "client"
-    auth: str | None = None
-    peer_id: str | None = None
-    meta: dict[Any, Any] = dataclasses.field(default_factory=dict)
+    __slots__ = ("auth", "meta", "peer_id", "role", "version")
+    TYPE = "hello"
+
+    def __init__(
+        self,
+        version: int = PROTOCOL_VERSION,
+        role: str = "client",
+        auth: str | None = None,
+        peer_id: str | None = None,
+        meta: dict[Any, Any] | None = None,
+    ) -> None:
+        self.version = version
+        self.role = role
+        self.auth = auth
+        self.peer_id = peer_id
+        self.meta: dict[Any, Any] = {} if meta is None else meta
 
 
-@dataclasses.dataclass(slots=True)
-class Welcome:
+class Welcome(_Message):
     """The accepting side's answer to a good hello; the connection is then open."""
 
-    TYPE: ClassVar[str] = "welcome"
-    version: int = PROTOCOL_VERSION
-    role: str = "node"
-    peer_id: str | None = None
-    heartbeat_interval_ms: int = 5000
-    heartbeat_timeout_ms: int = 15000
-    max_frame_size: int = 16 * 1024 * 1024
-    meta: dict[Any, Any] = dataclasses.field(default_factory=dict)
+    __slots__ = (
+        "heartbeat_interval_ms",
+        "heartbeat_timeout_ms",
+        "max_frame_size",
+        "meta",
+        "peer_id",
+        "role",
+        "version"
+    )
+    TYPE = "welcome"
+
+    def __init__(
+        self,
+        version: int = PROTOCOL_VERSION,
+        role: str = "node",
+        peer_id: str | None = None,
+        heartbeat_interval_ms: int = 5000,
+        heartbeat_timeout_ms: int = 15000,
+        max_frame_size: int = 16 * 1024 * 1024,
+        meta: dict[Any, Any] | None = None,
+    ) -> None:
+        self.version = version
+        self.role = role
+        self.peer_id = peer_id
+        self.heartbeat_interval_ms = heartbeat_interval_ms
+        self.heartbeat_timeout_ms = heartbeat_timeout_ms
+        self.max_frame_size = max_frame_size
+        self.meta: dict[Any, Any] = {} if meta is None else meta
 
 
-@dataclasses.dataclass(slots=True)
-class Request:
+class Request(_Message):
     """A call. ``window`` set means the caller wants a stream and grants that credit."""
 
-    TYPE: ClassVar[str] = "request"
-    id: int
-    method: str
-    params: Any = None
-    timeout_ms: int | None = None
-    window: int | None = None
+    __slots__ = ("id", "method", "params", "timeout_ms", "window")
+    TYPE = "request"
+
+    def __init__(
+        self, id: int, method: str, params: Any = None, timeout_ms: int | None = None, window: int | None = None
+    ) -> None:
+        self.id = id
+        self.method = method
+        self.params = params
+        self.timeout_ms = timeout_ms
+        self.window = window
 
 
-@dataclasses.dataclass(slots=True)
-class Response:
+class Response(_Message):
     """The successful, terminal answer to a unary request."""
 
-    TYPE: ClassVar[str] = "response"
-    id: int
-    result: Any = None
+    __slots__ = ("id", "result")
+    TYPE = "response"
+
+    def __init__(self, id: int, result: Any = None) -> None:
+        self.id = id
+        self.result = result
 
 
-@dataclasses.dataclass(slots=True)
-class Error:
+class Error(_Message):
     """A terminal failure of request ``id``, or of the connection when ``id`` is nil."""
 
-    TYPE: ClassVar[str] = "error"
-    id: int | None
-    code: str
-    message: str = ""
-    details: dict[Any, Any] = dataclasses.field(default_factory=dict)
+    __slots__ = ("code", "details", "id", "message")
+    TYPE = "error"
+
+    def __init__(self, id: int | None, code: str, message: str = "", details: dict[Any, Any] | None = None) -> None:
+        self.id = id
+        self.code = code
+        self.message = message
+        self.details: dict[Any, Any] = {} if details is None else details
 
     def to_exception(self) -> SpearError:
         """The :class:`SpearError` this message carries."""
@@ -161,68 +220,82 @@ class Error:
         return cls(request_id, error.code.value, error.message, dict(error.details))
 
 
-@dataclasses.dataclass(slots=True)
-class StreamItem:
+class StreamItem(_Message):
     """One item of a stream answer; ``seq`` counts from 0 without gaps."""
 
-    TYPE: ClassVar[str] = "stream_item"
-    id: int
-    seq: int
-    data: Any = None
+    __slots__ = ("data", "id", "seq")
+    TYPE = "stream_item"
+
+    def __init__(self, id: int, seq: int, data: Any = None) -> None:
+        self.id = id
+        self.seq = seq
+        self.data = data
 
 
-@dataclasses.dataclass(slots=True)
-class StreamEnd:
+class StreamEnd(_Message):
     """Successful end of a stream: ``seq`` items were sent; ``result`` is a final value."""
 
-    TYPE: ClassVar[str] = "stream_end"
-    id: int
-    seq: int
-    result: Any = None
+    __slots__ = ("id", "result", "seq")
+    TYPE = "stream_end"
+
+    def __init__(self, id: int, seq: int, result: Any = None) -> None:
+        self.id = id
+        self.seq = seq
+        self.result = result
 
 
-@dataclasses.dataclass(slots=True)
-class Cancel:
+class Cancel(_Message):
     """The caller gives up request ``id``; the callee cancels its handler."""
 
-    TYPE: ClassVar[str] = "cancel"
-    id: int
-    reason: str = ""
+    __slots__ = ("id", "reason")
+    TYPE = "cancel"
+
+    def __init__(self, id: int, reason: str = "") -> None:
+        self.id = id
+        self.reason = reason
 
 
-@dataclasses.dataclass(slots=True)
-class Credit:
+class Credit(_Message):
     """The stream consumer of request ``id`` can take ``n`` more items."""
 
-    TYPE: ClassVar[str] = "credit"
-    id: int
-    n: int
+    __slots__ = ("id", "n")
+    TYPE = "credit"
+
+    def __init__(self, id: int, n: int) -> None:
+        self.id = id
+        self.n = n
 
 
-@dataclasses.dataclass(slots=True)
-class Ping:
+class Ping(_Message):
     """Heartbeat probe; the peer answers with a pong carrying the same seq and payload."""
 
-    TYPE: ClassVar[str] = "ping"
-    seq: int
-    payload: bytes = b""
+    __slots__ = ("payload", "seq")
+    TYPE = "ping"
+
+    def __init__(self, seq: int, payload: bytes = b"") -> None:
+        self.seq = seq
+        self.payload = payload
 
 
-@dataclasses.dataclass(slots=True)
-class Pong:
+class Pong(_Message):
     """Answer to a ping."""
 
-    TYPE: ClassVar[str] = "pong"
-    seq: int
-    payload: bytes = b""
+    __slots__ = ("payload", "seq")
+    TYPE = "pong"
+
+    def __init__(self, seq: int, payload: bytes = b"") -> None:
+        self.seq = seq
+        self.payload = payload
 
 
-@dataclasses.dataclass(slots=True)
-class Goodbye:
+class Goodbye(_Message):
     """Orderly close: the sender sends nothing more after it."""
 
-    TYPE: ClassVar[str] = "goodbye"
-    reason: str = ""
+    __slots__ = ("reason",)
+    TYPE = "goodbye"
+
+    def __init__(self, reason: str = "") -> None:
+        self.reason = reason
 
 
 Message: TypeAlias = (

@@ -55,6 +55,7 @@ def _parser() -> argparse.ArgumentParser:
                         "with the node's Python)")
     invoke.add_argument("--artifact-type", help="process or wasm (default: from the extension)")
     invoke.add_argument("--checksum", help="sha256 of the artifact (required for http(s) locations)")
+    invoke.add_argument("--artifact-config", help="artifact_spec.config as JSON (e.g. '{\"abi\": \"export\"}')")
     invoke.add_argument("--task-name")
     invoke.add_argument("--task-id")
     invoke.add_argument("--function", required=True)
@@ -196,17 +197,23 @@ def _load_params(text: str | None) -> Any:
     try:
         return json.loads(text)
     except ValueError as exc:
-        raise SpearError(ErrorCode.INVALID_ARGUMENT, f"--params is not valid JSON: {exc}") from None
+        raise SpearError(ErrorCode.INVALID_ARGUMENT, f"not valid JSON: {exc}") from None
 
 
-def _artifact_spec(location: str, artifact_type: str | None, checksum: str | None) -> dict[str, Any]:
+def _artifact_spec(args: argparse.Namespace) -> dict[str, Any]:
+    location: str = args.artifact
     path = Path(location)
     if "://" not in location:
         location = str(path.resolve())
-    kind = artifact_type or ("wasm" if path.suffix in (".wasm", ".wat") else "process")
+    kind = args.artifact_type or ("wasm" if path.suffix in (".wasm", ".wat") else "process")
     spec: dict[str, Any] = {"location": location, "artifact_type": kind}
-    if checksum:
-        spec["checksum"] = checksum
+    if args.checksum:
+        spec["checksum"] = args.checksum
+    if args.artifact_config:
+        config = _load_params(args.artifact_config)
+        if not isinstance(config, dict):
+            raise SpearError(ErrorCode.INVALID_ARGUMENT, "--artifact-config must be a JSON object")
+        spec["config"] = config
     return spec
 
 
@@ -217,7 +224,7 @@ def _invoke_fields(args: argparse.Namespace) -> dict[str, Any]:
     if args.task_name:
         fields["task_name"] = args.task_name
     if args.artifact:
-        fields["artifact_spec"] = _artifact_spec(args.artifact, args.artifact_type, args.checksum)
+        fields["artifact_spec"] = _artifact_spec(args)
         fields.setdefault("task_name", Path(args.artifact.rsplit("/", 1)[-1]).stem)
     context: dict[str, Any] = {}
     if args.timeout_ms:

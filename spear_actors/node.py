@@ -41,6 +41,7 @@ from .model import ExecutionMode, ExecutionStatus, InvokeRequest, build_invoke_r
 from .protocol.transports import Endpoint
 from .runtimes.base import Runtime, StreamSink
 from .runtimes.process import ProcessRuntime
+from .runtimes.wasm import WasmRuntime
 
 __all__ = ["Node", "open_node"]
 
@@ -302,11 +303,9 @@ def _runtimes(config: NodeConfig) -> dict[str, Runtime]:
             node_id=config.node_id,
         )
     }
-    try:
-        from .runtimes.wasm import WasmRuntime
-    except ImportError:  # pragma: no cover - the WASM runtime ships with the package
-        return runtimes
-    runtimes["wasm"] = WasmRuntime(config.data_dir, max_workers=config.wasm_workers)
+    runtimes["wasm"] = WasmRuntime(
+        config.data_dir, max_workers=config.wasm_workers, default_timeout_s=config.default_timeout_ms / 1000
+    )
     return runtimes
 
 

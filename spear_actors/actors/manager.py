@@ -17,7 +17,7 @@ from ..model import ExecutionStatus, InstancePolicy, InvocationType, TaskStatus
 from ..runtimes.base import Call, Runtime
 from .budget import InstanceBudget
 from .executions import ExecutionRecord, ExecutionRegistry, LatencyWindow
-from .mailbox import Actor, ActorRef, Reply
+from .mailbox import Actor, ActorRef, Reply, fail_reply
 from .messages import (
     CancelExecution,
     DeclareTask,
@@ -444,6 +444,18 @@ class ManagerActor(Actor[ManagerMessage]):
 
     def on_stop(self) -> None:
         error = SpearError(ErrorCode.UNAVAILABLE, "node is shutting down")
+        # Notes already in the inbox finish records first (a caller may have had
+        # its answer while the note was still queued): only then is anything left
+        # unfinished really cut short by the shutdown.
+        while True:
+            try:
+                message = self._inbox.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                break
+            if isinstance(message, (ExecutionDone, ExecutionStarted)):
+                self.handle(message)
+            else:
+                fail_reply(message, error)
         # Executions still unfinished are recorded as FAILED with the reason, and
         # whoever waits for them learns it: nothing is dropped silently.
         for record in list(self.registry._records.values()):

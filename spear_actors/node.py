@@ -60,7 +60,7 @@ class Node:
         self.config = config
         self._manager = manager
         self._nursery = nursery
-        self._listeners = trio.CancelScope()
+        self._listeners: list[trio.CancelScope] = []
         self.endpoints: list[Endpoint] = []
         """Gateway endpoints this node listens on (with real ports)."""
 
@@ -219,8 +219,11 @@ class Node:
         """Start a gateway on *url* (ws://, tcp://, unix://); return the bound endpoint."""
         from .gateway import Gateway
 
+        scope = trio.CancelScope()
+        self._listeners.append(scope)
+
         async def serve(task_status: trio.TaskStatus[Endpoint]) -> None:
-            with self._listeners:
+            with scope:
                 await Gateway(self).serve(url, task_status=task_status)
 
         endpoint: Endpoint = await self._nursery.start(serve)
@@ -233,7 +236,8 @@ class Node:
         to *grace* seconds (default ``shutdown_grace_s``) for running calls to finish.
         Returns True if everything finished in time. Leaving :func:`open_node`
         afterwards ends whatever is left (UNAVAILABLE, records FAILED)."""
-        self._listeners.cancel()
+        for scope in self._listeners:
+            scope.cancel()
         grace = self.config.shutdown_grace_s if grace is None else grace
         with trio.move_on_after(grace):
             await self._manager.ask(lambda reply: Drain("node is shutting down", reply))

@@ -241,3 +241,25 @@ async def test_shutdown_answers_in_flight_calls_unavailable(tmp_path: Path, no_l
         node._nursery.start_soon(long_call)
         await trio.sleep(0.2)
     assert outcome["error"].code is ErrorCode.UNAVAILABLE
+
+
+async def test_one_node_serves_websocket_tcp_and_unix_clients(tmp_path: Path, no_leaked_processes: None) -> None:
+    listen = ["ws://127.0.0.1:0", "tcp://127.0.0.1:0", f"unix://{tmp_path}/gateway.sock"]
+    async with open_node(fast_config(tmp_path, listen=listen)) as node:
+        assert [e.scheme for e in node.endpoints] == ["ws", "tcp", "unix"]
+        for endpoint in node.endpoints:
+            async with spear_actors.connect(str(endpoint)) as client:
+                response = await client.invoke("add", [2, 3], task_name="calc", artifact_spec=agent_spec())
+                assert response["result"] == 5
+
+
+async def test_gateway_token_is_required_when_configured(tmp_path: Path, no_leaked_processes: None) -> None:
+    async with open_node(fast_config(tmp_path, listen=["ws://127.0.0.1:0"], token="s3cret")) as node:
+        url = str(node.endpoints[0])
+        for token in (None, "wrong"):
+            with pytest.raises(SpearError) as info:
+                async with spear_actors.connect(url, token=token) as client:
+                    await client.get_health()
+            assert info.value.code is ErrorCode.UNAUTHENTICATED
+        async with spear_actors.connect(url, token="s3cret") as client:
+            assert (await client.get_health())["status"] == "SERVING"

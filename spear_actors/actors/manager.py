@@ -36,6 +36,7 @@ from .messages import (
     TaskCreated,
     TaskInstances,
     TaskMessage,
+    TaskQueueFull,
     TaskStopped,
     WaitExecution,
 )
@@ -64,6 +65,7 @@ class _TaskEntry:
     scope: trio.CancelScope
     status: TaskStatus = TaskStatus.ACTIVE
     instances: int = 0
+    queue_full: bool = False
     latency: LatencyWindow = dataclasses.field(default_factory=LatencyWindow)
     counts: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
     deleters: list[Reply[dict[str, Any]]] = dataclasses.field(default_factory=list)
@@ -143,6 +145,10 @@ class ManagerActor(Actor[ManagerMessage]):
             entry = self._tasks.get(message.task_id)
             if entry is not None:
                 entry.instances = message.instances
+        elif isinstance(message, TaskQueueFull):
+            entry = self._tasks.get(message.task_id)
+            if entry is not None:
+                entry.queue_full = message.full
         elif isinstance(message, DeclareTask):
             self._declare(message)
         elif isinstance(message, TaskCreated):
@@ -227,6 +233,15 @@ class ManagerActor(Actor[ManagerMessage]):
 
     def _route(self, entry: _TaskEntry, message: Invoke) -> None:
         request = message.request
+        if entry.queue_full:  # admission control without the hop to the task
+            message.reply.fail(
+                SpearError(
+                    ErrorCode.RESOURCE_EXHAUSTED,
+                    f"task {entry.definition.task_name}: its queue is full (max_pending)",
+                    {"retry_after_ms": 100},
+                )
+            )
+            return
         context = request.context
         execution_id = context.execution_id or f"exec-{uuid.uuid4().hex}"
         if execution_id in self.registry._records:  # created by a racing duplicate while the task was made

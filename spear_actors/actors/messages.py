@@ -35,6 +35,7 @@ __all__ = [
     "TaskCreated",
     "TaskInstances",
     "TaskMessage",
+    "TaskQueueFull",
     "TaskStopped",
     "WaitExecution",
 ]
@@ -159,6 +160,15 @@ class TaskInstances:
     instances: int
 
 
+@dataclasses.dataclass(slots=True)
+class TaskQueueFull:
+    """A task's queue became full (or had room again): while full, the manager
+    refuses its calls itself, without the hop to the task."""
+
+    task_id: str
+    full: bool
+
+
 # -- manager → task -------------------------------------------------------------
 @dataclasses.dataclass(slots=True)
 class Submit:
@@ -262,5 +272,5 @@ TaskMessage = (
 InstanceMessage = Execute | CancelExecution | StopInstance
 ManagerMessage = (
     Invoke | DeclareTask | TaskCreated | CancelExecution | Query | WaitExecution | DeleteTask | ExecutionDone
-    | TaskStopped | ExecutionStarted | TaskInstances | Drain
+    | TaskStopped | ExecutionStarted | TaskInstances | TaskQueueFull | Drain
 )

@@ -37,6 +37,7 @@ from .messages import (
     Submit,
     TaskInstances,
     TaskMessage,
+    TaskQueueFull,
 )
 
 __all__ = ["TaskActor", "TaskDefinition"]
@@ -109,6 +110,7 @@ class TaskActor(Actor[TaskMessage]):
         self._start_failures = 0
         self._backoff_until = -math.inf
         self._round_robin = 0
+        self._queue_full = False
         self._stop_reason: SpearError | None = None
         self._draining: SpearError | None = None
         self._runtime = runtime
@@ -199,13 +201,8 @@ class TaskActor(Actor[TaskMessage]):
             return
         limit = self._policy.max_pending
         if limit is not None and len(self._pending) >= limit:
-            submit.reply.fail(
-                SpearError(
-                    ErrorCode.RESOURCE_EXHAUSTED,
-                    f"task {self.definition.task_name}: {limit} calls already waiting",
-                    {"retry_after_ms": self._retry_hint_ms()},
-                )
-            )
+            submit.reply.fail(self.queue_full_error())
+            self._set_queue_full(True)
             return
         entry = _Pending(submit)
         if submit.force_new_instance and len(self._slots) < (self._policy.max_instances or 1):
@@ -243,6 +240,8 @@ class TaskActor(Actor[TaskMessage]):
         if self._pending:
             # A call has to wait: the timer must expire it at its deadline.
             self._wake_timer_by(self._queued_deadline)
+        if self._queue_full and len(self._pending) < (self._policy.max_pending or 0):
+            self._set_queue_full(False)
         self._queued_deadline = math.inf
         self._scale_up()
 
@@ -420,7 +419,22 @@ class TaskActor(Actor[TaskMessage]):
         if slot is not None:
             slot.ref.post(message)
 
+    def queue_full_error(self) -> SpearError:
+        """The refusal of a call when max_pending calls already wait."""
+        return SpearError(
+            ErrorCode.RESOURCE_EXHAUSTED,
+            f"task {self.definition.task_name}: {self._policy.max_pending} calls already waiting",
+            {"retry_after_ms": self._retry_hint_ms()},
+        )
+
+    def _set_queue_full(self, full: bool) -> None:
+        if full != self._queue_full:
+            self._queue_full = full
+            if self._parent is not None:
+                self._parent.post(TaskQueueFull(self.definition.task_id, full))
+
     def _retry_hint_ms(self) -> int:
+        # About the time for the queue to move by one call, from observed latency.
         return 100
 
     # -- time -------------------------------------------------------------------

@@ -73,7 +73,7 @@ from .protocol.messages import (
     encode_message,
 )
 
-__all__ = ["Agent", "cancelled", "log"]
+__all__ = ["Agent", "cancelled", "context", "log"]
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing, inspect, queue and traceback stay out of the cold start
@@ -107,6 +107,15 @@ def log(message: str) -> None:
         state.logs.append(str(message))
 
 
+def context() -> dict[str, Any]:
+    """The current execution's context: ``execution_id``, ``environment`` and
+    ``headers`` as the caller sent them (empty outside a call)."""
+    state = _current.get()
+    if state is None:
+        return {}
+    return dict(state.context)
+
+
 def cancelled() -> bool:
     """True when the current execution has been cancelled by the node."""
     state = _current.get()
@@ -116,9 +125,12 @@ def cancelled() -> bool:
 class _CallState:
     """One execution in progress inside the agent."""
 
-    __slots__ = ("answered", "cancelled", "cond", "credit", "future", "id", "logs", "sent", "stream", "wake")
+    __slots__ = (
+        "answered", "cancelled", "cond", "context", "credit", "future", "id", "logs", "sent", "stream", "wake"
+    )
 
-    def __init__(self, request_id: int, window: int | None) -> None:
+    def __init__(self, request_id: int, window: int | None, context: dict[str, Any] | None = None) -> None:
+        self.context = context or {}
         self.id = request_id
         self.stream = window is not None
         self.credit = window or 0
@@ -153,6 +165,7 @@ class Agent:
         self._pool_lock = threading.Lock()
         self._loop: Any = None
         self._last_received = time.monotonic()
+        self._max_frame_size = 16 * 1024 * 1024
         self._running = False
 
     # -- registration ----------------------------------------------------------
@@ -205,6 +218,7 @@ class Agent:
         if not isinstance(welcome, Welcome):
             raise SystemExit(f"spear agent: expected welcome, got {welcome.TYPE}")
         self._running = True
+        self._max_frame_size = welcome.max_frame_size
         threading.Thread(
             target=self._heartbeat,
             args=(welcome.heartbeat_interval_ms / 1000, welcome.heartbeat_timeout_ms / 1000),
@@ -238,7 +252,11 @@ class Agent:
             decoder.feed(data)
 
     def _send(self, message: Message) -> None:
-        frame = encode_frame(encode_message(message))
+        body = encode_message(message)
+        if len(body) > self._max_frame_size:
+            limit = self._max_frame_size
+            raise ProtocolError(f"{message.TYPE} of {len(body)} bytes exceeds the frame limit of {limit}")
+        frame = encode_frame(body)
         sock = self._sock
         if sock is None:
             return
@@ -307,7 +325,11 @@ class Agent:
                 Error(request.id, ErrorCode.NOT_FOUND.value, f"function {name!r} is not registered (has: {known})")
             )
             return
-        state = _CallState(request.id, request.window)
+        state = _CallState(
+            request.id,
+            request.window,
+            {key: params.get(key) for key in ("execution_id", "environment", "headers")},
+        )
         with self._calls_lock:
             self._calls[request.id] = state
         args = params.get("params")
@@ -391,7 +413,7 @@ class Agent:
             message: Message = self._result(state, value)
         except _Abandoned:
             return
-        except Exception as exc:
+        except BaseException as exc:
             message = self._failure(state, exc)
         finally:
             _current.reset(token)
@@ -404,12 +426,18 @@ class Agent:
             while True:
                 item = next(generator)
                 self._wait_credit(state)
-                self._send(StreamItem(state.id, state.sent, item))
-                state.sent += 1
+                self._send_item(state, item)
         except StopIteration as stop:
             return stop.value
         finally:
             generator.close()
+
+    def _send_item(self, state: _CallState, item: Any) -> None:
+        try:
+            self._send(StreamItem(state.id, state.sent, item))
+        except ProtocolError as exc:  # becomes the stream's terminal FUNCTION_ERROR
+            raise ValueError(f"stream item {state.sent} cannot be sent: {exc.message}") from None
+        state.sent += 1
 
     def _wait_credit(self, state: _CallState) -> None:
         with state.cond:
@@ -466,8 +494,7 @@ class Agent:
                             break
                         credit_arrived.clear()
                     await credit_arrived.wait()
-                self._send(StreamItem(state.id, state.sent, item))
-                state.sent += 1
+                self._send_item(state, item)
         finally:
             await generator.aclose()
         return items if not state.stream else None

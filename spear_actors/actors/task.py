@@ -44,6 +44,9 @@ __all__ = ["TaskActor", "TaskDefinition"]
 
 log = logging.getLogger(__name__)
 
+DEGRADED_AFTER = 3
+"""Failed starts in a row after which a task is DEGRADED and fails calls fast."""
+
 
 @dataclasses.dataclass(slots=True)
 class TaskDefinition:
@@ -196,7 +199,7 @@ class TaskActor(Actor[TaskMessage]):
         if refusal is not None:
             submit.reply.fail(SpearError(ErrorCode.UNAVAILABLE, f"task is stopping: {refusal.message}"))
             return
-        if self._in_backoff() and not any(slot.ready for slot in self._slots.values()):
+        if self._degraded() and not any(slot.ready for slot in self._slots.values()):
             submit.reply.fail(self._degraded_error())
             return
         limit = self._policy.max_pending
@@ -297,7 +300,7 @@ class TaskActor(Actor[TaskMessage]):
         return best
 
     def _scale_up(self) -> None:
-        waiting = sum(1 for entry in self._pending if entry.target is None)
+        waiting = len(self._pending)  # O(1); the rare calls aimed at one instance count too
         starting = sum(1 for slot in self._slots.values() if not slot.ready)
         max_instances = self._policy.max_instances or 1
         while waiting > starting * self._max_concurrency and len(self._slots) < max_instances:
@@ -305,9 +308,9 @@ class TaskActor(Actor[TaskMessage]):
                 break
             starting += 1
         if self._pending and not self._slots:
-            if self._in_backoff():
+            if self._degraded():
                 self._fail_pending(self._degraded_error())
-            else:
+            elif not self._in_backoff():
                 self._fail_pending(
                     SpearError(
                         ErrorCode.RESOURCE_EXHAUSTED,
@@ -319,6 +322,10 @@ class TaskActor(Actor[TaskMessage]):
 
     def _in_backoff(self) -> bool:
         return trio.current_time() < self._backoff_until
+
+    def _degraded(self) -> bool:
+        """Backing off after several failed starts in a row: calls fail fast then."""
+        return self._start_failures >= DEGRADED_AFTER and self._in_backoff()
 
     def _degraded_error(self) -> SpearError:
         last = self._last_start_error
@@ -387,7 +394,8 @@ class TaskActor(Actor[TaskMessage]):
             self._start_failures += 1
             delay = min(self._backoff_max, self._backoff_base * 2 ** (self._start_failures - 1))
             self._backoff_until = trio.current_time() + delay
-            self.status = TaskStatus.DEGRADED
+            if self._start_failures >= DEGRADED_AFTER:
+                self.status = TaskStatus.DEGRADED
             self._wake_timer_by(self._backoff_until)
             if not any(s.ready for s in self._slots.values()):
                 # Nothing can serve the waiting calls: give them the start error now.
@@ -462,6 +470,7 @@ class TaskActor(Actor[TaskMessage]):
                 wake = min(wake, self._backoff_until)
             elif self._stop_reason is None and self._draining is None:
                 self._replenish()
+                self._dispatch()  # calls that waited out the back-off may start instances now
             self._wakeup = trio.Event()
             self._timer_at = wake
             with trio.move_on_at(wake):

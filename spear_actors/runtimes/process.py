@@ -283,6 +283,11 @@ class ProcessInstance(RuntimeInstance):
                         await sink(item)
                     envelope = items.result
         except SpearError as exc:
+            if exc.code is ErrorCode.DEADLINE_EXCEEDED:
+                raise SpearError(
+                    ErrorCode.DEADLINE_EXCEEDED,
+                    f"{call.function_name} did not finish before its deadline",
+                ) from None
             if exc.code is ErrorCode.UNAVAILABLE:
                 await self._failed.wait()
                 assert self._failure is not None

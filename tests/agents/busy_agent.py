@@ -83,5 +83,25 @@ def ticking(n, seconds):
         yield i
 
 
+@agent.function
+def quit_now():
+    """A function that calls sys.exit(): the caller must still get an answer."""
+    import sys
+
+    sys.exit(3)
+
+
+@agent.function
+def huge(n_bytes):
+    return b"x" * n_bytes
+
+
+@agent.function
+def whoami():
+    from spear_actors.agent import context
+
+    return context()
+
+
 if __name__ == "__main__":
     agent.run()

@@ -59,10 +59,12 @@ async def test_2000_calls_while_agents_are_killed_at_random(tmp_path: Path, no_l
             nursery.start_soon(killer)
             for i in range(2000):
                 nursery.start_soon(call, i)
-        # Exactly one terminal answer each: a result, or a clear error code.
+        # Exactly one terminal answer each: a result, or a clear error code (the
+        # instance died under the call, or a run of kills during start-ups made
+        # the task DEGRADED for a moment).
         assert len(answers) == 2000
         codes = {a for a in answers if isinstance(a, ErrorCode)}
-        assert codes <= {ErrorCode.INSTANCE_FAILED}, codes
+        assert codes <= {ErrorCode.INSTANCE_FAILED, ErrorCode.UNAVAILABLE}, codes
         assert answers.count("waited") >= 1000
 
         async def recovered() -> bool:
@@ -171,11 +173,15 @@ async def test_node_wide_caps(tmp_path: Path, no_leaked_processes: None) -> None
 async def test_crash_looping_artifact_degrades_and_fails_fast(tmp_path: Path, no_leaked_processes: None) -> None:
     crasher = tmp_path / "crash.py"
     crasher.write_text("import sys\nprint('broken on purpose', file=sys.stderr)\nsys.exit(3)\n")
-    async with open_node(fast_config(tmp_path, start_backoff_s=30.0)) as node:
-        with pytest.raises(SpearError) as first:
-            await node.invoke("x", None, task_name="crash", artifact_spec=agent_spec(crasher))
-        assert first.value.code is ErrorCode.INSTANCE_FAILED
-        assert "exited with code 3" in first.value.message
+    async with open_node(fast_config(tmp_path, start_backoff_s=0.5)) as node:
+        # Each failed start answers the waiting call with its error; the next start
+        # waits out a back-off (0.5 s, then 1 s) ...
+        for attempt in range(3):
+            with pytest.raises(SpearError) as first:
+                await node.invoke("x", None, task_name="crash", artifact_spec=agent_spec(crasher))
+            assert first.value.code is ErrorCode.INSTANCE_FAILED, attempt
+            assert "exited with code 3" in first.value.message
+        # ... and after three in a row the task is DEGRADED: calls fail fast (2 s).
         starts_before = len(child_pids())
         for _ in range(5):
             with pytest.raises(SpearError) as again:

@@ -263,3 +263,31 @@ async def test_gateway_token_is_required_when_configured(tmp_path: Path, no_leak
             assert info.value.code is ErrorCode.UNAUTHENTICATED
         async with spear_actors.connect(url, token="s3cret") as client:
             assert (await client.get_health())["status"] == "SERVING"
+
+
+async def test_sys_exit_in_a_function_is_a_function_error(node: Node) -> None:
+    error = await expect_error(ErrorCode.FUNCTION_ERROR, node.invoke("quit_now", None, task_name="q",
+                                                                     artifact_spec=agent_spec(BUSY)))
+    assert error.details["type"] == "SystemExit"
+    assert (await node.invoke("double", 2, task_name="q"))["result"] == 4  # same agent, still serving
+
+
+async def test_a_result_over_the_frame_limit_is_a_function_error(node: Node) -> None:
+    error = await expect_error(ErrorCode.FUNCTION_ERROR, node.invoke("huge", 17 * 1024 * 1024, task_name="h",
+                                                                     artifact_spec=agent_spec(BUSY)))
+    assert "exceeds the frame limit" in error.message
+    first = await node.invoke("pid", None, task_name="h")
+    assert (await node.invoke("pid", None, task_name="h"))["instance_id"] == first["instance_id"]
+
+
+async def test_functions_see_their_call_context(node: Node) -> None:
+    response = await node.invoke("whoami", None, task_name="ctx", artifact_spec=agent_spec(BUSY),
+                                 context={"execution_id": "exec-ctx", "environment": {"K": "V"},
+                                          "headers": {"trace": "t1"}})
+    assert response["result"] == {"execution_id": "exec-ctx", "environment": {"K": "V"}, "headers": {"trace": "t1"}}
+
+
+async def test_deadline_message_names_the_function(node: Node) -> None:
+    error = await expect_error(ErrorCode.DEADLINE_EXCEEDED, node.invoke(
+        "wait", [5], task_name="dl", artifact_spec=agent_spec(BUSY), context={"timeout_ms": 100}))
+    assert error.message == "wait did not finish before its deadline"

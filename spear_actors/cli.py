@@ -122,20 +122,23 @@ def _show(result: Any, as_json: bool) -> None:
     if as_json or not isinstance(result, dict):
         print(json.dumps(result, default=repr), flush=True)
         return
-    rows = next((value for value in result.values() if isinstance(value, list) and value), None)
-    if rows is not None and all(isinstance(row, dict) for row in rows):
-        _table(rows)
-        cursor = result.get("next_start_after")
-        if cursor:
-            print(f"(more: --start-after {cursor})")
-        return
+    tables = {k: v for k, v in result.items() if isinstance(v, list) and v and all(isinstance(r, dict) for r in v)}
     for key, value in result.items():
+        if key in tables or key == "next_start_after":
+            continue
         shown = json.dumps(value, default=repr) if isinstance(value, (dict, list)) else value
         print(f"{key:>24}: {shown}")
+    for key, rows in tables.items():
+        if len(tables) > 1 or len(result) > 2:
+            print(f"\n{key}:")
+        _table(rows)
+    cursor = result.get("next_start_after")
+    if cursor:
+        print(f"(more: --start-after {cursor})")
 
 
 _COLUMNS = ("task_id", "task_name", "execution_id", "function_name", "status", "instances",
-            "instance_id", "execution_time_ms", "description")
+            "instance_id", "inflight", "executions", "execution_time_ms", "description")
 
 
 def _table(rows: list[dict[str, Any]]) -> None:

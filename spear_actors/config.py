@@ -140,9 +140,13 @@ class NodeConfig:
             elif key == "defaults":
                 config.defaults = InstancePolicy.from_dict(value, "defaults.").merged_over(config.defaults)
             elif key == "data_dir":
-                config.data_dir = base / str(value)
+                config.data_dir = (base / str(value)).resolve()
             elif key == "listen":
                 config.listen = [value] if isinstance(value, str) else list(value)
+            elif key in ("token", "agent_listen"):
+                if value is not None and not isinstance(value, str):
+                    raise SpearError(ErrorCode.INVALID_ARGUMENT, f"config: {key} must be str")
+                setattr(config, key, value)
             else:
                 expected = type(getattr(config, key))
                 if expected is float and isinstance(value, int):
@@ -163,9 +167,12 @@ def _mapping(value: object, where: str) -> Mapping[str, Any]:
 
 def _task(name: str, value: object, base: Path) -> TaskDeclaration:
     table = _mapping(value, f"tasks.{name}")
+    unknown = set(table) - {"artifact", "description", "policy"}
+    if unknown:
+        raise SpearError(ErrorCode.INVALID_ARGUMENT, f"config: tasks.{name}: unknown keys {sorted(unknown)}")
     artifact = ArtifactSpec.from_dict(table.get("artifact"), f"tasks.{name}.artifact.")
     if artifact.location and "://" not in artifact.location and not Path(artifact.location).is_absolute():
-        artifact.location = str(base / artifact.location)
+        artifact.location = str((base / artifact.location).resolve())
     return TaskDeclaration(
         name=name,
         artifact=artifact,

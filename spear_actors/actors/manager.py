@@ -145,6 +145,8 @@ class ManagerActor(Actor[ManagerMessage]):
             entry = self._tasks.get(message.task_id)
             if entry is not None:
                 entry.instances = message.instances
+                if entry.status is not TaskStatus.DELETING:
+                    entry.status = TaskStatus(message.status)
         elif isinstance(message, TaskQueueFull):
             entry = self._tasks.get(message.task_id)
             if entry is not None:
@@ -489,6 +491,7 @@ class ManagerActor(Actor[ManagerMessage]):
 
     # -- queries ------------------------------------------------------------------------
     def _query(self, message: Query) -> None:
+        self.registry.evict()  # age limits apply even when nothing finishes
         try:
             handler = getattr(self, f"_q_{message.method}", None)
             if handler is None:

@@ -154,10 +154,11 @@ class ExecutionStarted:
 
 @dataclasses.dataclass(slots=True)
 class TaskInstances:
-    """A task's instance count changed."""
+    """A task's instance count or status changed."""
 
     task_id: str
     instances: int
+    status: str = "ACTIVE"
 
 
 @dataclasses.dataclass(slots=True)

@@ -159,6 +159,7 @@ class TaskActor(Actor[TaskMessage]):
                 self._backoff_until = -math.inf
                 if self.status is TaskStatus.DEGRADED:
                     self.status = TaskStatus.ACTIVE
+                    self._report_instances()
         elif isinstance(message, AttemptDone):
             self._attempt_done(message)
         elif isinstance(message, InstanceExited):
@@ -369,7 +370,7 @@ class TaskActor(Actor[TaskMessage]):
 
     def _report_instances(self) -> None:
         if self._parent is not None:
-            self._parent.post(TaskInstances(self.definition.task_id, len(self._slots)))
+            self._parent.post(TaskInstances(self.definition.task_id, len(self._slots), self.status.value))
 
     def _instance_exited(self, message: InstanceExited) -> None:
         slot = self._slots.pop(message.instance_id, None)
@@ -396,6 +397,7 @@ class TaskActor(Actor[TaskMessage]):
             self._backoff_until = trio.current_time() + delay
             if self._start_failures >= DEGRADED_AFTER:
                 self.status = TaskStatus.DEGRADED
+                self._report_instances()
             self._wake_timer_by(self._backoff_until)
             if not any(s.ready for s in self._slots.values()):
                 # Nothing can serve the waiting calls: give them the start error now.

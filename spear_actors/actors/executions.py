@@ -103,21 +103,32 @@ class ExecutionRecord:
 
 
 class LatencyWindow:
-    """The most recent execution times of a task, for estimates and percentiles."""
+    """The most recent execution times of a task, for estimates and percentiles.
 
-    __slots__ = ("samples",)
+    The sorted view is cached and refreshed after every ``resort_every`` new samples,
+    so asking for an estimate on each ASYNC call costs no sort of the whole window.
+    """
 
-    def __init__(self, size: int = 1024) -> None:
+    __slots__ = ("_fresh", "_sorted", "resort_every", "samples")
+
+    def __init__(self, size: int = 1024, resort_every: int = 32) -> None:
         self.samples: collections.deque[float] = collections.deque(maxlen=size)
+        self.resort_every = resort_every
+        self._sorted: list[float] = []
+        self._fresh = 0
 
     def add(self, ms: float) -> None:
         self.samples.append(ms)
+        self._fresh += 1
 
     def percentile(self, fraction: float) -> float | None:
         """The *fraction* quantile of the window (None when empty)."""
         if not self.samples:
             return None
-        ordered = sorted(self.samples)
+        if self._fresh >= self.resort_every or not self._sorted or len(self._sorted) < self.resort_every:
+            self._sorted = sorted(self.samples)
+            self._fresh = 0
+        ordered = self._sorted
         return ordered[min(len(ordered) - 1, int(len(ordered) * fraction))]
 
 

@@ -13,7 +13,7 @@ import trio
 
 from ..artifacts import ArtifactStore, describe_artifact, same_artifact
 from ..errors import ErrorCode, SpearError
-from ..model import ExecutionStatus, InstancePolicy, InvocationType, TaskStatus
+from ..model import ExecutionMode, ExecutionStatus, InstancePolicy, InvocationType, TaskStatus
 from ..runtimes.base import Call, Runtime
 from .budget import InstanceBudget
 from .executions import ExecutionRecord, ExecutionRegistry, LatencyWindow
@@ -276,7 +276,7 @@ class ManagerActor(Actor[ManagerMessage]):
             self.ref.post(ExecutionDone(execution_id, done))
 
         outcome.on_done = notify_done
-        estimate = entry.latency.percentile(0.5)
+        estimate = entry.latency.percentile(0.5) if request.execution_mode is ExecutionMode.ASYNC else None
         message.reply.send(Routed(entry.definition.task_id, execution_id, deadline, outcome, "PENDING", estimate))
 
     def _route_duplicate(self, record: ExecutionRecord, message: Invoke) -> None:

@@ -71,14 +71,8 @@ class _TaskEntry:
     deleters: list[Reply[dict[str, Any]]] = dataclasses.field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
-        definition = self.definition
         return {
-            "task_id": definition.task_id,
-            "task_name": definition.task_name,
-            "description": definition.description,
-            "status": self.status.value,
-            "created_at": definition.created_at,
-            "artifact": definition.artifact.to_dict(),
+            **self.definition.describe(self.status),
             "instances": self.instances,
         }
 

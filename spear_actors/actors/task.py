@@ -61,6 +61,17 @@ class TaskDefinition:
     policy: InstancePolicy
     created_at: float = dataclasses.field(default_factory=time.time)
 
+    def describe(self, status: TaskStatus) -> dict[str, Any]:
+        """The task's identity fields as a status map (shared by list and get views)."""
+        return {
+            "task_id": self.task_id,
+            "task_name": self.task_name,
+            "description": self.description,
+            "status": status.value,
+            "created_at": self.created_at,
+            "artifact": self.artifact.to_dict(),
+        }
+
 
 @dataclasses.dataclass(slots=True, eq=False)
 class _Slot:
@@ -502,14 +513,8 @@ class TaskActor(Actor[TaskMessage]):
     # -- status -----------------------------------------------------------------
     def info(self) -> dict[str, Any]:
         """The task as a status map."""
-        definition = self.definition
         return {
-            "task_id": definition.task_id,
-            "task_name": definition.task_name,
-            "description": definition.description,
-            "status": self.status.value,
-            "created_at": definition.created_at,
-            "artifact": definition.artifact.to_dict(),
+            **self.definition.describe(self.status),
             "policy": dataclasses.asdict(self._policy),
             "pending": len(self._pending),
             "running": len(self._running),

@@ -185,6 +185,14 @@ class ResponseStream:
         self._items.append(message.data)
         self._event.set()
 
+    async def wait_finished(self) -> None:
+        """Wait for the end or the error, without consuming items (they are dropped:
+        this is for a consumer that has left)."""
+        while not self.finished:
+            self._items.clear()
+            self._event = trio.Event()
+            await self._event.wait()
+
     def end(self, result: Any) -> None:
         if not self.finished:
             self.finished = True
@@ -354,10 +362,13 @@ class Connection:
         *,
         window: int | None = None,
         timeout: float | None = None,
+        cancel_grace: float | None = None,
     ) -> AsyncIterator[ResponseStream]:
         """Call a streaming *method*; yields a :class:`ResponseStream` of its items.
 
-        Leaving the block before the stream has ended cancels it at the peer.
+        Leaving the block before the stream has ended cancels it at the peer; with
+        *cancel_grace*, the block waits up to that long (shielded) for the peer's
+        confirming answer, and :attr:`on_unconfirmed_cancel` is called without one.
         """
         self._check_open()
         window = window or self.config.stream_window
@@ -370,7 +381,13 @@ class Connection:
             yield items
         finally:
             if not items.finished:
-                self._give_up(request_id, "consumer left the stream")
+                self._send_nowait(Cancel(request_id, "consumer left the stream"))
+                if cancel_grace is not None and not self.closed:
+                    with trio.CancelScope(shield=True) as grace:
+                        grace.deadline = trio.current_time() + cancel_grace
+                        await items.wait_finished()
+                    if not items.finished and not self.closed and self.on_unconfirmed_cancel is not None:
+                        self.on_unconfirmed_cancel(method, request_id)
             self._pending.pop(request_id, None)
 
     async def aclose(self, reason: str = "closing") -> None:

@@ -278,7 +278,9 @@ class ProcessInstance(RuntimeInstance):
                     "execute", params, timeout=call.timeout, cancel_grace=self.cancel_grace
                 )
             else:
-                async with connection.stream("execute", params, timeout=call.timeout) as items:
+                async with connection.stream(
+                    "execute", params, timeout=call.timeout, cancel_grace=self.cancel_grace
+                ) as items:
                     async for item in items:
                         await sink(item)
                     envelope = items.result

@@ -20,6 +20,13 @@ def block(seconds):
 
 
 @agent.function
+def ticks(n):
+    for i in range(n):
+        time.sleep(0.01)
+        yield i
+
+
+@agent.function
 def hello():
     return "hello"
 

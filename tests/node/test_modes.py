@@ -241,6 +241,23 @@ async def test_an_agent_that_ignores_cancel_is_killed_and_replaced(tmp_path: Pat
         assert after["instance_id"] != first["instance_id"]
 
 
+async def test_an_agent_that_ignores_a_stream_cancel_is_killed_and_replaced(
+    tmp_path: Path, no_leaked_processes: None
+) -> None:
+    deaf = agent_spec(AGENTS / "deaf_agent.py")
+    async with open_node(fast_config(tmp_path, cancel_grace_s=0.5)) as node:
+        first = await node.invoke("hello", None, task_name="deaf", artifact_spec=deaf)
+        with pytest.raises(SpearError) as info:
+            async with node.stream("ticks", [10_000], task_name="deaf",
+                                   context={"execution_id": "exec-deaf-stream"}) as items:
+                async for chunk in items:
+                    if chunk == 2:
+                        await node.cancel_execution("exec-deaf-stream")
+        assert info.value.code is ErrorCode.CANCELLED
+        after = await node.invoke("hello", None, task_name="deaf")
+        assert after["instance_id"] != first["instance_id"]
+
+
 async def test_forced_cancel_kills_the_instance_at_once(node: Node) -> None:
     first = await node.invoke("pid", None, task_name="fk", artifact_spec=BUSY)
     accepted = await node.invoke("spin", [30], task_name="fk", execution_mode="ASYNC")

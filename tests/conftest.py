@@ -51,6 +51,20 @@ def pids_with_env(marker: str) -> set[int]:
     return found
 
 
+def live_tasks() -> set[object]:
+    """Every trio task in this run (system tasks included), walking from the root."""
+    import trio
+
+    found: set[object] = set()
+    pending = [trio.lowlevel.current_root_task()]
+    while pending:
+        task = pending.pop()
+        found.add(task)
+        for nursery in task.child_nurseries:
+            pending.extend(nursery.child_tasks)
+    return found
+
+
 @pytest.fixture
 def no_leaked_processes() -> Iterator[None]:
     """Fail the test if it leaves a child or an agent process behind."""

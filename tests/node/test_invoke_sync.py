@@ -19,7 +19,7 @@ from spear_actors.protocol.connection import open_connection
 from spear_actors.protocol.messages import Hello
 from spear_actors.protocol.transports import open_transport
 
-from ..conftest import AGENTS, agent_spec, child_pids, fast_config
+from ..conftest import AGENTS, agent_spec, child_pids, fast_config, live_tasks
 
 BUSY = AGENTS / "busy_agent.py"
 
@@ -218,13 +218,18 @@ async def test_declared_tasks_exist_at_start(tmp_path: Path, no_leaked_processes
         assert (await node.invoke("double", 21, task_name="declared"))["result"] == 42
 
 
-async def test_shutdown_leaves_no_agent_process(tmp_path: Path) -> None:
+async def test_shutdown_leaves_no_agent_process_and_no_task(tmp_path: Path) -> None:
     before = child_pids()
-    async with open_node(fast_config(tmp_path)) as node:
+    tasks_before = live_tasks()
+    async with open_node(fast_config(tmp_path, listen=["ws://127.0.0.1:0"])) as node:
         for name in ("a", "b", "c"):
             await node.invoke("pid", None, task_name=name, artifact_spec=agent_spec(BUSY))
+        async with spear_actors.connect(str(node.endpoints[0])) as client:
+            await client.invoke("double", 1, task_name="a", execution_mode="ASYNC")
         assert len(child_pids() - before) == 3
+        assert len(live_tasks() - tasks_before) > 10  # actors, workers, listeners, connections
     assert child_pids() - before == set()
+    assert live_tasks() - tasks_before == set()
 
 
 async def test_shutdown_answers_in_flight_calls_unavailable(tmp_path: Path, no_leaked_processes: None) -> None:
@@ -291,3 +296,28 @@ async def test_deadline_message_names_the_function(node: Node) -> None:
     error = await expect_error(ErrorCode.DEADLINE_EXCEEDED, node.invoke(
         "wait", [5], task_name="dl", artifact_spec=agent_spec(BUSY), context={"timeout_ms": 100}))
     assert error.message == "wait did not finish before its deadline"
+
+
+async def test_a_new_artifact_version_under_a_taken_name(node: Node) -> None:
+    v1 = {**agent_spec(BUSY), "artifact_id": "calc", "version": "1"}
+    v2 = {**agent_spec(BUSY), "artifact_id": "calc", "version": "2"}
+    first = await node.invoke("double", 1, task_name="calc", artifact_spec=v1)
+    assert (await node.invoke("double", 2, task_name="calc", artifact_spec=v1))["task_id"] == first["task_id"]
+    error = await expect_error(ErrorCode.ALREADY_EXISTS, node.invoke("double", 3, task_name="calc", artifact_spec=v2))
+    assert "'calc' version '1'" in error.message and "'calc' version '2'" in error.message
+    # force_new_instance with another version upgrades: a new task takes the name,
+    # the old one finishes what it has and goes away.
+    running = await node.invoke("wait", [0.3], task_id=first["task_id"], execution_mode="ASYNC")
+    upgraded = await node.invoke("double", 4, task_name="calc", artifact_spec=v2, force_new_instance=True)
+    assert upgraded["task_id"] != first["task_id"] and upgraded["result"] == 8
+    assert (await node.wait_execution(running["execution_id"]))["status"] == "COMPLETED"
+    assert [t["task_id"] for t in (await node.list_tasks())["tasks"]] == [upgraded["task_id"]]
+    with trio.fail_after(10):  # the drained old task is deleted once its calls are done
+        while True:
+            try:
+                await node.get_task(first["task_id"])
+            except SpearError as exc:
+                assert exc.code is ErrorCode.NOT_FOUND
+                break
+            await trio.sleep(0.02)
+    assert (await node.invoke("double", 5, task_name="calc"))["task_id"] == upgraded["task_id"]

@@ -51,6 +51,18 @@ def pids_with_env(marker: str) -> set[int]:
     return found
 
 
+def open_sockets() -> int:
+    """How many sockets this process has open (from /proc/self/fd)."""
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{fd}").startswith("socket:"):
+                count += 1
+        except OSError:
+            continue
+    return count
+
+
 def live_tasks() -> set[object]:
     """Every trio task in this run (system tasks included), walking from the root."""
     import trio

@@ -19,7 +19,7 @@ from spear_actors.protocol.connection import open_connection
 from spear_actors.protocol.messages import Hello
 from spear_actors.protocol.transports import open_transport
 
-from ..conftest import AGENTS, agent_spec, child_pids, fast_config, live_tasks
+from ..conftest import AGENTS, agent_spec, child_pids, fast_config, live_tasks, open_sockets
 
 BUSY = AGENTS / "busy_agent.py"
 
@@ -221,6 +221,7 @@ async def test_declared_tasks_exist_at_start(tmp_path: Path, no_leaked_processes
 async def test_shutdown_leaves_no_agent_process_and_no_task(tmp_path: Path) -> None:
     before = child_pids()
     tasks_before = live_tasks()
+    sockets_before = open_sockets()
     async with open_node(fast_config(tmp_path, listen=["ws://127.0.0.1:0"])) as node:
         for name in ("a", "b", "c"):
             await node.invoke("pid", None, task_name=name, artifact_spec=agent_spec(BUSY))
@@ -228,8 +229,10 @@ async def test_shutdown_leaves_no_agent_process_and_no_task(tmp_path: Path) -> N
             await client.invoke("double", 1, task_name="a", execution_mode="ASYNC")
         assert len(child_pids() - before) == 3
         assert len(live_tasks() - tasks_before) > 10  # actors, workers, listeners, connections
+        assert open_sockets() > sockets_before
     assert child_pids() - before == set()
     assert live_tasks() - tasks_before == set()
+    assert open_sockets() == sockets_before  # listeners, agent and client connections all closed
 
 
 async def test_shutdown_answers_in_flight_calls_unavailable(tmp_path: Path, no_leaked_processes: None) -> None:

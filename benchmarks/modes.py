@@ -53,7 +53,8 @@ from spear_actors.actors.messages import Outcome  # noqa: E402
 from spear_actors.config import NodeConfig  # noqa: E402
 from spear_actors.model import ExecutionMode, InstancePolicy  # noqa: E402
 from spear_actors.node import Node  # noqa: E402
-from spear_actors.protocol.connection import IncomingRequest, accept_connection, open_connection  # noqa: E402
+from spear_actors.protocol.calls import IncomingRequest  # noqa: E402
+from spear_actors.protocol.handshake import accept_connection, open_connection  # noqa: E402
 from spear_actors.protocol.messages import Hello  # noqa: E402
 from spear_actors.protocol.transports import Transport, open_transport, serve_endpoint  # noqa: E402
 

@@ -50,11 +50,8 @@ import trio_websocket
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from spear_actors.protocol.connection import (
-    IncomingRequest,
-    accept_connection,
-    open_connection,
-)
+from spear_actors.protocol.calls import IncomingRequest
+from spear_actors.protocol.handshake import accept_connection, open_connection
 from spear_actors.protocol.messages import Hello
 from spear_actors.protocol.transports import Transport, open_transport, serve_endpoint
 

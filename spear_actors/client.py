@@ -15,7 +15,9 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from .model import build_invoke_request
-from .protocol.connection import Connection, ConnectionConfig, ResponseStream, open_connection
+from .protocol.calls import ResponseStream
+from .protocol.connection import Connection, ConnectionConfig
+from .protocol.handshake import open_connection
 from .protocol.messages import Hello
 from .protocol.transports import open_transport
 

@@ -10,7 +10,9 @@ import trio
 
 from .errors import ErrorCode, SpearError
 from .model import InvokeRequest
-from .protocol.connection import ConnectionConfig, IncomingRequest, accept_connection, token_authenticator
+from .protocol.calls import IncomingRequest
+from .protocol.connection import ConnectionConfig
+from .protocol.handshake import accept_connection, token_authenticator
 from .protocol.messages import Welcome
 from .protocol.transports import Endpoint, Transport, serve_endpoint
 

@@ -38,8 +38,8 @@ __all__ = [
 _LAZY = {
     "Connection": ".connection",
     "ConnectionConfig": ".connection",
-    "accept_connection": ".connection",
-    "open_connection": ".connection",
+    "accept_connection": ".handshake",
+    "open_connection": ".handshake",
     "Endpoint": ".transports",
     "open_transport": ".transports",
     "parse_endpoint": ".transports",

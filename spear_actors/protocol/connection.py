@@ -1,32 +1,31 @@
 """A protocol connection over any :class:`~.transports.Transport` (trio).
 
-One :class:`Connection` per link, on both sides. It does the hello/welcome
-handshake, numbers and correlates requests, serves the peer's requests through a
-handler, carries streams with credit-based flow control, propagates cancellation
-both ways and runs the heartbeat. Its background tasks live in a nursery of its own,
-hidden behind :func:`open_connection` / :func:`accept_connection`, so the caller's
-code is never cancelled by a connection failure: failures surface as
-:class:`SpearError` from the calls in flight.
+One :class:`Connection` per link, on both sides. It numbers and correlates
+requests, serves the peer's requests through a handler, carries streams with
+credit-based flow control, propagates cancellation both ways and runs the
+heartbeat. Its background tasks live in a nursery of its own, hidden behind
+:func:`~.handshake.open_connection` / :func:`~.handshake.accept_connection` (which
+also do the hello/welcome handshake), so the caller's code is never cancelled by a
+connection failure: failures surface as :class:`SpearError` from the calls in
+flight.
 """
 
 from __future__ import annotations
 
-import collections
 import dataclasses
-import hmac
 import itertools
 import logging
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any, Final
 
 import trio
 
 from ..errors import ErrorCode, SpearError
+from .calls import Handler, IncomingRequest, ResponseStream, _PendingCall
 from .framing import DEFAULT_MAX_FRAME_SIZE, ProtocolError
 from .messages import (
-    PROTOCOL_VERSION,
     Cancel,
     Credit,
     Error,
@@ -45,17 +44,7 @@ from .messages import (
 )
 from .transports import Transport
 
-__all__ = [
-    "Authenticator",
-    "Connection",
-    "ConnectionConfig",
-    "Handler",
-    "IncomingRequest",
-    "ResponseStream",
-    "accept_connection",
-    "open_connection",
-    "token_authenticator",
-]
+__all__ = ["Connection", "ConnectionConfig"]
 
 log = logging.getLogger(__name__)
 
@@ -85,164 +74,7 @@ class ConnectionConfig:
     """Bytes queued for sending above which senders wait for the writer."""
 
 
-Handler = Callable[["IncomingRequest"], Awaitable[Any]]
-"""Serves one incoming request: returns the result or raises :class:`SpearError`."""
 
-Authenticator = Callable[[Hello], Awaitable[Any]]
-"""Checks a hello; returns the peer's identity or raises :class:`SpearError` UNAUTHENTICATED."""
-
-
-def token_authenticator(token: str) -> Authenticator:
-    """An authenticator that accepts a hello whose ``auth`` equals *token* (constant time)."""
-    expected = token.encode()
-
-    async def authenticate(hello: Hello) -> str:
-        given = (hello.auth or "").encode()
-        if not hmac.compare_digest(given, expected):
-            raise SpearError(ErrorCode.UNAUTHENTICATED, "missing or wrong token in hello")
-        return hello.peer_id or hello.role
-
-    return authenticate
-
-
-class _PendingCall:
-    """The caller's side of a unary request: an event and its outcome."""
-
-    __slots__ = ("error", "event", "result")
-
-    def __init__(self) -> None:
-        self.event = trio.Event()
-        self.result: Any = None
-        self.error: SpearError | None = None
-
-    def resolve(self, result: Any) -> None:
-        if not self.event.is_set():
-            self.result = result
-            self.event.set()
-
-    def fail(self, error: SpearError) -> None:
-        if not self.event.is_set():
-            self.error = error
-            self.event.set()
-
-
-class ResponseStream:
-    """The items of a stream request, in order, as an async iterator.
-
-    Iteration ends after the last item when the stream ended well (:attr:`result`
-    then holds the final value), or raises the terminal :class:`SpearError` after the
-    items that came before it. Consuming items grants the peer new credit, so at
-    most ``window`` items are ever buffered here.
-    """
-
-    def __init__(self, connection: Connection, request_id: int, window: int, deadline: float) -> None:
-        self._connection = connection
-        self.request_id = request_id
-        self.window = window
-        self._deadline = deadline
-        self._items: collections.deque[Any] = collections.deque()
-        self._event = trio.Event()
-        self._next_seq = 0
-        self._consumed = 0
-        self._credit_every = max(1, window // 2)
-        self.finished = False
-        """True once the end or an error has arrived."""
-        self.result: Any = None
-        """The ``result`` of the stream_end message, once iteration has ended."""
-        self._error: SpearError | None = None
-
-    def __aiter__(self) -> ResponseStream:
-        return self
-
-    async def __anext__(self) -> Any:
-        while not self._items:
-            if self.finished:
-                if self._error is not None:
-                    raise self._error
-                raise StopAsyncIteration
-            self._event = trio.Event()
-            with trio.move_on_at(self._deadline):
-                await self._event.wait()
-                continue
-            self._connection._give_up(self.request_id, "deadline exceeded")
-            self.fail(SpearError(ErrorCode.DEADLINE_EXCEEDED, "stream deadline exceeded"))
-        item = self._items.popleft()
-        self._consumed += 1
-        if self._consumed >= self._credit_every and not self.finished:
-            self._connection._send_nowait(Credit(self.request_id, self._consumed))
-            self._consumed = 0
-        return item
-
-    # -- fed by the connection's reader --------------------------------------
-    def _push(self, message: StreamItem) -> None:
-        if message.seq != self._next_seq:
-            raise ProtocolError(
-                f"stream {self.request_id}: item seq {message.seq}, expected {self._next_seq}"
-            )
-        if len(self._items) >= self.window:
-            raise ProtocolError(f"stream {self.request_id}: peer sent more items than its credit")
-        self._next_seq += 1
-        self._items.append(message.data)
-        self._event.set()
-
-    async def wait_finished(self) -> None:
-        """Wait for the end or the error, without consuming items (they are dropped:
-        this is for a consumer that has left)."""
-        while not self.finished:
-            self._items.clear()
-            self._event = trio.Event()
-            await self._event.wait()
-
-    def end(self, result: Any) -> None:
-        if not self.finished:
-            self.finished = True
-            self.result = result
-            self._event.set()
-
-    def fail(self, error: SpearError) -> None:
-        if not self.finished:
-            self.finished = True
-            self._error = error
-            self._event.set()
-
-
-class IncomingRequest:
-    """A request from the peer, as seen by the handler serving it."""
-
-    def __init__(self, connection: Connection, message: Request) -> None:
-        self.connection = connection
-        self.id = message.id
-        self.method = message.method
-        self.params = message.params
-        self.timeout_ms = message.timeout_ms
-        self.is_stream = message.window is not None
-        self._credit = message.window or 0
-        self._credit_event = trio.Event()
-        self._sent = 0
-        self.cancel_scope = trio.CancelScope()
-        self.cancel_reason: str | None = None
-        """Set when the peer cancelled this request (with the reason it gave)."""
-
-    @property
-    def items_sent(self) -> int:
-        """How many stream items the handler has sent so far."""
-        return self._sent
-
-    async def send_item(self, data: Any) -> None:
-        """Send one stream item, first waiting for the consumer's credit."""
-        if not self.is_stream:
-            raise SpearError(ErrorCode.FAILED_PRECONDITION, f"{self.method}: request is not a stream")
-        while self._credit <= 0:
-            self._credit_event = trio.Event()
-            await self._credit_event.wait()
-        self._credit -= 1
-        seq = self._sent
-        self._sent += 1
-        await self.connection._send(StreamItem(self.id, seq, data))
-
-    def _add_credit(self, n: int) -> None:
-        self._credit += n
-        self._credit_event.set()
 
 
 class Connection:
@@ -645,100 +477,3 @@ class Connection:
 
 def _ms(timeout: float | None) -> int | None:
     return None if timeout is None else max(0, math.ceil(timeout * 1000))
-
-
-@asynccontextmanager
-async def _running(connection: Connection) -> AsyncIterator[Connection]:
-    """Run the connection's tasks beside the caller's block, without wrapping the
-    block's own exceptions in a group or cancelling it when the connection dies."""
-    body_error: BaseException | None = None
-    async with trio.open_nursery() as nursery:
-        await nursery.start(connection._run)
-        try:
-            yield connection
-        except BaseException as exc:
-            body_error = exc
-        finally:
-            await connection.aclose()
-            nursery.cancel_scope.cancel()
-    if body_error is not None:
-        raise body_error
-
-
-async def _receive_handshake(transport: Transport, timeout: float, expecting: str) -> Message:
-    with trio.move_on_after(timeout):
-        body = await transport.receive_body()
-        if body is None:
-            raise SpearError(ErrorCode.UNAVAILABLE, f"peer closed before sending {expecting}")
-        return decode_message(body)
-    raise SpearError(ErrorCode.DEADLINE_EXCEEDED, f"no {expecting} within {timeout:g}s")
-
-
-@asynccontextmanager
-async def open_connection(
-    transport: Transport,
-    hello: Hello,
-    *,
-    config: ConnectionConfig | None = None,
-    handler: Handler | None = None,
-) -> AsyncIterator[Connection]:
-    """The opening side: send *hello*, wait for the welcome, yield the connection.
-
-    Raises the peer's refusal (e.g. UNAUTHENTICATED) as :class:`SpearError`.
-    """
-    config = dataclasses.replace(config) if config else ConnectionConfig()
-    await transport.send_bodies([encode_message(hello)])
-    reply = await _receive_handshake(transport, config.handshake_timeout, "welcome")
-    if isinstance(reply, Error):
-        raise reply.to_exception()
-    if not isinstance(reply, Welcome):
-        raise ProtocolError(f"expected welcome, got {reply.TYPE}")
-    if reply.version != PROTOCOL_VERSION:
-        raise ProtocolError(f"peer speaks protocol version {reply.version}, we speak {PROTOCOL_VERSION}")
-    config.heartbeat_interval = reply.heartbeat_interval_ms / 1000
-    config.heartbeat_timeout = reply.heartbeat_timeout_ms / 1000
-    config.max_frame_size = min(config.max_frame_size, reply.max_frame_size)
-    async with _running(Connection(transport, config, handler=handler, peer=reply)) as connection:
-        yield connection
-
-
-@asynccontextmanager
-async def accept_connection(
-    transport: Transport,
-    *,
-    authenticator: Authenticator | None = None,
-    config: ConnectionConfig | None = None,
-    handler: Handler | None = None,
-    welcome: Welcome | None = None,
-) -> AsyncIterator[Connection]:
-    """The accepting side: wait for a hello, authenticate it, welcome the peer.
-
-    A peer that sends no hello in time, speaks another version or fails the
-    authenticator gets an error message and is closed; the refusal is raised
-    as :class:`SpearError`.
-    """
-    config = config or ConnectionConfig()
-    try:
-        hello = await _receive_handshake(transport, config.handshake_timeout, "hello")
-        if not isinstance(hello, Hello):
-            raise ProtocolError(f"expected hello, got {hello.TYPE}")
-        if hello.version != PROTOCOL_VERSION:
-            raise ProtocolError(
-                f"peer speaks protocol version {hello.version}, we speak {PROTOCOL_VERSION}"
-            )
-        identity = await authenticator(hello) if authenticator is not None else None
-    except SpearError as exc:
-        with trio.move_on_after(_CLOSE_GRACE):
-            try:
-                await transport.send_bodies([encode_message(Error.from_exception(None, exc))])
-            except SpearError:
-                pass
-        raise
-    answer = welcome or Welcome()
-    answer.heartbeat_interval_ms = _ms(config.heartbeat_interval) or 1
-    answer.heartbeat_timeout_ms = _ms(config.heartbeat_timeout) or 1
-    answer.max_frame_size = config.max_frame_size
-    await transport.send_bodies([encode_message(answer)])
-    connection = Connection(transport, config, handler=handler, peer=hello, identity=identity)
-    async with _running(connection) as connection:
-        yield connection

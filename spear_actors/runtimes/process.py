@@ -28,7 +28,8 @@ import trio
 
 from .._nursery import background_nursery
 from ..errors import ErrorCode, SpearError
-from ..protocol.connection import Connection, ConnectionConfig, accept_connection
+from ..protocol.connection import Connection, ConnectionConfig
+from ..protocol.handshake import accept_connection
 from ..protocol.messages import Hello, Welcome
 from ..protocol.transports import Transport, parse_endpoint, serve_endpoint
 from .base import Call, InstanceSpec, LogSink, Runtime, RuntimeInstance, StreamSink

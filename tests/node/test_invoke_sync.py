@@ -15,7 +15,7 @@ from spear_actors import ErrorCode, SpearError
 from spear_actors.config import TaskDeclaration
 from spear_actors.model import ArtifactSpec, InstancePolicy
 from spear_actors.node import Node, open_node
-from spear_actors.protocol.connection import open_connection
+from spear_actors.protocol.handshake import open_connection
 from spear_actors.protocol.messages import Hello
 from spear_actors.protocol.transports import open_transport
 

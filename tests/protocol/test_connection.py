@@ -19,17 +19,15 @@ import trio
 import trio.testing
 
 from spear_actors.errors import ErrorCode, SpearError
-from spear_actors.protocol.connection import (
+from spear_actors.protocol.calls import Handler, IncomingRequest
+from spear_actors.protocol.connection import Connection, ConnectionConfig
+from spear_actors.protocol.framing import ProtocolError
+from spear_actors.protocol.handshake import (
     Authenticator,
-    Connection,
-    ConnectionConfig,
-    Handler,
-    IncomingRequest,
     accept_connection,
     open_connection,
     token_authenticator,
 )
-from spear_actors.protocol.framing import ProtocolError
 from spear_actors.protocol.messages import (
     Cancel,
     Credit,

@@ -1,0 +1,136 @@
+"""The hello/welcome handshake, and the two ways to get an open connection.
+
+:func:`open_connection` is the side that dialed (it says hello);
+:func:`accept_connection` is the side that accepted (it authenticates the hello
+and welcomes the peer). Both yield a running :class:`~.connection.Connection`
+and close it when the block ends.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hmac
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any, Final
+
+import trio
+
+from .._nursery import background_nursery
+from ..errors import ErrorCode, SpearError
+from .calls import Handler
+from .connection import Connection, ConnectionConfig, _ms
+from .framing import ProtocolError
+from .messages import PROTOCOL_VERSION, Error, Hello, Message, Welcome, decode_message, encode_message
+from .transports import Transport
+
+__all__ = ["Authenticator", "accept_connection", "open_connection", "token_authenticator"]
+
+_REFUSAL_GRACE: Final = 0.5
+
+Authenticator = Callable[[Hello], Awaitable[Any]]
+"""Checks a hello; returns the peer's identity or raises :class:`SpearError` UNAUTHENTICATED."""
+
+
+def token_authenticator(token: str) -> Authenticator:
+    """An authenticator that accepts a hello whose ``auth`` equals *token* (constant time)."""
+    expected = token.encode()
+
+    async def authenticate(hello: Hello) -> str:
+        given = (hello.auth or "").encode()
+        if not hmac.compare_digest(given, expected):
+            raise SpearError(ErrorCode.UNAUTHENTICATED, "missing or wrong token in hello")
+        return hello.peer_id or hello.role
+
+    return authenticate
+
+
+@asynccontextmanager
+async def _running(connection: Connection) -> AsyncIterator[Connection]:
+    """Run the connection's tasks beside the caller's block: the block's own
+    exceptions come out unwrapped, and a dying connection never cancels it."""
+    async with background_nursery() as nursery:
+        await nursery.start(connection._run)
+        try:
+            yield connection
+        finally:
+            await connection.aclose()
+
+
+async def _receive_handshake(transport: Transport, timeout: float, expecting: str) -> Message:
+    with trio.move_on_after(timeout):
+        body = await transport.receive_body()
+        if body is None:
+            raise SpearError(ErrorCode.UNAVAILABLE, f"peer closed before sending {expecting}")
+        return decode_message(body)
+    raise SpearError(ErrorCode.DEADLINE_EXCEEDED, f"no {expecting} within {timeout:g}s")
+
+
+@asynccontextmanager
+async def open_connection(
+    transport: Transport,
+    hello: Hello,
+    *,
+    config: ConnectionConfig | None = None,
+    handler: Handler | None = None,
+) -> AsyncIterator[Connection]:
+    """The opening side: send *hello*, wait for the welcome, yield the connection.
+
+    Raises the peer's refusal (e.g. UNAUTHENTICATED) as :class:`SpearError`.
+    """
+    config = dataclasses.replace(config) if config else ConnectionConfig()
+    await transport.send_bodies([encode_message(hello)])
+    reply = await _receive_handshake(transport, config.handshake_timeout, "welcome")
+    if isinstance(reply, Error):
+        raise reply.to_exception()
+    if not isinstance(reply, Welcome):
+        raise ProtocolError(f"expected welcome, got {reply.TYPE}")
+    if reply.version != PROTOCOL_VERSION:
+        raise ProtocolError(f"peer speaks protocol version {reply.version}, we speak {PROTOCOL_VERSION}")
+    config.heartbeat_interval = reply.heartbeat_interval_ms / 1000
+    config.heartbeat_timeout = reply.heartbeat_timeout_ms / 1000
+    config.max_frame_size = min(config.max_frame_size, reply.max_frame_size)
+    async with _running(Connection(transport, config, handler=handler, peer=reply)) as connection:
+        yield connection
+
+
+@asynccontextmanager
+async def accept_connection(
+    transport: Transport,
+    *,
+    authenticator: Authenticator | None = None,
+    config: ConnectionConfig | None = None,
+    handler: Handler | None = None,
+    welcome: Welcome | None = None,
+) -> AsyncIterator[Connection]:
+    """The accepting side: wait for a hello, authenticate it, welcome the peer.
+
+    A peer that sends no hello in time, speaks another version or fails the
+    authenticator gets an error message and is closed; the refusal is raised
+    as :class:`SpearError`.
+    """
+    config = config or ConnectionConfig()
+    try:
+        hello = await _receive_handshake(transport, config.handshake_timeout, "hello")
+        if not isinstance(hello, Hello):
+            raise ProtocolError(f"expected hello, got {hello.TYPE}")
+        if hello.version != PROTOCOL_VERSION:
+            raise ProtocolError(
+                f"peer speaks protocol version {hello.version}, we speak {PROTOCOL_VERSION}"
+            )
+        identity = await authenticator(hello) if authenticator is not None else None
+    except SpearError as exc:
+        with trio.move_on_after(_REFUSAL_GRACE):
+            try:
+                await transport.send_bodies([encode_message(Error.from_exception(None, exc))])
+            except SpearError:
+                pass
+        raise
+    answer = welcome or Welcome()
+    answer.heartbeat_interval_ms = _ms(config.heartbeat_interval) or 1
+    answer.heartbeat_timeout_ms = _ms(config.heartbeat_timeout) or 1
+    answer.max_frame_size = config.max_frame_size
+    await transport.send_bodies([encode_message(answer)])
+    connection = Connection(transport, config, handler=handler, peer=hello, identity=identity)
+    async with _running(connection) as connection:
+        yield connection

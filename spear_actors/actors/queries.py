@@ -1,0 +1,153 @@
+"""The manager's read-only queries: execution records, tasks, health, statistics.
+
+A mixin of :class:`~.manager.ManagerActor`, kept apart because answering questions
+is a different job from routing calls; it reads the manager's state and changes
+none of it (except evicting records past their age).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from ..errors import ErrorCode, SpearError
+from ..model import ExecutionStatus
+from .executions import ExecutionRegistry, LatencyWindow
+from .mailbox import Reply
+from .messages import GetTaskInfo, Query
+
+if TYPE_CHECKING:
+    from .manager import _TaskEntry
+
+__all__ = ["ManagerQueries"]
+
+
+class ManagerQueries:
+    """``Query(method, params, reply)`` → ``_q_<method>(**params)``."""
+
+    registry: ExecutionRegistry
+    draining: str | None
+    _tasks: dict[str, _TaskEntry]
+    _by_name: dict[str, str]
+    _started_at: float
+
+    def _query(self, message: Query) -> None:
+        self.registry.evict()  # age limits apply even when nothing finishes
+        try:
+            handler = getattr(self, f"_q_{message.method}", None)
+            if handler is None:
+                raise SpearError(ErrorCode.NOT_FOUND, f"no such query: {message.method!r}")
+            result = handler(**message.params)
+        except SpearError as exc:
+            message.reply.fail(exc)
+        except TypeError as exc:  # a bad or missing parameter
+            message.reply.fail(SpearError(ErrorCode.INVALID_ARGUMENT, f"{message.method}: {exc}"))
+        else:
+            if isinstance(result, Reply):  # answered later, by another actor
+                result.on_done = lambda done: _forward(done, message.reply)
+            else:
+                message.reply.send(result)
+
+    def _q_get_execution(
+        self, execution_id: str, include_result: bool = True, include_logs: bool = False
+    ) -> dict[str, Any]:
+        return self.registry.require(execution_id).to_dict(include_result, include_logs)
+
+    def _q_list_executions(
+        self, task_id: str = "", status_filter: list[str] | None = None, limit: int = 100, start_after: str = ""
+    ) -> dict[str, Any]:
+        statuses = {_status(s) for s in status_filter or ()}
+        page, cursor = self.registry.page(
+            task_id=task_id, statuses=statuses, limit=_limit(limit), start_after=start_after
+        )
+        return {"executions": [r.to_dict(include_result=False) for r in page], "next_start_after": cursor}
+
+    def _q_list_tasks(self, prefix: str = "", limit: int = 100, start_after: str = "") -> dict[str, Any]:
+        names = sorted(
+            name for name in self._by_name if name.startswith(prefix) and (not start_after or name > start_after)
+        )
+        page = names[: _limit(limit)]
+        cursor = page[-1] if len(names) > len(page) else ""
+        return {"tasks": [self._tasks[self._by_name[name]].summary() for name in page], "next_start_after": cursor}
+
+    def _q_get_task(
+        self, task_id: str, include_executions: bool = False, execution_limit: int = 20
+    ) -> Reply[dict[str, Any]]:
+        entry = self._tasks.get(task_id)
+        if entry is None:
+            raise SpearError(ErrorCode.NOT_FOUND, f"task {task_id!r} not found")
+        recent = None
+        if include_executions:
+            page, _ = self.registry.page(task_id=task_id, limit=10**9)
+            recent = [r.to_dict(include_result=False) for r in page[-_limit(execution_limit) :]]
+        status = entry.status.value
+        answer: Reply[dict[str, Any]] = Reply()
+
+        def complete(done: Reply[dict[str, Any]]) -> None:
+            # Runs when the task actor answers: add the manager's view to its own.
+            if done.value is not None:
+                answer.send({**done.value, "status": status, "executions": recent})
+            else:
+                answer.fail(done.error or SpearError(ErrorCode.INTERNAL, "task gave no answer"))
+
+        live_view: Reply[dict[str, Any]] = Reply()
+        live_view.on_done = complete
+        entry.ref.post(GetTaskInfo(live_view))
+        return answer
+
+    def _q_get_health(self) -> dict[str, Any]:
+        counts = self.registry.counts
+        return {
+            "status": "DRAINING" if self.draining else "SERVING",
+            "uptime_s": round(time.time() - self._started_at, 3),
+            "tasks": len(self._tasks),
+            "instances": sum(entry.instances for entry in self._tasks.values()),
+            "running_executions": counts[ExecutionStatus.RUNNING],
+            "pending_executions": counts[ExecutionStatus.PENDING],
+        }
+
+    def _q_get_stats(self) -> dict[str, Any]:
+        tasks = {}
+        node_latency = LatencyWindow(size=10**9)
+        for entry in self._tasks.values():
+            node_latency.samples.extend(entry.latency.samples)
+            tasks[entry.definition.task_id] = {
+                "task_name": entry.definition.task_name,
+                "instances": entry.instances,
+                "counts": dict(entry.counts),
+                "latency_ms": _percentiles(entry.latency),
+            }
+        return {
+            "node": {
+                "counts": {status.value: n for status, n in self.registry.counts.items() if n},
+                "latency_ms": _percentiles(node_latency),
+                "instances": sum(entry.instances for entry in self._tasks.values()),
+                "retained_records": len(self.registry),
+            },
+            "tasks": tasks,
+        }
+
+
+
+def _forward(done: Reply[Any], to: Reply[Any]) -> None:
+    if done.error is not None:
+        to.fail(done.error)
+    else:
+        to.send(done.value)
+
+
+def _percentiles(window: LatencyWindow) -> dict[str, float | None]:
+    return {"p50": window.percentile(0.5), "p95": window.percentile(0.95), "p99": window.percentile(0.99)}
+
+
+def _limit(limit: object) -> int:
+    if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= 10_000:
+        raise SpearError(ErrorCode.INVALID_ARGUMENT, "limit must be an integer from 1 to 10000")
+    return limit
+
+
+def _status(name: object) -> ExecutionStatus:
+    try:
+        return ExecutionStatus(str(name).upper())
+    except ValueError:
+        raise SpearError(ErrorCode.INVALID_ARGUMENT, f"unknown execution status {name!r}") from None

@@ -256,7 +256,26 @@ class Connection:
             self._check_open()
             await self._drained.wait()
         self._check_open()
-        self._enqueue(body)
+        if self._writing or self._outbox:
+            self._enqueue(body)
+            return
+        # The writer is idle: write now, in this task, and save the hand-off to it
+        # (a pass of trio's run loop per message). Shielded, because a frame cut in
+        # half by a cancel would corrupt the stream; a blocked write still ends when
+        # the connection dies (heartbeat, close), which closes the transport under it.
+        self._writing = True
+        try:
+            with trio.CancelScope(shield=True):
+                await self.transport.send_bodies([body])
+        except SpearError as exc:
+            self._die(exc)
+            raise
+        finally:
+            self._writing = False
+            sent, self._sent = self._sent, trio.Event()
+            sent.set()
+            if self._outbox:
+                self._outbox_ready.set()
 
     def _enqueue(self, body: bytes) -> None:
         self._outbox.append(body)
@@ -313,6 +332,8 @@ class Connection:
             await self._outbox_ready.wait()
             if self.closed:
                 return
+            while self._writing:  # a sender is writing directly (see _send)
+                await self._sent.wait()
             self._outbox_ready = trio.Event()
             batch, self._outbox, self._outbox_bytes = self._outbox, [], 0
             drained, self._drained = self._drained, trio.Event()
@@ -470,9 +491,10 @@ class Connection:
             del self._serving[incoming.id]
             self._serving_room.set()
         try:
-            self._send_nowait(reply)
+            await self._send(reply)
         except SpearError as exc:  # the result cannot be sent: say why instead
-            self._send_nowait(Error.from_exception(incoming.id, exc))
+            if not self.closed:
+                self._send_nowait(Error.from_exception(incoming.id, exc))
 
 
 def _ms(timeout: float | None) -> int | None:

@@ -18,6 +18,7 @@ from typing import Any, Final
 import trio
 
 from ._nursery import background_nursery
+from .actors.admission import AdmissionGate
 from .actors.budget import InstanceBudget
 from .actors.executions import ExecutionRegistry
 from .actors.mailbox import ActorRef, Reply
@@ -56,9 +57,16 @@ class Node:
     """A running node. Get one from :func:`open_node`. Every FunctionService method
     is here, callable in process; the gateway serves the same methods remotely."""
 
-    def __init__(self, config: NodeConfig, manager: ActorRef[ManagerMessage], nursery: trio.Nursery) -> None:
+    def __init__(
+        self,
+        config: NodeConfig,
+        manager: ActorRef[ManagerMessage],
+        nursery: trio.Nursery,
+        admission: AdmissionGate | None = None,
+    ) -> None:
         self.config = config
         self._manager = manager
+        self._admission = admission or AdmissionGate()
         self._nursery = nursery
         self._listeners: list[trio.CancelScope] = []
         self.endpoints: list[Endpoint] = []
@@ -86,6 +94,9 @@ class Node:
             raise SpearError(
                 ErrorCode.INVALID_ARGUMENT, "STREAM mode is served by stream_function, not invoke"
             )
+        refusal = self._admission.refusal(request)
+        if refusal is not None:  # overloaded task: answered here, at once
+            raise refusal
         routed: Routed = await self._manager.ask(lambda reply: Invoke(request, reply, sink))
         if request.execution_mode is ExecutionMode.ASYNC:
             return _accepted(routed)
@@ -345,7 +356,7 @@ async def open_node(config: NodeConfig | None = None) -> AsyncIterator[Node]:
                 manager_done.set()
 
         await nursery.start(run_manager)
-        node = Node(config, manager.ref, nursery)
+        node = Node(config, manager.ref, nursery, manager.admission)
         for declaration in config.tasks:
             await node.declare_task(
                 TaskSeed(declaration.name, declaration.description, declaration.artifact, declaration.policy)

@@ -15,6 +15,7 @@ from ..artifacts import ArtifactStore, describe_artifact, same_artifact
 from ..errors import ErrorCode, SpearError
 from ..model import ExecutionMode, ExecutionStatus, InstancePolicy, InvocationType, TaskStatus
 from ..runtimes.base import Call, Runtime
+from .admission import AdmissionGate
 from .budget import InstanceBudget
 from .executions import ExecutionRecord, ExecutionRegistry, LatencyWindow
 from .mailbox import Actor, ActorRef, Reply, fail_reply
@@ -65,7 +66,6 @@ class _TaskEntry:
     scope: trio.CancelScope
     status: TaskStatus = TaskStatus.ACTIVE
     instances: int = 0
-    queue_full: bool = False
     latency: LatencyWindow = dataclasses.field(default_factory=LatencyWindow)
     counts: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
     deleters: list[Reply[dict[str, Any]]] = dataclasses.field(default_factory=list)
@@ -97,6 +97,7 @@ class ManagerActor(ManagerQueries, Actor[ManagerMessage]):
         default_timeout_ms: int,
         registry: ExecutionRegistry | None = None,
         budget: InstanceBudget | None = None,
+        admission: AdmissionGate | None = None,
         backoff: tuple[float, float] = (0.5, 30.0),
         max_running_executions: int = 100_000,
     ) -> None:
@@ -110,6 +111,8 @@ class ManagerActor(ManagerQueries, Actor[ManagerMessage]):
         self._creating: dict[str, list[Invoke | DeclareTask]] = {}
         self.registry = registry if registry is not None else ExecutionRegistry()
         self._budget = budget or InstanceBudget(10**9)
+        self.admission = admission or AdmissionGate()
+        """Tasks refusing calls (queue full), shared read-only with the node."""
         self._backoff = backoff
         self._max_running = max_running_executions
         self._started_at = time.time()
@@ -144,7 +147,7 @@ class ManagerActor(ManagerQueries, Actor[ManagerMessage]):
         elif isinstance(message, TaskQueueFull):
             entry = self._tasks.get(message.task_id)
             if entry is not None:
-                entry.queue_full = message.full
+                self.admission.mark(message.task_id, entry.definition.task_name, message.full)
         elif isinstance(message, DeclareTask):
             self._declare(message)
         elif isinstance(message, TaskCreated):
@@ -229,7 +232,7 @@ class ManagerActor(ManagerQueries, Actor[ManagerMessage]):
 
     def _route(self, entry: _TaskEntry, message: Invoke) -> None:
         request = message.request
-        if entry.queue_full:  # admission control without the hop to the task
+        if self.admission.is_full(entry.definition.task_id):  # refused without the hop to the task
             message.reply.fail(
                 SpearError(
                     ErrorCode.RESOURCE_EXHAUSTED,
@@ -424,6 +427,7 @@ class ManagerActor(ManagerQueries, Actor[ManagerMessage]):
         if entry is None:
             return
         definition = entry.definition
+        self.admission.mark(definition.task_id, definition.task_name, False)
         if self._by_name.get(definition.task_name) == definition.task_id:
             del self._by_name[definition.task_name]
         for deleter in entry.deleters:

@@ -87,8 +87,9 @@ async def open_connection(
         raise ProtocolError(f"expected welcome, got {reply.TYPE}")
     if reply.version != PROTOCOL_VERSION:
         raise ProtocolError(f"peer speaks protocol version {reply.version}, we speak {PROTOCOL_VERSION}")
-    config.heartbeat_interval = reply.heartbeat_interval_ms / 1000
-    config.heartbeat_timeout = reply.heartbeat_timeout_ms / 1000
+    # A peer's zero would make us ping in a tight loop: 10 ms is the floor.
+    config.heartbeat_interval = max(reply.heartbeat_interval_ms, 10) / 1000
+    config.heartbeat_timeout = max(reply.heartbeat_timeout_ms, 10) / 1000
     config.max_frame_size = min(config.max_frame_size, reply.max_frame_size)
     async with _running(Connection(transport, config, handler=handler, peer=reply)) as connection:
         yield connection

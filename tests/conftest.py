@@ -117,3 +117,19 @@ def agent_spec(path: Path = EXAMPLE_AGENT, **config: object) -> dict[str, object
 
 def python() -> str:
     return sys.executable
+
+
+async def until_running(node: Node, execution_id: str) -> None:
+    """Wait (polling the node, at most 10 s) until the execution is RUNNING."""
+    import trio
+
+    from spear_actors import SpearError
+
+    with trio.fail_after(10):
+        while True:
+            try:
+                if (await node.get_execution(execution_id))["status"] == "RUNNING":
+                    return
+            except SpearError:
+                pass  # not registered yet
+            await trio.sleep(0.01)

@@ -17,7 +17,7 @@ from spear_actors.actors.manager import TaskSeed
 from spear_actors.model import ArtifactSpec, InstancePolicy
 from spear_actors.node import Node, open_node
 
-from ..conftest import AGENTS, agent_spec, child_pids, fast_config
+from ..conftest import AGENTS, agent_spec, child_pids, fast_config, until_running
 
 BUSY = agent_spec(AGENTS / "busy_agent.py")
 
@@ -82,13 +82,17 @@ async def test_retries_hide_an_instance_failure(node: Node) -> None:
     outcome: dict[str, Any] = {}
 
     async def call() -> None:
-        outcome["response"] = await node.invoke("wait", [0.5], task_name="retry", context={"max_retries": 1})
+        outcome["response"] = await node.invoke(
+            "wait", [0.5], task_name="retry", context={"max_retries": 1, "execution_id": "exec-retry"}
+        )
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(call)
-        await trio.sleep(0.2)
+        await until_running(node, "exec-retry")
+        first_instance = (await node.get_execution("exec-retry"))["instance_id"]
         os.kill(victim, signal.SIGKILL)
     assert outcome["response"]["result"] == "waited"  # ran again, on another instance
+    assert outcome["response"]["instance_id"] != first_instance
 
 
 async def test_a_hung_agent_is_detected_by_heartbeat_and_replaced(tmp_path: Path, no_leaked_processes: None) -> None:
@@ -223,11 +227,11 @@ async def test_drain_lets_running_calls_finish_and_refuses_new_ones(
         await node.invoke("pid", None, task_name="dr", artifact_spec=BUSY)
 
         async def running() -> None:
-            outcome["running"] = await node.invoke("wait", [0.5], task_name="dr")
+            outcome["running"] = await node.invoke("wait", [0.5], task_name="dr", context={"execution_id": "exec-dr"})
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(running)
-            await trio.sleep(0.1)
+            await until_running(node, "exec-dr")
             assert await node.drain(grace=10) is True
         assert outcome["running"]["result"] == "waited"
         with pytest.raises(SpearError) as info:

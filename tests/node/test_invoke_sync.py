@@ -19,7 +19,7 @@ from spear_actors.protocol.handshake import open_connection
 from spear_actors.protocol.messages import Hello
 from spear_actors.protocol.transports import open_transport
 
-from ..conftest import AGENTS, agent_spec, child_pids, fast_config, live_tasks, open_sockets
+from ..conftest import AGENTS, agent_spec, child_pids, fast_config, live_tasks, open_sockets, until_running
 
 BUSY = AGENTS / "busy_agent.py"
 
@@ -125,13 +125,13 @@ async def test_agent_killed_mid_call_fails_the_call_and_the_next_call_works(node
 
     async def long_call() -> None:
         try:
-            await node.invoke("wait", [30], task_name="crash")
+            await node.invoke("wait", [30], task_name="crash", context={"execution_id": "exec-crash"})
         except SpearError as exc:
             outcome["error"] = exc
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(long_call)
-        await trio.sleep(0.3)
+        await until_running(node, "exec-crash")
         os.kill(victim, signal.SIGKILL)
     error = outcome["error"]
     assert error.code is ErrorCode.INSTANCE_FAILED
@@ -242,12 +242,12 @@ async def test_shutdown_answers_in_flight_calls_unavailable(tmp_path: Path, no_l
 
         async def long_call() -> None:
             try:
-                await node.invoke("wait", [30], task_name="slow")
+                await node.invoke("wait", [30], task_name="slow", context={"execution_id": "exec-slow"})
             except SpearError as exc:
                 outcome["error"] = exc
 
         node._nursery.start_soon(long_call)
-        await trio.sleep(0.2)
+        await until_running(node, "exec-slow")
     assert outcome["error"].code is ErrorCode.UNAVAILABLE
 
 

@@ -16,7 +16,7 @@ from spear_actors.actors.manager import TaskSeed
 from spear_actors.model import ArtifactSpec, InstancePolicy
 from spear_actors.node import Node, open_node
 
-from ..conftest import AGENTS, agent_spec, fast_config
+from ..conftest import AGENTS, agent_spec, fast_config, until_running
 
 BUSY = agent_spec(AGENTS / "busy_agent.py")
 POOL = {"max_instances": 2, "max_concurrency": 4}
@@ -186,7 +186,7 @@ async def test_cancel_a_running_sync_execution(node: Node) -> None:
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(caller)
-        await _until_running(node, "exec-rs")
+        await until_running(node, "exec-rs")
         record = await node.cancel_execution("exec-rs")
     assert record["status"] == "CANCELLED"
     assert outcome["error"].code is ErrorCode.CANCELLED
@@ -197,7 +197,7 @@ async def test_cancel_a_running_sync_execution(node: Node) -> None:
 async def test_cancel_a_running_async_execution_and_every_waiter_learns_it(node: Node) -> None:
     accepted = await node.invoke("async_wait", [30], task_name="ra", artifact_spec=BUSY, execution_mode="ASYNC")
     execution_id = accepted["execution_id"]
-    await _until_running(node, execution_id)
+    await until_running(node, execution_id)
     waiters: list[dict[str, Any]] = []
 
     async def waiter() -> None:
@@ -234,7 +234,7 @@ async def test_an_agent_that_ignores_cancel_is_killed_and_replaced(tmp_path: Pat
     async with open_node(fast_config(tmp_path, cancel_grace_s=0.5)) as node:
         first = await node.invoke("hello", None, task_name="deaf", artifact_spec=deaf)
         accepted = await node.invoke("block", [30], task_name="deaf", execution_mode="ASYNC")
-        await _until_running(node, accepted["execution_id"])
+        await until_running(node, accepted["execution_id"])
         record = await node.cancel_execution(accepted["execution_id"])
         assert record["status"] == "CANCELLED"
         after = await node.invoke("hello", None, task_name="deaf")
@@ -261,7 +261,7 @@ async def test_an_agent_that_ignores_a_stream_cancel_is_killed_and_replaced(
 async def test_forced_cancel_kills_the_instance_at_once(node: Node) -> None:
     first = await node.invoke("pid", None, task_name="fk", artifact_spec=BUSY)
     accepted = await node.invoke("spin", [30], task_name="fk", execution_mode="ASYNC")
-    await _until_running(node, accepted["execution_id"])
+    await until_running(node, accepted["execution_id"])
     record = await node.cancel_execution(accepted["execution_id"], force=True)
     assert record["status"] == "CANCELLED"
     with trio.fail_after(5):
@@ -314,7 +314,7 @@ async def test_get_task_and_delete_task(node: Node) -> None:
     first = await node.invoke("pid", None, task_name="d", artifact_spec=BUSY)
     task_id = first["task_id"]
     accepted = await node.invoke("wait", [30], task_name="d", execution_mode="ASYNC")
-    await _until_running(node, accepted["execution_id"])
+    await until_running(node, accepted["execution_id"])
     task = await node.get_task(task_id, include_executions=True)
     assert task["task_name"] == "d" and task["instances"][0]["status"] == "RUNNING"
     assert [e["execution_id"] for e in task["executions"]][-1] == accepted["execution_id"]
@@ -341,17 +341,6 @@ async def test_list_executions_filters_and_stats(node: Node) -> None:
     assert task_stats["latency_ms"]["p50"] is not None and task_stats["instances"] == 1
     health = await node.get_health()
     assert health["tasks"] == 1 and health["instances"] == 1
-
-
-async def _until_running(node: Node, execution_id: str) -> None:
-    with trio.fail_after(10):
-        while True:
-            try:
-                if (await node.get_execution(execution_id))["status"] == "RUNNING":
-                    return
-            except SpearError:
-                pass
-            await trio.sleep(0.01)
 
 
 def _state(pid: int) -> str:

@@ -10,7 +10,7 @@ import trio
 from ..errors import ErrorCode, SpearError
 from ..model import InstanceStatus
 from ..runtimes.base import InstanceSpec, Runtime, RuntimeInstance
-from .mailbox import Actor, ActorRef
+from .mailbox import Actor, ActorRef, take_queued
 from .messages import (
     CancelExecution,
     Execute,
@@ -96,12 +96,7 @@ class InstanceActor(Actor[InstanceMessage]):
     def _close_work(self) -> list[Execute]:
         """Refuse new executions; return the ones that never started."""
         self.work._send.close()
-        unstarted = []
-        while True:
-            try:
-                unstarted.append(self._work.receive_nowait())
-            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
-                break
+        unstarted = take_queued(self._work)
         self._work.close()
         return unstarted
 

@@ -16,7 +16,7 @@ import trio
 
 from ..errors import ErrorCode, SpearError
 
-__all__ = ["Actor", "ActorRef", "Reply"]
+__all__ = ["Actor", "ActorRef", "Reply", "fail_reply", "take_queued"]
 
 T = TypeVar("T")
 M = TypeVar("M")
@@ -197,13 +197,19 @@ class Actor(abc.ABC, Generic[M]):
         """Refuse new messages and answer the ones left UNAVAILABLE (idempotent)."""
         self.ref._send.close()
         error = SpearError(ErrorCode.UNAVAILABLE, f"{self.name} stopped")
-        while True:
-            try:
-                message = self._inbox.receive_nowait()
-            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
-                break
+        for message in take_queued(self._inbox):
             fail_reply(message, error)
         self._inbox.close()
+
+
+def take_queued(channel: trio.MemoryReceiveChannel[T]) -> list[T]:
+    """Everything waiting in *channel* right now, without blocking."""
+    queued: list[T] = []
+    while True:
+        try:
+            queued.append(channel.receive_nowait())
+        except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+            return queued
 
 
 def fail_reply(message: Any, error: SpearError) -> None:

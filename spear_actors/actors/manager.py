@@ -18,7 +18,7 @@ from ..runtimes.base import Call, Runtime
 from .admission import AdmissionGate
 from .budget import InstanceBudget
 from .executions import ExecutionRecord, ExecutionRegistry, LatencyWindow
-from .mailbox import Actor, ActorRef, Reply, fail_reply
+from .mailbox import Actor, ActorRef, Reply, fail_reply, take_queued
 from .messages import (
     CancelExecution,
     DeclareTask,
@@ -462,11 +462,7 @@ class ManagerActor(ManagerQueries, Actor[ManagerMessage]):
         # Notes already in the inbox finish records first (a caller may have had
         # its answer while the note was still queued): only then is anything left
         # unfinished really cut short by the shutdown.
-        while True:
-            try:
-                message = self._inbox.receive_nowait()
-            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
-                break
+        for message in take_queued(self._inbox):
             if isinstance(message, (ExecutionDone, ExecutionStarted)):
                 self.handle(message)
             else:

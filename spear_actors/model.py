@@ -97,6 +97,13 @@ def _field(data: Mapping[str, Any], name: str, kind: type[_T], default: _T, wher
     return value
 
 
+def _section(data: object, where: str) -> Mapping[str, Any]:
+    """*data* as a map, or INVALID_ARGUMENT naming the section (``where``)."""
+    if not isinstance(data, Mapping):
+        raise _invalid(f"{where.rstrip('.')} must be a map")
+    return data
+
+
 def _str_map(data: Mapping[str, Any], name: str, where: str) -> dict[str, str]:
     value = _field(data, name, dict, {}, where)
     for key, item in value.items():
@@ -133,8 +140,7 @@ class ArtifactSpec:
     @classmethod
     def from_dict(cls, data: object, where: str = "artifact_spec.") -> ArtifactSpec:
         """Build from a map, checking every field's type."""
-        if not isinstance(data, Mapping):
-            raise _invalid(f"{where.rstrip('.')} must be a map")
+        data = _section(data, where)
         spec = cls(
             artifact_id=_field(data, "artifact_id", str, "", where),
             artifact_type=_field(data, "artifact_type", str, "process", where).lower(),
@@ -185,8 +191,7 @@ class InstancePolicy:
         """Build from a map, checking types and bounds."""
         if data is None:
             return cls()
-        if not isinstance(data, Mapping):
-            raise _invalid(f"{where.rstrip('.')} must be a map")
+        data = _section(data, where)
         policy = cls(
             min_instances=_field(data, "min_instances", int, None, where),
             max_instances=_field(data, "max_instances", int, None, where),
@@ -240,8 +245,7 @@ class ExecutionContext:
         """Build from a map, checking every field's type."""
         if data is None:
             return cls()
-        if not isinstance(data, Mapping):
-            raise _invalid(f"{where.rstrip('.')} must be a map")
+        data = _section(data, where)
         context = cls(
             execution_id=_field(data, "execution_id", str, "", where),
             session_id=_field(data, "session_id", str, "", where),

@@ -11,7 +11,20 @@ from __future__ import annotations
 from ..errors import ErrorCode, SpearError
 from ..model import InvocationType, InvokeRequest
 
-__all__ = ["AdmissionGate"]
+__all__ = ["AdmissionGate", "queue_full_error"]
+
+QUEUE_FULL_RETRY_MS = 100
+"""The retry hint of a refusal for a full queue: a fixed guess, not a measurement."""
+
+
+def queue_full_error(task_name: str, max_pending: int | None = None) -> SpearError:
+    """The refusal of a call to a task whose queue holds ``max_pending`` calls."""
+    waiting = f"{max_pending} calls already waiting" if max_pending is not None else "its queue is full"
+    return SpearError(
+        ErrorCode.RESOURCE_EXHAUSTED,
+        f"task {task_name}: {waiting} (max_pending)",
+        {"retry_after_ms": QUEUE_FULL_RETRY_MS},
+    )
 
 
 class AdmissionGate:
@@ -45,8 +58,4 @@ class AdmissionGate:
             name = self._by_id.get(request.task_id)
         if name is None or request.context.execution_id:
             return None  # (a repeated execution id is answered from its record instead)
-        return SpearError(
-            ErrorCode.RESOURCE_EXHAUSTED,
-            f"task {name}: its queue is full (max_pending)",
-            {"retry_after_ms": 100},
-        )
+        return queue_full_error(name)

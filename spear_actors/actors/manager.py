@@ -15,7 +15,7 @@ from ..artifacts import ArtifactStore, describe_artifact, same_artifact
 from ..errors import ErrorCode, SpearError
 from ..model import ExecutionMode, ExecutionStatus, InstancePolicy, InvocationType, TaskStatus
 from ..runtimes.base import Call, Runtime
-from .admission import AdmissionGate
+from .admission import AdmissionGate, queue_full_error
 from .budget import InstanceBudget
 from .executions import ExecutionRecord, ExecutionRegistry, LatencyWindow
 from .mailbox import Actor, ActorRef, Reply, fail_reply, take_queued
@@ -233,13 +233,7 @@ class ManagerActor(ManagerQueries, Actor[ManagerMessage]):
     def _route(self, entry: _TaskEntry, message: Invoke) -> None:
         request = message.request
         if self.admission.is_full(entry.definition.task_id):  # refused without the hop to the task
-            message.reply.fail(
-                SpearError(
-                    ErrorCode.RESOURCE_EXHAUSTED,
-                    f"task {entry.definition.task_name}: its queue is full (max_pending)",
-                    {"retry_after_ms": 100},
-                )
-            )
+            message.reply.fail(queue_full_error(entry.definition.task_name))
             return
         context = request.context
         execution_id = context.execution_id or f"exec-{uuid.uuid4().hex}"

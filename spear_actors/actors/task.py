@@ -17,6 +17,7 @@ import trio
 from ..errors import ErrorCode, SpearError
 from ..model import ArtifactSpec, InstancePolicy, InstanceStatus, TaskStatus
 from ..runtimes.base import InstanceSpec, Runtime
+from .admission import queue_full_error
 from .budget import InstanceBudget
 from .instance import InstanceActor
 from .mailbox import Actor, ActorRef, Reply
@@ -216,7 +217,7 @@ class TaskActor(Actor[TaskMessage]):
             return
         limit = self._policy.max_pending
         if limit is not None and len(self._pending) >= limit:
-            submit.reply.fail(self.queue_full_error())
+            submit.reply.fail(queue_full_error(self.definition.task_name, limit))
             self._set_queue_full(True)
             return
         entry = _Pending(submit)
@@ -440,23 +441,11 @@ class TaskActor(Actor[TaskMessage]):
         if slot is not None:
             slot.ref.post(message)
 
-    def queue_full_error(self) -> SpearError:
-        """The refusal of a call when max_pending calls already wait."""
-        return SpearError(
-            ErrorCode.RESOURCE_EXHAUSTED,
-            f"task {self.definition.task_name}: {self._policy.max_pending} calls already waiting",
-            {"retry_after_ms": self._retry_hint_ms()},
-        )
-
     def _set_queue_full(self, full: bool) -> None:
         if full != self._queue_full:
             self._queue_full = full
             if self._parent is not None:
                 self._parent.post(TaskQueueFull(self.definition.task_id, full))
-
-    def _retry_hint_ms(self) -> int:
-        # About the time for the queue to move by one call, from observed latency.
-        return 100
 
     # -- time -------------------------------------------------------------------
     async def _timer(self) -> None:

@@ -32,7 +32,7 @@ pytest: setup
 test: lint typecheck pytest
 
 bench: setup
-	@for f in benchmarks/*.py; do echo "== $$f"; $(PY) $$f || exit 1; done
+	@for f in benchmarks/[!_]*.py; do echo "== $$f"; $(PY) $$f || exit 1; done
 
 # The C examples compiled to wasm32-wasi (rules in examples/c/Makefile; WASM_OUT=dir
 # puts the .wasm files elsewhere).

@@ -30,6 +30,8 @@ import trio_websocket
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from _timing import p50_p99, timed_calls  # noqa: E402
+
 from spear_actors import connect, open_node  # noqa: E402
 from spear_actors.config import NodeConfig  # noqa: E402
 from spear_actors.model import ArtifactSpec  # noqa: E402
@@ -40,20 +42,8 @@ AGENT = ROOT / "examples" / "hello_agent.py"
 PAYLOAD = {"a": 1, "b": "x" * 32}
 
 
-def percentiles(samples: list[float]) -> tuple[float, float]:
-    ordered = sorted(samples)
-    return ordered[len(ordered) // 2], ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
-
-
 async def sequential(call: Callable[[], Awaitable[Any]], n: int) -> tuple[float, float]:
-    for _ in range(min(200, n // 5)):
-        await call()
-    samples = []
-    for _ in range(n):
-        start = time.perf_counter()
-        await call()
-        samples.append(time.perf_counter() - start)
-    return percentiles(samples)
+    return p50_p99(await timed_calls(call, n))
 
 
 async def throughput(calls: list[Callable[[], Awaitable[Any]]], in_flight: int, total: int) -> float:
@@ -209,7 +199,7 @@ async def bare_dial_back(runs: int) -> tuple[float, float]:
         await process.wait()
     sock.close()
     os.unlink(path)
-    return percentiles(samples)
+    return p50_p99(samples)
 
 
 def ray_actor_call(n: int) -> tuple[float, float] | None:
@@ -232,7 +222,7 @@ def ray_actor_call(n: int) -> tuple[float, float] | None:
         ray.get(actor.echo.remote(PAYLOAD))
         samples.append(time.perf_counter() - start)
     ray.shutdown()
-    return percentiles(samples)
+    return p50_p99(samples)
 
 
 # -- spear_actors ---------------------------------------------------------------------
@@ -247,7 +237,7 @@ async def cold_start(runs: int) -> tuple[float, float]:
             async with runtime.open_instance(spec):
                 samples.append(time.perf_counter() - start)
         nursery.cancel_scope.cancel()
-    return percentiles(samples)
+    return p50_p99(samples)
 
 
 async def main(quick: bool) -> None:

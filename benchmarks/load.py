@@ -34,6 +34,8 @@ import trio
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from _timing import quantile  # noqa: E402
+
 from spear_actors import ErrorCode, SpearError, open_node  # noqa: E402
 from spear_actors.actors.manager import TaskSeed  # noqa: E402
 from spear_actors.config import NodeConfig  # noqa: E402
@@ -44,11 +46,6 @@ AGENT = ROOT / "tests" / "agents" / "busy_agent.py"
 SPEC = {"location": str(AGENT)}
 POLICY = {"min_instances": 2, "max_instances": 2, "max_concurrency": 4, "max_pending": 64}
 SERVICE_S = 0.01
-
-
-def pct(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(len(ordered) * q))] if ordered else float("nan")
 
 
 async def call(node: Node) -> None:
@@ -96,11 +93,11 @@ async def offered(node: Node, rate: float, seconds: float) -> dict[str, Any]:
     elapsed = time.perf_counter() - start
     return {
         "throughput": len(latencies) / elapsed,
-        "p50": pct(latencies, 0.5),
-        "p99": pct(latencies, 0.99),
+        "p50": quantile(latencies, 0.5),
+        "p99": quantile(latencies, 0.99),
         "refused": len(refusals),
-        "refusal_p99": pct(refusals, 0.99),
-        "refusal_p50": pct(refusals, 0.5),
+        "refusal_p99": quantile(refusals, 0.99),
+        "refusal_p50": quantile(refusals, 0.5),
         "total": len(latencies) + len(refusals),
     }
 
@@ -164,7 +161,7 @@ async def main(quick: bool) -> None:
                   f"{r['p99'] * 1e3:8.2f} {ratio:8.2f} {r['refused']:8d} {refusal}{mark}")
             await trio.sleep(0.5)
         times = await recovery(node, 5 if quick else 15)
-        print(f"\nrecovery SIGKILL → replacement READY: p50 {pct(times, 0.5) * 1e3:.1f} ms, "
+        print(f"\nrecovery SIGKILL → replacement READY: p50 {quantile(times, 0.5) * 1e3:.1f} ms, "
               f"max {max(times) * 1e3:.1f} ms (target ≤ 100 ms)")
         per_task, per_instance = await memory(node, 1000 if quick else 5000, 8)
         print(f"memory in the node: {per_task / 1024:.1f} KiB per idle task, "

@@ -31,6 +31,8 @@ import wasmtime
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from _timing import p50_p99, timed_calls  # noqa: E402
+
 from spear_actors.model import ArtifactSpec  # noqa: E402
 from spear_actors.runtimes.base import Call, InstanceSpec  # noqa: E402
 from spear_actors.runtimes.wasm import WasmRuntime  # noqa: E402
@@ -38,11 +40,6 @@ from spear_actors.runtimes.wasm import WasmRuntime  # noqa: E402
 FIXTURES = ROOT / "tests" / "fixtures" / "wasm"
 C_EXAMPLE = ROOT / "examples" / "c" / "wordcount.wasm"
 PAYLOAD = {"a": 1, "b": "x" * 32}
-
-
-def percentiles(samples: list[float]) -> tuple[float, float]:
-    ordered = sorted(samples)
-    return ordered[len(ordered) // 2], ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
 
 
 def show(label: str, p50: float, p99: float) -> None:
@@ -57,14 +54,7 @@ sessions' test suites, and single rounds move by ±30 %."""
 async def sequential(call: Callable[[], Awaitable[Any]], n: int) -> tuple[float, float]:
     best = (float("inf"), float("inf"))
     for _ in range(ROUNDS):
-        for _ in range(min(200, n // 5)):
-            await call()
-        samples = []
-        for _ in range(n):
-            start = time.perf_counter()
-            await call()
-            samples.append(time.perf_counter() - start)
-        best = min(best, percentiles(samples))
+        best = min(best, p50_p99(await timed_calls(call, n)))
     return best
 
 
@@ -183,7 +173,7 @@ async def cold_start(rounds: int) -> None:
                         if index:  # round 0 writes the disk cache
                             samples.append(time.perf_counter() - start)
                     nursery.cancel_scope.cancel()
-                show(f"{name} ({path.stat().st_size} B), {label}", *percentiles(samples))
+                show(f"{name} ({path.stat().st_size} B), {label}", *p50_p99(samples))
         shutil.rmtree(Path(scratch) / "data", ignore_errors=True)
 
 

@@ -132,7 +132,8 @@ class TaskActor(Actor[TaskMessage]):
         self._policy = policy
         self._slots: dict[str, _Slot] = {}
         self._pending: collections.deque[_Pending] = collections.deque()
-        self._running: dict[str, str] = {}
+        self._running: dict[str, tuple[str, Submit]] = {}
+        """execution id → (instance running it, the call as it was submitted)"""
         self._wakeup = trio.Event()
         self._timer_at = math.inf
         self._queued_deadline = math.inf
@@ -148,9 +149,7 @@ class TaskActor(Actor[TaskMessage]):
         self._replenish()
 
     def on_stop(self) -> None:
-        error = SpearError(ErrorCode.UNAVAILABLE, f"task {self.definition.task_name} stopped")
-        while self._pending:
-            self._pending.popleft().submit.reply.fail(error)
+        self._fail_pending(SpearError(ErrorCode.UNAVAILABLE, f"task {self.definition.task_name} stopped"))
 
     def handle(self, message: TaskMessage) -> None:
         if isinstance(message, Submit):
@@ -250,7 +249,7 @@ class TaskActor(Actor[TaskMessage]):
             self._pending.popleft()
             slot.inflight += 1
             slot.executions += 1
-            self._running[call.execution_id] = slot.instance_id
+            self._running[call.execution_id] = (slot.instance_id, submit)
             if self._parent is not None:
                 self._parent.post(ExecutionStarted(call.execution_id, slot.instance_id))
         if self._pending:
@@ -387,15 +386,20 @@ class TaskActor(Actor[TaskMessage]):
     def _instance_exited(self, message: InstanceExited) -> None:
         slot = self._slots.pop(message.instance_id, None)
         self._report_instances()
+        # Calls that reached it but never started, as they were submitted (their
+        # caller's reply, deadline and retries): failed if the task is stopping,
+        # else back to the head of the queue.
+        unstarted = [
+            running[1]
+            for execute in message.unstarted
+            if (running := self._running.pop(execute.call.execution_id, None)) is not None
+        ]
         if self._stop_reason is not None:
-            for execute in message.unstarted:
-                execute.reply.fail(self._stop_reason)
+            for submit in unstarted:
+                submit.reply.fail(self._stop_reason)
             return
-        # Calls that reached it but never started go back to the head of the queue.
-        for execute in reversed(message.unstarted):
-            self._running.pop(execute.call.execution_id, None)
-            deadline = trio.current_time() + (execute.call.timeout or 0.0)
-            self._pending.appendleft(_Pending(Submit(execute.call, execute.reply, deadline, execute.sink)))
+        for submit in reversed(unstarted):
+            self._pending.appendleft(_Pending(submit))
         if slot is None:
             return
         if message.reason is not None:
@@ -436,8 +440,8 @@ class TaskActor(Actor[TaskMessage]):
                 self._pending.remove(entry)
                 entry.submit.reply.fail(SpearError(ErrorCode.CANCELLED, message.reason))
                 return
-        instance_id = self._running.get(message.execution_id)
-        slot = self._slots.get(instance_id) if instance_id else None
+        running = self._running.get(message.execution_id)
+        slot = self._slots.get(running[0]) if running else None
         if slot is not None:
             slot.ref.post(message)
 

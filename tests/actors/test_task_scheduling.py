@@ -67,7 +67,8 @@ def test_every_call_gets_exactly_one_terminal_answer(ops: list[tuple[str, float,
                     now = trio.current_time()
                     call = Call(f"e{len(replies)}", "sleep", a, timeout=b)
                     replies.append((reply, a, b))
-                    ref.tell_nowait(Submit(call, reply, now + b))
+                    retries = len(replies) % 2  # half of the calls may run again elsewhere
+                    ref.tell_nowait(Submit(call, reply, now + b, retries=retries))
                 elif kind == "cancel" and replies:
                     ref.tell_nowait(CancelExecution(f"e{int(a) % len(replies)}", "test cancel"))
                 elif kind == "kill":
@@ -82,7 +83,19 @@ def test_every_call_gets_exactly_one_terminal_answer(ops: list[tuple[str, float,
                         await reply.wait()
                     except SpearError as exc:
                         assert exc.code in TERMINAL_CODES, exc
+            # Calls still queued or dispatched when the task stops are answered too.
+            last = [Reply[Outcome]() for _ in range(4)]
+            for i, reply in enumerate(last):
+                call = Call(f"last{i}", "sleep", 1.0, timeout=100)
+                ref.tell_nowait(Submit(call, reply, trio.current_time() + 100, retries=1))
+            await trio.sleep(0)
             ref.tell_nowait(StopTask(SpearError(ErrorCode.UNAVAILABLE, "done")))
+            with trio.fail_after(60):
+                for reply in last:
+                    try:
+                        await reply.wait()
+                    except SpearError as exc:
+                        assert exc.code in TERMINAL_CODES, exc
 
     trio.run(scenario, clock=trio.testing.MockClock(autojump_threshold=0))
     assert runtime.max_live_seen <= 3

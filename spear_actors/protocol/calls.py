@@ -139,7 +139,7 @@ class IncomingRequest:
         self.timeout_ms = message.timeout_ms
         self.is_stream = message.window is not None
         self._credit = message.window or 0
-        self._credit_event = trio.Event()
+        self._credit_event: trio.Event | None = None  # made when a producer waits for credit
         self._sent = 0
         self.cancel_scope = trio.CancelScope()
         self.cancel_reason: str | None = None
@@ -164,4 +164,5 @@ class IncomingRequest:
 
     def _add_credit(self, n: int) -> None:
         self._credit += n
-        self._credit_event.set()
+        if self._credit_event is not None:
+            self._credit_event.set()

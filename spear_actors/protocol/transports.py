@@ -63,6 +63,13 @@ class Transport(abc.ABC):
         :class:`SpearError` UNAVAILABLE when the link breaks.
         """
 
+    def receive_buffered(self) -> bytes | None:
+        """Return a body that has already arrived, without waiting; None if there is none.
+
+        Lets a reader take everything one read brought in before it hands over.
+        """
+        return None
+
     @abc.abstractmethod
     async def aclose(self) -> None:
         """Close the link (best effort, orderly where the transport has a close)."""
@@ -112,6 +119,9 @@ class StreamTransport(Transport):
             if not data:
                 return None
             decoder.feed(bytes(data))
+
+    def receive_buffered(self) -> bytes | None:
+        return self._decoder.next_body()
 
     async def aclose(self) -> None:
         if not self._sent_close:

@@ -116,6 +116,14 @@ class Connection:
         self._last_received = trio.current_time()
         self._ping_seq = 0
         self._nursery: trio.Nursery | None = None
+        # Callers that read their own answer (see _try_lead): on a connection that
+        # serves no requests and whose transport can wait for data without taking it.
+        self._can_lead = handler is None and transport.can_wait_readable
+        self._leader: _PendingCall | None = None
+        self._leader_scope: trio.CancelScope | None = None
+        self._lead_released = trio.Event()
+        self._reader_idle: trio.CancelScope | None = None
+        self._reader_busy = False
         self.on_unconfirmed_cancel: Callable[[str, int], None] | None = None
         """Called with (method, request id) when a peer does not confirm a cancel
         within the caller's ``cancel_grace``."""
@@ -161,14 +169,22 @@ class Connection:
         request_id = next(self._ids)
         call = _PendingCall()
         self._pending[request_id] = call
+        leading = self._try_lead(call)
         try:
-            await self._send(Request(request_id, method, params, _ms(timeout)))
-            if timeout is None:
-                await call.event.wait()
-            else:
-                with trio.move_on_after(timeout):
+            try:
+                await self._send(Request(request_id, method, params, _ms(timeout)))
+                if timeout is None:
+                    await (self._read_until(call) if leading else call.event.wait())
+                else:
+                    with trio.move_on_after(timeout):
+                        await (self._read_until(call) if leading else call.event.wait())
+            finally:
+                if leading:
+                    self._end_lead()
+            if not call.event.is_set():
+                if timeout is None:  # the read ended without an answer: the link is gone
                     await call.event.wait()
-                if not call.event.is_set():
+                else:
                     self._give_up(request_id, "deadline exceeded")
                     raise SpearError(
                         ErrorCode.DEADLINE_EXCEEDED, f"{method}: no answer within {timeout:g}s"
@@ -263,18 +279,29 @@ class Connection:
             self._enqueue(body)
             return
         # The writer is idle: write now, in this task, and save the hand-off to it
-        # (a pass of trio's run loop per message). Shielded, because a frame cut in
-        # half by a cancel would corrupt the stream; a blocked write still ends when
-        # the connection dies (heartbeat, close), which closes the transport under it.
+        # (a pass of trio's run loop per message). First without waiting at all,
+        # which is what a small message on a socket with room needs.
+        try:
+            if self.transport.send_nowait([body]):
+                return
+        except SpearError as exc:
+            self._die(exc)
+            raise
+        # The rest, kept by the transport, goes out with this task's next write.
+        # Shielded, because a frame cut in half by a cancel would corrupt the stream;
+        # a blocked write still ends when the connection dies (heartbeat, close),
+        # which closes the transport under it.
         self._writing = self._writing_directly = True
         try:
             with trio.CancelScope(shield=True):
-                batch = [body]
-                while batch:
+                batch: list[bytes] = []
+                while True:
                     await self.transport.send_bodies(batch)
                     # What other tasks queued while this write was under way goes
                     # out now, rather than one or two passes later from the writer.
                     batch = self._take_outbox()
+                    if not batch:
+                        break
         except SpearError as exc:
             self._die(exc)
             raise
@@ -313,6 +340,68 @@ class Connection:
         self._pending.pop(request_id, None)
         self._send_nowait(Cancel(request_id, reason))
 
+    # -- callers that read their own answer ---------------------------------
+    # A caller waiting for its answer while the reader task reads costs one more
+    # pass of trio's run loop per call: the reader wakes, then wakes the caller.
+    # So a caller may *lead*: read the link itself until its answer has come,
+    # dispatching whatever else arrives. One leader at a time; the reader task
+    # reads only while nobody leads, and waits for data without taking it, so a
+    # new leader can take over at once by cancelling that wait.
+
+    def _try_lead(self, call: _PendingCall) -> bool:
+        if not self._can_lead or self._leader is not None or self._reader_busy or self.closed:
+            return False
+        self._leader = call
+        self._lead_released = trio.Event()
+        if self._reader_idle is not None:
+            self._reader_idle.cancel()
+        return True
+
+    def _end_lead(self) -> None:
+        self._leader = None
+        self._lead_released.set()
+
+    async def _read_until(self, call: _PendingCall) -> None:
+        """Read and dispatch until *call* is answered (or the connection dies)."""
+        transport = self.transport
+        try:
+            with trio.CancelScope() as self._leader_scope:
+                while not call.event.is_set():
+                    body = await transport.receive_body()
+                    if body is None:
+                        self._die(SpearError(ErrorCode.UNAVAILABLE, "peer closed the connection"))
+                        return
+                    self._last_received = trio.current_time()
+                    self._dispatch_as_leader(decode_message(body))
+                # what the same read brought in for other callers is theirs now
+                while not self.closed and (body := transport.receive_buffered()) is not None:
+                    self._dispatch_as_leader(decode_message(body))
+        except ProtocolError as exc:
+            await self._protocol_error(exc)
+        except SpearError as exc:
+            self._die(exc)
+        finally:
+            self._leader_scope = None
+
+    def _dispatch_as_leader(self, message: Message) -> None:
+        if isinstance(message, Request):
+            self._admit(message)  # no handler on a connection that leads: refused at once
+        else:
+            self._dispatch(message)
+
+    async def _wait_for_turn(self) -> None:
+        """The reader's wait on a connection whose callers lead: return once
+        nobody leads and data has arrived."""
+        while True:
+            if self._leader is not None:
+                await self._lead_released.wait()
+                continue
+            with trio.CancelScope() as self._reader_idle:
+                await self.transport.wait_readable()
+            self._reader_idle = None
+            if self._leader is None:
+                return
+
     # -- background tasks ----------------------------------------------------
     async def _run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         try:
@@ -337,6 +426,8 @@ class Connection:
         self._pending.clear()
         for incoming in self._serving.values():
             incoming.cancel_scope.cancel()
+        if self._leader_scope is not None:
+            self._leader_scope.cancel()
         self._drained.set()
         self._sent.set()
         self._outbox_ready.set()
@@ -380,7 +471,15 @@ class Connection:
         try:
             while True:
                 if first is None:
-                    body = await transport.receive_body()
+                    body = transport.receive_buffered() if self._can_lead else None
+                    if body is None:
+                        if self._can_lead:
+                            await self._wait_for_turn()
+                        self._reader_busy = True
+                        try:
+                            body = await transport.receive_body()
+                        finally:
+                            self._reader_busy = False
                     if body is None:
                         self._die(SpearError(ErrorCode.UNAVAILABLE, "peer closed the connection"))
                         return
@@ -408,12 +507,7 @@ class Connection:
                 else:
                     self._spawn_server(incoming)
         except ProtocolError as exc:
-            log.warning("%s: protocol error from peer: %s", transport.description, exc.message)
-            with trio.move_on_after(_CLOSE_GRACE) as scope:
-                scope.shield = True
-                self._send_nowait(Error.from_exception(None, exc))
-                await self._drain()
-            self._die(SpearError(ErrorCode.UNAVAILABLE, f"protocol error: {exc.message}"))
+            await self._protocol_error(exc)
             return
         except SpearError as exc:
             self._die(exc)
@@ -421,6 +515,15 @@ class Connection:
         assert self._nursery is not None
         self._nursery.start_soon(self._reader)
         await self._serve(first)
+
+    async def _protocol_error(self, exc: ProtocolError) -> None:
+        """Tell the peer what was wrong with what it sent, then close."""
+        log.warning("%s: protocol error from peer: %s", self.transport.description, exc.message)
+        with trio.move_on_after(_CLOSE_GRACE) as scope:
+            scope.shield = True
+            self._send_nowait(Error.from_exception(None, exc))
+            await self._drain()
+        self._die(SpearError(ErrorCode.UNAVAILABLE, f"protocol error: {exc.message}"))
 
     async def _heartbeat(self) -> None:
         interval = self.config.heartbeat_interval

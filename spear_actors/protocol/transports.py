@@ -56,12 +56,31 @@ class Transport(abc.ABC):
         """Send *bodies* in order; raises :class:`SpearError` UNAVAILABLE if the link is gone."""
 
     @abc.abstractmethod
+    def send_nowait(self, bodies: list[bytes]) -> bool:
+        """Send *bodies* now if the link takes them without waiting.
+
+        True when all of them went; False when the transport kept (some of) them:
+        the next :meth:`send_bodies` call, with or without bodies of its own, sends
+        what was kept first. Raises :class:`SpearError` UNAVAILABLE if the link is gone.
+        """
+
+    @abc.abstractmethod
     async def receive_body(self) -> bytes | None:
         """Return the next body, or None once the peer has closed (orderly or EOF).
 
         Raises :class:`ProtocolError` for a malformed or oversized frame and
         :class:`SpearError` UNAVAILABLE when the link breaks.
         """
+
+    can_wait_readable: bool = False
+    """Whether :meth:`wait_readable` is supported."""
+
+    async def wait_readable(self) -> None:
+        """Wait until data has arrived, without taking it (where :attr:`can_wait_readable`).
+
+        Cancelling this wait frees the link for another task's read at once.
+        """
+        raise NotImplementedError
 
     def receive_buffered(self) -> bytes | None:
         """Return a body that has already arrived, without waiting; None if there is none.
@@ -93,12 +112,34 @@ class StreamTransport(Transport):
         self.description = description
         self._decoder = FrameDecoder(max_frame_size)
         self._sent_close = False
+        self._unsent = b""
+        self._socket = stream.socket if isinstance(stream, trio.SocketStream) else None
 
-    async def send_bodies(self, bodies: list[bytes]) -> None:
+    @staticmethod
+    def _frames(bodies: list[bytes]) -> bytearray:
         out = bytearray()
         for body in bodies:
             out += len(body).to_bytes(8, "little")
             out += body
+        return out
+
+    def send_nowait(self, bodies: list[bytes]) -> bool:
+        out = self._unsent + self._frames(bodies)
+        sent = 0
+        fd = self._socket.fileno() if self._socket is not None else -1
+        if fd != -1:  # -1: not a socket, or closed (send_bodies then says which)
+            try:
+                sent = os.write(fd, out)  # the socket is non-blocking (trio's)
+            except BlockingIOError:
+                pass
+            except OSError as exc:
+                raise _lost("sending", exc) from None
+        self._unsent = bytes(out[sent:])
+        return not self._unsent
+
+    async def send_bodies(self, bodies: list[bytes]) -> None:
+        out = self._unsent + self._frames(bodies)
+        self._unsent = b""
         try:
             await self.stream.send_all(out)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
@@ -123,13 +164,24 @@ class StreamTransport(Transport):
     def receive_buffered(self) -> bytes | None:
         return self._decoder.next_body()
 
+    @property
+    def can_wait_readable(self) -> bool:  # type: ignore[override]
+        return isinstance(self.stream, trio.SocketStream)
+
+    async def wait_readable(self) -> None:
+        assert isinstance(self.stream, trio.SocketStream)
+        try:
+            await trio.lowlevel.wait_readable(self.stream.socket)
+        except (trio.ClosedResourceError, OSError, ValueError):
+            pass  # the read that follows reports the lost link
+
     async def aclose(self) -> None:
         if not self._sent_close:
             self._sent_close = True
             with trio.move_on_after(0.5) as scope:
                 scope.shield = True
                 try:
-                    await self.stream.send_all(CLOSE_FRAME)
+                    await self.stream.send_all(self._unsent + CLOSE_FRAME)
                 except (trio.BrokenResourceError, trio.ClosedResourceError, OSError, trio.BusyResourceError):
                     pass
         await trio.aclose_forcefully(self.stream)
@@ -141,8 +193,15 @@ class WebsocketTransport(Transport):
     def __init__(self, ws: trio_websocket.WebSocketConnection, *, description: str = "websocket") -> None:
         self.ws = ws
         self.description = description
+        self._kept: list[bytes] = []
+
+    def send_nowait(self, bodies: list[bytes]) -> bool:
+        self._kept += bodies  # trio-websocket has no way to send without waiting
+        return False
 
     async def send_bodies(self, bodies: list[bytes]) -> None:
+        if self._kept:
+            bodies, self._kept = self._kept + bodies, []
         try:
             for body in bodies:
                 await self.ws.send_message(body)

@@ -58,15 +58,6 @@ from spear_actors.protocol.transports import (
 PROMPTLY = 5.0
 
 
-@pytest.fixture(params=["tcp", "unix", "ws"])
-def url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
-    scheme: str = request.param
-    if scheme == "unix":
-        # a short directory: unix socket paths are limited to ~107 bytes
-        return f"unix://{tmp_path_factory.mktemp('u') / 's.sock'}"
-    return f"{scheme}://127.0.0.1:0"
-
-
 TransportHandler = Callable[[Transport], Awaitable[None]]
 
 

@@ -1,0 +1,189 @@
+"""The connection's fast paths, over real transports.
+
+* The task that reads a request serves it, and its successor takes over reading;
+  requests that arrive together in one read each get a task of their own.
+* A caller on a connection that serves nothing reads its own answer (it *leads*);
+  other callers' answers, the peer's requests and the link's death reach everyone
+  whoever is reading.
+* Small messages are written without waiting; a large one that the socket takes
+  only in part is finished by the writing task, in order with everything else.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+from spear_actors.errors import ErrorCode, SpearError
+from spear_actors.protocol.calls import IncomingRequest
+from spear_actors.protocol.connection import Connection
+from spear_actors.protocol.messages import Cancel, Error, Request, Response, Welcome
+from spear_actors.protocol.transports import Transport
+
+from .test_connection import PROMPTLY, Raw, connected, raw_client, serving
+
+
+async def test_requests_arriving_in_one_read_each_get_a_task_of_their_own(url: str) -> None:
+    n = 10
+    tasks: dict[int, trio.lowlevel.Task] = {}
+    all_in = trio.Event()
+
+    async def handler(request: IncomingRequest) -> Any:
+        tasks[request.id] = trio.lowlevel.current_task()
+        if len(tasks) == n:
+            all_in.set()
+        await all_in.wait()  # every handler is running at once, none blocks the others
+        return request.params
+
+    async with serving(url, handler) as server, raw_client(server) as client:
+        await client.hello()
+        with trio.fail_after(PROMPTLY):
+            # one write: on tcp and unix the server reads them all at once
+            await client.send(*(Request(i, "echo", i) for i in range(1, n + 1)))
+            answers = [await client.receive_skipping_pings() for _ in range(n)]
+    assert sorted(a.result for a in answers if isinstance(a, Response)) == list(range(1, n + 1))
+    assert len(set(tasks.values())) == n
+    # requests were served by the task that read them (the first of each read; on
+    # websocket, where every message is a read of its own, all of them)
+    assert any(t.name.endswith("._reader") for t in tasks.values())
+
+
+async def test_a_request_behind_a_hanging_one_in_the_same_read_is_answered(url: str) -> None:
+    async def handler(request: IncomingRequest) -> Any:
+        if request.method == "hang":
+            await trio.sleep_forever()
+        return request.params
+
+    async with serving(url, handler) as server, raw_client(server) as client:
+        await client.hello()
+        with trio.fail_after(PROMPTLY):
+            await client.send(Request(1, "hang", None), Request(2, "echo", "behind"))
+            answer = await client.receive_skipping_pings()
+            assert isinstance(answer, Response) and (answer.id, answer.result) == (2, "behind")
+            # and the hanging one is still cancellable by the peer
+            await client.send(Cancel(1, "enough"))
+            answer = await client.receive_skipping_pings()
+    assert isinstance(answer, Error) and (answer.id, answer.code) == (1, ErrorCode.CANCELLED.value)
+
+
+def _leads(connection: Connection, url: str) -> None:
+    # tcp and unix connections that serve nothing let callers read; ws never does
+    assert connection._can_lead == (not url.startswith("ws"))
+
+
+async def test_a_cancelled_leader_hands_reading_over(url: str) -> None:
+    gate = trio.Event()
+
+    async def handler(request: IncomingRequest) -> Any:
+        if request.method == "hang":
+            await trio.sleep_forever()
+        await gate.wait()
+        return request.params
+
+    async with serving(url, handler) as server, connected(server) as connection:
+        _leads(connection, url)
+        answers: list[Any] = []
+        with trio.fail_after(PROMPTLY):
+            async with trio.open_nursery() as nursery:
+                leader_scope = trio.CancelScope()
+
+                async def leader() -> None:
+                    with leader_scope:
+                        await connection.request("hang")
+
+                async def follower() -> None:
+                    answers.append(await connection.request("gated", "after the leader left"))
+
+                nursery.start_soon(leader)
+                await trio.testing.wait_all_tasks_blocked()
+                nursery.start_soon(follower)
+                await trio.testing.wait_all_tasks_blocked()
+                if connection._can_lead:
+                    assert connection._leader is not None  # the first caller leads
+                leader_scope.cancel()
+                await trio.testing.wait_all_tasks_blocked()
+                assert connection._leader is None
+                gate.set()  # the follower's answer comes only now: someone must read it
+    assert answers == ["after the leader left"]
+
+
+async def test_many_callers_mixing_leaders_and_followers_all_get_their_answers(url: str) -> None:
+    async def handler(request: IncomingRequest) -> Any:
+        for _ in range(request.params % 3):
+            await trio.lowlevel.checkpoint()
+        return request.params * 2
+
+    results: dict[int, int] = {}
+    async with serving(url, handler) as server, connected(server) as connection:
+        _leads(connection, url)
+
+        async def caller(first: int) -> None:
+            for i in range(first, first + 50):  # sequential per caller: each may lead
+                results[i] = await connection.request("double", i)
+
+        with trio.fail_after(30):
+            async with trio.open_nursery() as nursery:
+                for c in range(20):
+                    nursery.start_soon(caller, c * 50)
+    assert results == {i: 2 * i for i in range(1000)}
+
+
+async def test_peer_request_read_by_a_leader_is_refused_not_found(url: str) -> None:
+    got_request = trio.Event()
+    refusal: list[Any] = []
+
+    async def asking_peer(transport: Transport) -> None:
+        raw = Raw(transport)
+        await raw.welcome(Welcome())
+        request = await raw.receive_skipping_pings()
+        assert isinstance(request, Request)
+        got_request.set()
+        await raw.send(Request(7, "anything", None))  # to a client that serves nothing
+        refusal.append(await raw.receive_skipping_pings())
+        await raw.send(Response(request.id, "done"))
+        await trio.sleep_forever()
+
+    async with serving(url, on_transport=asking_peer) as server, connected(server) as connection:
+        _leads(connection, url)
+        with trio.fail_after(PROMPTLY):
+            assert await connection.request("go") == "done"
+    [answer] = refusal
+    assert isinstance(answer, Error) and (answer.id, answer.code) == (7, ErrorCode.NOT_FOUND.value)
+
+
+async def test_a_leader_fails_unavailable_at_once_when_the_peer_vanishes(url: str) -> None:
+    async def vanishing_peer(transport: Transport) -> None:
+        raw = Raw(transport)
+        await raw.welcome(Welcome())
+        assert isinstance(await raw.receive_skipping_pings(), Request)
+        await raw.abort()
+
+    async with serving(url, on_transport=vanishing_peer) as server, connected(server) as connection:
+        _leads(connection, url)
+        with trio.fail_after(PROMPTLY), pytest.raises(SpearError) as info:
+            await connection.request("slow", timeout=60)
+    assert info.value.code == ErrorCode.UNAVAILABLE
+
+
+async def test_a_message_larger_than_the_socket_buffer_arrives_whole_among_small_ones(url: str) -> None:
+    big = bytes(range(256)) * (8 * 4096)  # 8 MiB: more than one non-blocking write takes
+
+    async def handler(request: IncomingRequest) -> Any:
+        return request.params
+
+    async with serving(url, handler) as server, connected(server) as connection:
+        results: dict[str, Any] = {}
+
+        async def call(key: str, params: Any) -> None:
+            results[key] = await connection.request("echo", params)
+
+        with trio.fail_after(30):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(call, "big", big)
+                for i in range(20):
+                    nursery.start_soon(call, f"small {i}", i)
+    assert results.pop("big") == big
+    assert results == {f"small {i}": i for i in range(20)}

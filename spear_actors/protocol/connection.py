@@ -121,7 +121,7 @@ class Connection:
         self._can_lead = handler is None and transport.can_wait_readable
         self._leader: _PendingCall | None = None
         self._leader_scope: trio.CancelScope | None = None
-        self._lead_released = trio.Event()
+        self._lead_released = trio.lowlevel.ParkingLot()  # the reader, while a caller leads
         self._reader_idle: trio.CancelScope | None = None
         self._reader_busy = False
         self.on_unconfirmed_cancel: Callable[[str, int], None] | None = None
@@ -352,14 +352,13 @@ class Connection:
         if not self._can_lead or self._leader is not None or self._reader_busy or self.closed:
             return False
         self._leader = call
-        self._lead_released = trio.Event()
         if self._reader_idle is not None:
             self._reader_idle.cancel()
         return True
 
     def _end_lead(self) -> None:
         self._leader = None
-        self._lead_released.set()
+        self._lead_released.unpark_all()
 
     async def _read_until(self, call: _PendingCall) -> None:
         """Read and dispatch until *call* is answered (or the connection dies)."""
@@ -394,7 +393,7 @@ class Connection:
         nobody leads and data has arrived."""
         while True:
             if self._leader is not None:
-                await self._lead_released.wait()
+                await self._lead_released.park()
                 continue
             with trio.CancelScope() as self._reader_idle:
                 await self.transport.wait_readable()

@@ -124,7 +124,10 @@ class StreamTransport(Transport):
         return out
 
     def send_nowait(self, bodies: list[bytes]) -> bool:
-        out = self._unsent + self._frames(bodies)
+        if len(bodies) == 1 and not self._unsent:  # the common case, without copies
+            out: bytes | bytearray = len(bodies[0]).to_bytes(8, "little") + bodies[0]
+        else:
+            out = self._unsent + self._frames(bodies)
         sent = 0
         fd = self._socket.fileno() if self._socket is not None else -1
         if fd != -1:  # -1: not a socket, or closed (send_bodies then says which)
@@ -134,8 +137,11 @@ class StreamTransport(Transport):
                 pass
             except OSError as exc:
                 raise _lost("sending", exc) from None
+        if sent == len(out):
+            self._unsent = b""
+            return True
         self._unsent = bytes(out[sent:])
-        return not self._unsent
+        return False
 
     async def send_bodies(self, bodies: list[bytes]) -> None:
         out = self._unsent + self._frames(bodies)

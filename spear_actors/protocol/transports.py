@@ -160,12 +160,25 @@ class StreamTransport(Transport):
             if decoder.closed:
                 return None
             try:
-                data = await self.stream.receive_some(_RECEIVE_SIZE)
+                data = await self._receive_some()
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                 raise _lost("receiving", exc) from None
             if not data:
                 return None
-            decoder.feed(bytes(data))
+            decoder.feed(data)
+
+    async def _receive_some(self) -> bytes:
+        if self._socket is None:
+            return bytes(await self.stream.receive_some(_RECEIVE_SIZE))
+        # Wait first, then read: a reader almost always comes before its data, and
+        # trying to read first costs a refused read and its exception every time.
+        fd = self._socket.fileno()
+        while True:
+            await trio.lowlevel.wait_readable(self._socket)
+            try:
+                return os.read(fd, _RECEIVE_SIZE)
+            except BlockingIOError:
+                continue
 
     def receive_buffered(self) -> bytes | None:
         return self._decoder.next_body()

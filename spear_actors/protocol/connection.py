@@ -42,6 +42,7 @@ from .messages import (
     decode_message,
     encode_message,
 )
+from .outbox import Outbox
 from .transports import Transport
 
 __all__ = ["Connection", "ConnectionConfig"]
@@ -104,20 +105,19 @@ class Connection:
         # slot, and its acquire_nowait is several times cheaper on this hot path.
         self._handler_slots = trio.Semaphore(config.max_inflight_handlers)
         self._serving_room = trio.Event()
-        self._outbox: list[bytes] = []
-        self._outbox_bytes = 0
-        self._outbox_ready = trio.Event()
-        self._drained = trio.Event()
-        self._sent = trio.Event()
-        self._writing = False
-        self._writing_directly = False
+        self._outbox = Outbox(
+            transport,
+            high_water=config.send_high_water,
+            check_open=self._check_open,
+            on_lost=self._die,
+        )
         self._closed_event = trio.Event()
         self._close_reason: SpearError | None = None
         self._last_received = trio.current_time()
         self._ping_seq = 0
         self._nursery: trio.Nursery | None = None
         # Callers that read their own answer (see _try_lead): on a connection that
-        # serves no requests and whose transport can wait for data without taking it.
+        # serves no requests, over a transport that can wait for data without taking it.
         self._can_lead = handler is None and transport.can_wait_readable
         self._leader: _PendingCall | None = None
         self._leader_scope: trio.CancelScope | None = None
@@ -266,70 +266,15 @@ class Connection:
         """Queue a message without waiting for room (control messages, final answers)."""
         if self.closed:
             return
-        self._enqueue(self._encode(message))
+        self._outbox.put_nowait(self._encode(message))
 
     async def _send(self, message: Message) -> None:
-        """Queue a message, waiting while the send queue is above its high-water mark."""
-        body = self._encode(message)
-        while self._outbox_bytes > self.config.send_high_water:
-            self._check_open()
-            await self._drained.wait()
-        self._check_open()
-        if self._writing or self._outbox:
-            self._enqueue(body)
-            return
-        # The writer is idle: write now, in this task, and save the hand-off to it
-        # (a pass of trio's run loop per message). First without waiting at all,
-        # which is what a small message on a socket with room needs.
-        try:
-            if self.transport.send_nowait([body]):
-                return
-        except SpearError as exc:
-            self._die(exc)
-            raise
-        # The rest, kept by the transport, goes out with this task's next write.
-        # Shielded, because a frame cut in half by a cancel would corrupt the stream;
-        # a blocked write still ends when the connection dies (heartbeat, close),
-        # which closes the transport under it.
-        self._writing = self._writing_directly = True
-        try:
-            with trio.CancelScope(shield=True):
-                batch: list[bytes] = []
-                while True:
-                    await self.transport.send_bodies(batch)
-                    # What other tasks queued while this write was under way goes
-                    # out now, rather than one or two passes later from the writer.
-                    batch = self._take_outbox()
-                    if not batch:
-                        break
-        except SpearError as exc:
-            self._die(exc)
-            raise
-        finally:
-            self._writing = self._writing_directly = False
-            sent, self._sent = self._sent, trio.Event()
-            sent.set()
-            if self._outbox:
-                self._outbox_ready.set()
-
-    def _take_outbox(self) -> list[bytes]:
-        """Everything queued for sending, leaving the queue empty (and senders free)."""
-        batch, self._outbox, self._outbox_bytes = self._outbox, [], 0
-        if batch:
-            drained, self._drained = self._drained, trio.Event()
-            drained.set()
-        return batch
-
-    def _enqueue(self, body: bytes) -> None:
-        self._outbox.append(body)
-        self._outbox_bytes += len(body)
-        if not self._writing_directly:  # a direct writer sends it, or hands it over
-            self._outbox_ready.set()
+        """Send a message, waiting while the send queue is above its high-water mark."""
+        await self._outbox.send(self._encode(message))
 
     async def _drain(self) -> None:
-        """Wait until the writer has sent everything queued so far (or died)."""
-        while (self._outbox or self._writing) and not self.closed:
-            await self._sent.wait()
+        """Wait until everything queued so far has been written (or the link died)."""
+        await self._outbox.flush()
 
     def _check_open(self) -> None:
         if self._close_reason is not None:
@@ -345,8 +290,10 @@ class Connection:
     # pass of trio's run loop per call: the reader wakes, then wakes the caller.
     # So a caller may *lead*: read the link itself until its answer has come,
     # dispatching whatever else arrives. One leader at a time; the reader task
-    # reads only while nobody leads, and waits for data without taking it, so a
-    # new leader can take over at once by cancelling that wait.
+    # reads only while nobody leads, and waits for data without taking it
+    # (wait_readable), so a new leader takes over at once by cancelling that wait.
+    # Not over websocket: there trio-websocket's own task reads the socket, and
+    # letting callers take messages from it measured no faster.
 
     def _try_lead(self, call: _PendingCall) -> bool:
         if not self._can_lead or self._leader is not None or self._reader_busy or self.closed:
@@ -388,25 +335,34 @@ class Connection:
         else:
             self._dispatch(message)
 
-    async def _wait_for_turn(self) -> None:
-        """The reader's wait on a connection whose callers lead: return once
-        nobody leads and data has arrived."""
+    async def _receive_as_reader(self) -> bytes | None:
+        """The reader task's next body (None: the peer closed), never while a caller leads."""
+        transport = self.transport
+        if not self._can_lead:
+            return await transport.receive_body()
         while True:
+            body = transport.receive_buffered()
+            if body is not None:
+                return body
             if self._leader is not None:
                 await self._lead_released.park()
                 continue
             with trio.CancelScope() as self._reader_idle:
-                await self.transport.wait_readable()
+                await transport.wait_readable()
             self._reader_idle = None
-            if self._leader is None:
-                return
+            if self._leader is None:  # else a caller took over while we waited
+                self._reader_busy = True
+                try:
+                    return await transport.receive_body()
+                finally:
+                    self._reader_busy = False
 
     # -- background tasks ----------------------------------------------------
     async def _run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
-                nursery.start_soon(self._writer)
+                nursery.start_soon(self._outbox.run_writer)
                 nursery.start_soon(self._reader)
                 nursery.start_soon(self._heartbeat)
                 task_status.started()
@@ -427,34 +383,10 @@ class Connection:
             incoming.cancel_scope.cancel()
         if self._leader_scope is not None:
             self._leader_scope.cancel()
-        self._drained.set()
-        self._sent.set()
-        self._outbox_ready.set()
+        self._outbox.close()
         self._closed_event.set()
         if self._nursery is not None:
             self._nursery.cancel_scope.cancel()
-
-    async def _writer(self) -> None:
-        while True:
-            await self._outbox_ready.wait()
-            if self.closed:
-                return
-            while self._writing:  # a sender is writing directly (see _send)
-                await self._sent.wait()
-            self._outbox_ready = trio.Event()
-            batch = self._take_outbox()
-            if not batch:
-                continue
-            self._writing = True
-            try:
-                await self.transport.send_bodies(batch)
-            except SpearError as exc:
-                self._die(exc)
-                return
-            finally:
-                self._writing = False
-                sent, self._sent = self._sent, trio.Event()
-                sent.set()
 
     async def _reader(self) -> None:
         """Read and dispatch messages until a request arrives; then serve it.
@@ -470,15 +402,7 @@ class Connection:
         try:
             while True:
                 if first is None:
-                    body = transport.receive_buffered() if self._can_lead else None
-                    if body is None:
-                        if self._can_lead:
-                            await self._wait_for_turn()
-                        self._reader_busy = True
-                        try:
-                            body = await transport.receive_body()
-                        finally:
-                            self._reader_busy = False
+                    body = await self._receive_as_reader()
                     if body is None:
                         self._die(SpearError(ErrorCode.UNAVAILABLE, "peer closed the connection"))
                         return

@@ -60,7 +60,7 @@ INFLIGHT = (1, 8, 64)
 SEQ_P50_TARGET = 1.3
 THROUGHPUT_64_TARGET = 0.6
 _HEADER = struct.Struct("<Q")
-_RECEIVE = 256 * 1024
+_RECEIVE = 64 * 1024  # trio's default; 128 KiB or more costs an mmap per read here
 
 
 # -- raw baseline: framing + msgpack, nothing else --------------------------------------

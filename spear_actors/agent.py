@@ -244,7 +244,7 @@ class Agent:
             if decoder.closed:
                 raise _Stop
             try:
-                data = sock.recv(262144)
+                data = sock.recv(65536)  # not more: see protocol/transports.py
             except OSError:
                 raise _Stop from None
             if not data:

@@ -9,7 +9,11 @@ Measures:
   * cold start: spawn → READY of one agent process;
 and the floors: a raw trio-websocket echo, a raw trio unix-socket echo (same
 8-byte framing + msgpack, no correlation layer), a bare python+msgpack dial-back,
-and Ray's local actor call when ``ray`` is importable.
+and Ray's local actor call when ``ray`` is importable. Two reference lines show
+where the floor stands against the design: the cheapest round trip to a real agent
+process (a bare python+msgpack echo child, no threads, no protocol), and the
+runtime's ``execute`` straight to the agent (the protocol on the agent link and the
+agent SDK, but no actors, no gateway).
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from _timing import p50_p99, timed_calls  # noqa: E402
 from spear_actors import connect, open_node  # noqa: E402
 from spear_actors.config import NodeConfig  # noqa: E402
 from spear_actors.model import ArtifactSpec  # noqa: E402
-from spear_actors.runtimes.base import InstanceSpec  # noqa: E402
+from spear_actors.runtimes.base import Call, InstanceSpec  # noqa: E402
 from spear_actors.runtimes.process import ProcessRuntime  # noqa: E402
 
 AGENT = ROOT / "examples" / "hello_agent.py"
@@ -173,6 +177,49 @@ async def raw_unix_echo(n: int) -> tuple[float, float]:
     return result
 
 
+ECHO_CHILD = """
+import os, socket, msgpack
+s = socket.socket(socket.AF_UNIX); s.connect(os.environ["ADDR"])
+buffer = b""
+while True:
+    while len(buffer) < 8 or len(buffer) < 8 + int.from_bytes(buffer[:8], "little"):
+        data = s.recv(65536)
+        if not data:
+            raise SystemExit
+        buffer += data
+    length = int.from_bytes(buffer[:8], "little")
+    body = msgpack.packb(msgpack.unpackb(buffer[8:8 + length]))
+    buffer = buffer[8 + length:]
+    s.sendall(len(body).to_bytes(8, "little") + body)
+"""
+
+
+async def bare_process_echo(n: int) -> tuple[float, float]:
+    """The cheapest round trip to another python process: blocking socket, no threads."""
+    path = tempfile.mktemp(suffix=".sock")
+    sock = trio.socket.socket(trio.socket.AF_UNIX)
+    await sock.bind(path)
+    sock.listen()
+    process = await trio.lowlevel.open_process([sys.executable, "-c", ECHO_CHILD], env={**os.environ, "ADDR": path})
+    conn, _ = await sock.accept()
+    stream = trio.SocketStream(conn)
+    buffer = bytearray()
+    body = msgpack.packb(PAYLOAD)
+
+    async def call() -> None:
+        await stream.send_all(len(body).to_bytes(8, "little") + body)
+        while len(buffer) < 8 or len(buffer) < 8 + int.from_bytes(buffer[:8], "little"):
+            buffer.extend(await stream.receive_some(65536))
+        del buffer[:8 + int.from_bytes(buffer[:8], "little")]
+
+    result = await sequential(call, n)
+    await stream.aclose()
+    await process.wait()
+    sock.close()
+    os.unlink(path)
+    return result
+
+
 DIAL_BACK = """
 import os, socket, msgpack
 s = socket.socket(socket.AF_UNIX); s.connect(os.environ["ADDR"])
@@ -226,6 +273,20 @@ def ray_actor_call(n: int) -> tuple[float, float] | None:
 
 
 # -- spear_actors ---------------------------------------------------------------------
+async def runtime_execute(n: int) -> tuple[float, float]:
+    """``execute`` on a warm process instance: the agent link and the agent, no actors."""
+    runtime = ProcessRuntime(f"unix://{tempfile.mkdtemp()}/agents.sock")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(runtime.run)
+        spec = InstanceSpec("direct", "t", "t", ArtifactSpec(location=str(AGENT)), AGENT)
+        async with runtime.open_instance(spec) as instance:
+            result = await sequential(
+                lambda: instance.execute(Call("x", "echo", PAYLOAD), None, lambda line: None), n
+            )
+        nursery.cancel_scope.cancel()
+    return result
+
+
 async def cold_start(runs: int) -> tuple[float, float]:
     runtime = ProcessRuntime(f"unix://{tempfile.mkdtemp()}/agents.sock")
     samples = []
@@ -258,8 +319,12 @@ async def main(quick: bool) -> None:
         row("ray local actor call", *ray)
     else:
         print("  (ray not importable: skipped)")
+    echo_p50, echo_p99 = await bare_process_echo(n)
+    row("ref: bare python process echo (unix)", echo_p50, echo_p99,
+        note=f"+ ws echo = {(ws_p50 + echo_p50) * 1e6:.0f} µs, against the 1.3x target of {1.3 * floor * 1e6:.0f} µs")
 
     print("\nspear_actors:")
+    row("ref: runtime execute, straight to the agent", *await runtime_execute(n))
     cold_p50, cold_p99 = await cold_start(10 if quick else 30)
     row("cold start: spawn → READY (python agent)", cold_p50, cold_p99,
         note=f"target ≤ 25 ms; {cold_p50 / dial_p50:.2f}x bare dial-back")

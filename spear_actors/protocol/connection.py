@@ -25,6 +25,7 @@ import trio
 from ..errors import ErrorCode, SpearError
 from .calls import Handler, IncomingRequest, ResponseStream, _PendingCall
 from .framing import DEFAULT_MAX_FRAME_SIZE, ProtocolError
+from .inline import run_inline
 from .messages import (
     Cancel,
     Credit,
@@ -435,9 +436,18 @@ class Connection:
         except SpearError as exc:
             self._die(exc)
             return
-        assert self._nursery is not None
-        self._nursery.start_soon(self._reader)
-        await self._serve(first)
+        # The successor starts when this task is about to wait: a handler that
+        # answers without waiting has its answer written before the spawn.
+        successor = _Once(self._start_reader)
+        try:
+            await self._serve(first, successor)
+        finally:
+            successor()
+
+    def _start_reader(self) -> None:
+        if not self.closed:
+            assert self._nursery is not None
+            self._nursery.start_soon(self._reader)
 
     async def _protocol_error(self, exc: ProtocolError) -> None:
         """Tell the peer what was wrong with what it sent, then close."""
@@ -536,7 +546,12 @@ class Connection:
         assert self._nursery is not None
         self._nursery.start_soon(self._serve, incoming)
 
-    async def _serve(self, incoming: IncomingRequest) -> None:
+    async def _serve(self, incoming: IncomingRequest, before_waiting: Callable[[], None] | None = None) -> None:
+        """Run the handler for *incoming* and send its one answer.
+
+        *before_waiting* (from the reader that read the request) is called before
+        this task first waits for anything: then someone else must read.
+        """
         assert self._handler is not None
         reply: Message
         scope = incoming.cancel_scope
@@ -549,9 +564,14 @@ class Connection:
                 try:
                     self._handler_slots.acquire_nowait()
                 except trio.WouldBlock:
+                    if before_waiting is not None:
+                        before_waiting()
                     await self._handler_slots.acquire()
                 try:
-                    result = await self._handler(incoming)
+                    if before_waiting is None:
+                        result = await self._handler(incoming)
+                    else:
+                        result = await run_inline(self._handler(incoming), before_waiting)
                 finally:
                     self._handler_slots.release()
                 if incoming.is_stream:
@@ -578,10 +598,24 @@ class Connection:
             del self._serving[incoming.id]
             self._serving_room.set()
         try:
-            await self._send(reply)
+            await self._outbox.send(self._encode(reply), before_waiting)
         except SpearError as exc:  # the result cannot be sent: say why instead
             if not self.closed:
                 self._send_nowait(Error.from_exception(incoming.id, exc))
+
+
+class _Once:
+    """Call *fn* the first time this is called; later calls do nothing."""
+
+    __slots__ = ("_fn",)
+
+    def __init__(self, fn: Callable[[], None]) -> None:
+        self._fn: Callable[[], None] | None = fn
+
+    def __call__(self) -> None:
+        fn, self._fn = self._fn, None
+        if fn is not None:
+            fn()
 
 
 def _ms(timeout: float | None) -> int | None:

@@ -56,14 +56,18 @@ class Outbox:
         if not self._writing_directly:  # a direct writer sends it, or hands it over
             self._ready.set()
 
-    async def send(self, body: bytes) -> None:
+    async def send(self, body: bytes, before_waiting: Callable[[], None] | None = None) -> None:
         """Send *body*, first waiting while more than the high-water mark is queued.
 
-        Raises the connection's error if it is closed, or the transport's
-        :class:`SpearError` if this task's own write fails.
+        *before_waiting* is called before this task would first wait (for room, or
+        for a write the link does not take at once). Raises the connection's error
+        if it is closed, or the transport's :class:`SpearError` if this task's own
+        write fails.
         """
         while self._queued_bytes > self._high_water:
             self._check_open()
+            if before_waiting is not None:
+                before_waiting()
             await self._drained.wait()
         self._check_open()
         if self._writing or self._queue:
@@ -76,6 +80,8 @@ class Outbox:
             self._on_lost(exc)
             raise
         # The rest, kept by the transport, goes out with this task's next write.
+        if before_waiting is not None:
+            before_waiting()
         # Shielded, because a frame cut in half by a cancel would corrupt the stream;
         # a blocked write still ends when the connection dies (heartbeat, close),
         # which closes the transport under it.

@@ -187,3 +187,22 @@ async def test_a_message_larger_than_the_socket_buffer_arrives_whole_among_small
                     nursery.start_soon(call, f"small {i}", i)
     assert results.pop("big") == big
     assert results == {f"small {i}": i for i in range(20)}
+
+
+async def test_a_blocked_answer_never_stops_the_reading_of_the_next_request(url: str) -> None:
+    # A raw client writes two large requests in one go and reads nothing until that
+    # write is done. The first answer is too large for the socket, so its write waits
+    # for the client to read; the client reads only after the server has read the
+    # second request. So someone must read while the first answer waits: served
+    # inline by the reader, the request hands reading over before that write waits.
+    big = b"y" * (6 * 1024 * 1024)
+
+    async def handler(request: IncomingRequest) -> Any:
+        return request.params
+
+    async with serving(url, handler) as server, raw_client(server) as client:
+        await client.hello()
+        with trio.fail_after(30):
+            await client.send(Request(1, "echo", big), Request(2, "echo", big))
+            answers = [await client.receive_skipping_pings() for _ in range(2)]
+    assert sorted((a.id, a.result == big) for a in answers if isinstance(a, Response)) == [(1, True), (2, True)]

@@ -102,6 +102,7 @@ class Connection:
         self._ids = itertools.count(1)
         self._pending: dict[int, _PendingCall | ResponseStream] = {}
         self._serving: dict[int, IncomingRequest] = {}
+        self._handlers_starting = 0  # started by the reader, not yet running
         # A semaphore, not a CapacityLimiter: it need not track which task holds a
         # slot, and its acquire_nowait is several times cheaper on this hot path.
         self._handler_slots = trio.Semaphore(config.max_inflight_handlers)
@@ -544,15 +545,20 @@ class Connection:
 
     def _spawn_server(self, incoming: IncomingRequest) -> None:
         assert self._nursery is not None
-        self._nursery.start_soon(self._serve, incoming)
+        self._handlers_starting += 1
+        self._nursery.start_soon(self._serve, incoming, None, True)
 
-    async def _serve(self, incoming: IncomingRequest, before_waiting: Callable[[], None] | None = None) -> None:
+    async def _serve(
+        self, incoming: IncomingRequest, before_waiting: Callable[[], None] | None = None, spawned: bool = False
+    ) -> None:
         """Run the handler for *incoming* and send its one answer.
 
         *before_waiting* (from the reader that read the request) is called before
         this task first waits for anything: then someone else must read.
         """
         assert self._handler is not None
+        if spawned:
+            self._handlers_starting -= 1
         reply: Message
         scope = incoming.cancel_scope
         if incoming.timeout_ms is not None:
@@ -598,7 +604,12 @@ class Connection:
             del self._serving[incoming.id]
             self._serving_room.set()
         try:
-            await self._outbox.send(self._encode(reply), before_waiting)
+            if spawned and self._handlers_starting:
+                # more handlers of the same read run in this pass: the last one
+                # writes every answer at once (the writer, a pass later, if it waits)
+                self._outbox.put_nowait(self._encode(reply))
+            else:
+                await self._outbox.send(self._encode(reply), before_waiting)
         except SpearError as exc:  # the result cannot be sent: say why instead
             if not self.closed:
                 self._send_nowait(Error.from_exception(incoming.id, exc))

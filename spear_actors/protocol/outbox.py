@@ -70,11 +70,11 @@ class Outbox:
                 before_waiting()
             await self._drained.wait()
         self._check_open()
-        if self._writing or self._queue:
+        if self._writing:
             self.put_nowait(body)
             return
         try:
-            if self._transport.send_nowait([body]):
+            if self._transport.send_nowait([*self._take(), body]):
                 return
         except SpearError as exc:
             self._on_lost(exc)

@@ -206,3 +206,21 @@ async def test_a_blocked_answer_never_stops_the_reading_of_the_next_request(url:
             await client.send(Request(1, "echo", big), Request(2, "echo", big))
             answers = [await client.receive_skipping_pings() for _ in range(2)]
     assert sorted((a.id, a.result == big) for a in answers if isinstance(a, Response)) == [(1, True), (2, True)]
+
+
+async def test_answers_of_one_read_arrive_even_when_the_last_handler_to_run_waits(url: str) -> None:
+    # Handlers started by one read write their answers together, when the last of
+    # them runs; if that one waits instead, the others' answers must still go out.
+    async def handler(request: IncomingRequest) -> Any:
+        if request.method == "hang":
+            await trio.sleep_forever()
+        return request.params
+
+    async with serving(url, handler) as server, raw_client(server) as client:
+        await client.hello()
+        requests = [Request(1, "echo", 1), Request(2, "echo", 2), Request(3, "hang", None)]
+        requests += [Request(4, "echo", 4), Request(5, "hang", None), Request(6, "hang", None)]
+        with trio.fail_after(PROMPTLY):
+            await client.send(*requests)
+            answers = [await client.receive_skipping_pings() for _ in range(3)]
+    assert sorted(a.id for a in answers if isinstance(a, Response)) == [1, 2, 4]

@@ -144,7 +144,8 @@ class InstanceActor(Actor[InstanceMessage]):
             log.exception("%s: execution %s crashed", self.name, call.execution_id)
             reply.fail(SpearError(ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}"))
         finally:
-            del self._running[call.execution_id]
+            if self._running.get(call.execution_id, (None, None))[1] is message:
+                del self._running[call.execution_id]
             if not reply.done:
                 reply.fail(
                     self._failure
@@ -152,7 +153,7 @@ class InstanceActor(Actor[InstanceMessage]):
                 )
             if not self._running and self.status is InstanceStatus.RUNNING:
                 self.status = InstanceStatus.READY
-            self._parent.post(ExecutionFinished(self.spec.instance_id, call.execution_id))
+            self._parent.post(ExecutionFinished(self.spec.instance_id, call.execution_id, message))
 
 
 def _ms_since(start: float) -> float:

@@ -260,10 +260,13 @@ class InstanceExited:
 
 @dataclasses.dataclass(slots=True)
 class ExecutionFinished:
-    """The instance has a free slot again."""
+    """The instance has a free slot again: *execute* has ended there."""
 
     instance_id: str
     execution_id: str
+    execute: Execute
+    """The message that ended (a retried call is dispatched again under the same
+    execution id: the task tells the attempts apart by this object)."""
 
 
 TaskMessage = (

@@ -132,7 +132,8 @@ class TaskActor(Actor[TaskMessage]):
         self._policy = policy
         self._slots: dict[str, _Slot] = {}
         self._pending: collections.deque[_Pending] = collections.deque()
-        self._running: dict[str, tuple[str, Submit]] = {}
+        # execution id → (instance id, submission, the Execute sent for this attempt)
+        self._running: dict[str, tuple[str, Submit, Execute]] = {}
         """execution id → (instance running it, the call as it was submitted)"""
         self._wakeup = trio.Event()
         self._timer_at = math.inf
@@ -156,7 +157,7 @@ class TaskActor(Actor[TaskMessage]):
             self._submit(message)
         elif isinstance(message, ExecutionFinished):
             slot = self._slots.get(message.instance_id)
-            self._running.pop(message.execution_id, None)
+            self._forget_attempt(message.execution_id, message.execute)
             if slot is not None:
                 slot.inflight -= 1
                 slot.last_used = trio.current_time()
@@ -240,8 +241,9 @@ class TaskActor(Actor[TaskMessage]):
                 # This attempt answers the task, which may run it again elsewhere.
                 reply = Reply()
                 reply.on_done = functools.partial(self._attempt_ended, submit)
+            execute = Execute(call, reply, submit.sink)
             try:
-                slot.work.tell_nowait(Execute(call, reply, submit.sink))
+                slot.work.tell_nowait(execute)
             except SpearError:
                 # The instance is stopping (its InstanceExited is on the way): skip it.
                 slot.ready = False
@@ -249,7 +251,7 @@ class TaskActor(Actor[TaskMessage]):
             self._pending.popleft()
             slot.inflight += 1
             slot.executions += 1
-            self._running[call.execution_id] = (slot.instance_id, submit)
+            self._running[call.execution_id] = (slot.instance_id, submit, execute)
             if self._parent is not None:
                 self._parent.post(ExecutionStarted(call.execution_id, slot.instance_id))
         if self._pending:
@@ -281,6 +283,10 @@ class TaskActor(Actor[TaskMessage]):
             and self._stop_reason is None
         ):
             log.info("%s: retrying %s after: %s", self.name, submit.call.execution_id, error.message)
+            running = self._running.get(submit.call.execution_id)
+            failed = self._slots.get(running[0]) if running is not None else None
+            if failed is not None:
+                failed.ready = False  # it is dying (its InstanceExited follows): not there again
             submit.retries -= 1
             self._pending.appendleft(_Pending(submit))
         elif error is not None:
@@ -383,6 +389,15 @@ class TaskActor(Actor[TaskMessage]):
         if self._parent is not None:
             self._parent.post(TaskInstances(self.definition.task_id, len(self._slots), self.status.value))
 
+    def _forget_attempt(self, execution_id: str, execute: Execute) -> Submit | None:
+        """Drop the running entry of *execute*; its submission, or None when the
+        entry is another (later) attempt of the same execution id."""
+        running = self._running.get(execution_id)
+        if running is None or running[2] is not execute:
+            return None
+        del self._running[execution_id]
+        return running[1]
+
     def _instance_exited(self, message: InstanceExited) -> None:
         slot = self._slots.pop(message.instance_id, None)
         self._report_instances()
@@ -390,9 +405,9 @@ class TaskActor(Actor[TaskMessage]):
         # caller's reply, deadline and retries): failed if the task is stopping,
         # else back to the head of the queue.
         unstarted = [
-            running[1]
+            submit
             for execute in message.unstarted
-            if (running := self._running.pop(execute.call.execution_id, None)) is not None
+            if (submit := self._forget_attempt(execute.call.execution_id, execute)) is not None
         ]
         if self._stop_reason is not None:
             for submit in unstarted:

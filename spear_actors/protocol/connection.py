@@ -122,7 +122,6 @@ class Connection:
         # serves no requests, over a transport that can wait for data without taking it.
         self._can_lead = handler is None and transport.can_wait_readable
         self._leader: _PendingCall | None = None
-        self._leader_scope: trio.CancelScope | None = None
         self._lead_released = trio.lowlevel.ParkingLot()  # the reader, while a caller leads
         self._reader_idle: trio.CancelScope | None = None
         self._reader_busy = False
@@ -313,23 +312,20 @@ class Connection:
         """Read and dispatch until *call* is answered (or the connection dies)."""
         transport = self.transport
         try:
-            with trio.CancelScope() as self._leader_scope:
-                while not call.event.is_set():
-                    body = await transport.receive_body()
-                    if body is None:
-                        self._die(SpearError(ErrorCode.UNAVAILABLE, "peer closed the connection"))
-                        return
-                    self._last_received = trio.current_time()
-                    self._dispatch_as_leader(decode_message(body))
-                # what the same read brought in for other callers is theirs now
-                while not self.closed and (body := transport.receive_buffered()) is not None:
-                    self._dispatch_as_leader(decode_message(body))
+            while not call.event.is_set():
+                body = await transport.receive_body()
+                if body is None:
+                    self._die(SpearError(ErrorCode.UNAVAILABLE, "peer closed the connection"))
+                    return
+                self._last_received = trio.current_time()
+                self._dispatch_as_leader(decode_message(body))
+            # what the same read brought in for other callers is theirs now
+            while not self.closed and (body := transport.receive_buffered()) is not None:
+                self._dispatch_as_leader(decode_message(body))
         except ProtocolError as exc:
             await self._protocol_error(exc)
         except SpearError as exc:
             self._die(exc)
-        finally:
-            self._leader_scope = None
 
     def _dispatch_as_leader(self, message: Message) -> None:
         if isinstance(message, Request):
@@ -383,8 +379,10 @@ class Connection:
         self._pending.clear()
         for incoming in self._serving.values():
             incoming.cancel_scope.cancel()
-        if self._leader_scope is not None:
-            self._leader_scope.cancel()
+        if self._leader is not None:
+            # wake the leader's read (a cancel scope around each read would cost
+            # every call more than this costs the one that dies)
+            self.transport.interrupt_receive()
         self._outbox.close()
         self._closed_event.set()
         if self._nursery is not None:

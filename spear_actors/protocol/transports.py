@@ -84,6 +84,11 @@ class Transport(abc.ABC):
         """
         raise NotImplementedError
 
+    @abc.abstractmethod
+    def interrupt_receive(self) -> None:
+        """Make a wait for data in :meth:`receive_body` fail at once (the link is being
+        abandoned; close it next)."""
+
     def receive_buffered(self) -> bytes | None:
         """Return a body that has already arrived, without waiting; None if there is none.
 
@@ -185,6 +190,10 @@ class StreamTransport(Transport):
     def receive_buffered(self) -> bytes | None:
         return self._decoder.next_body()
 
+    def interrupt_receive(self) -> None:
+        if self._socket is not None and self._socket.fileno() != -1:
+            trio.lowlevel.notify_closing(self._socket)
+
     @property
     def can_wait_readable(self) -> bool:  # type: ignore[override]
         return isinstance(self.stream, trio.SocketStream)
@@ -215,6 +224,9 @@ class WebsocketTransport(Transport):
         self.ws = ws
         self.description = description
         self._kept: list[bytes] = []
+
+    def interrupt_receive(self) -> None:
+        pass  # callers never read a websocket themselves (see Connection._can_lead)
 
     def send_nowait(self, bodies: list[bytes]) -> bool:
         self._kept += bodies  # trio-websocket has no way to send without waiting

@@ -335,6 +335,9 @@ async def main(quick: bool) -> None:
         await node.invoke("echo", PAYLOAD, task_name="bench", artifact_spec=spec, policy=policy)
         p50, p99 = await sequential(lambda: node.invoke("echo", PAYLOAD, task_name="bench"), n)
         row("in-process node.invoke (warm)", p50, p99)
+        rate = await throughput([lambda: node.invoke("echo", PAYLOAD, task_name="bench")], 64, total)
+        row("in-process node.invoke, 64 in flight", rate=rate,
+            note=f"{rate / ws_rate:.2f}x raw ws echo, before any websocket work")
         for endpoint, label in ((node.endpoints[0], "websocket"), (node.endpoints[1], "tcp")):
             async with connect(str(endpoint)) as client:
                 p50, p99 = await sequential(lambda c=client: c.invoke("echo", PAYLOAD, task_name="bench"), n)

@@ -26,6 +26,13 @@ from spear_actors.protocol.transports import Transport
 from .test_connection import PROMPTLY, Raw, connected, raw_client, serving
 
 
+async def echo_or_hang(request: IncomingRequest) -> Any:
+    """``hang`` never answers; any other method echoes its params."""
+    if request.method == "hang":
+        await trio.sleep_forever()
+    return request.params
+
+
 async def test_requests_arriving_in_one_read_each_get_a_task_of_their_own(url: str) -> None:
     n = 10
     tasks: dict[int, trio.lowlevel.Task] = {}
@@ -52,12 +59,7 @@ async def test_requests_arriving_in_one_read_each_get_a_task_of_their_own(url: s
 
 
 async def test_a_request_behind_a_hanging_one_in_the_same_read_is_answered(url: str) -> None:
-    async def handler(request: IncomingRequest) -> Any:
-        if request.method == "hang":
-            await trio.sleep_forever()
-        return request.params
-
-    async with serving(url, handler) as server, raw_client(server) as client:
+    async with serving(url, echo_or_hang) as server, raw_client(server) as client:
         await client.hello()
         with trio.fail_after(PROMPTLY):
             await client.send(Request(1, "hang", None), Request(2, "echo", "behind"))
@@ -171,10 +173,7 @@ async def test_a_leader_fails_unavailable_at_once_when_the_peer_vanishes(url: st
 async def test_a_message_larger_than_the_socket_buffer_arrives_whole_among_small_ones(url: str) -> None:
     big = bytes(range(256)) * (8 * 4096)  # 8 MiB: more than one non-blocking write takes
 
-    async def handler(request: IncomingRequest) -> Any:
-        return request.params
-
-    async with serving(url, handler) as server, connected(server) as connection:
+    async with serving(url, echo_or_hang) as server, connected(server) as connection:
         results: dict[str, Any] = {}
 
         async def call(key: str, params: Any) -> None:
@@ -197,10 +196,7 @@ async def test_a_blocked_answer_never_stops_the_reading_of_the_next_request(url:
     # inline by the reader, the request hands reading over before that write waits.
     big = b"y" * (6 * 1024 * 1024)
 
-    async def handler(request: IncomingRequest) -> Any:
-        return request.params
-
-    async with serving(url, handler) as server, raw_client(server) as client:
+    async with serving(url, echo_or_hang) as server, raw_client(server) as client:
         await client.hello()
         with trio.fail_after(30):
             await client.send(Request(1, "echo", big), Request(2, "echo", big))
@@ -211,12 +207,7 @@ async def test_a_blocked_answer_never_stops_the_reading_of_the_next_request(url:
 async def test_answers_of_one_read_arrive_even_when_the_last_handler_to_run_waits(url: str) -> None:
     # Handlers started by one read write their answers together, when the last of
     # them runs; if that one waits instead, the others' answers must still go out.
-    async def handler(request: IncomingRequest) -> Any:
-        if request.method == "hang":
-            await trio.sleep_forever()
-        return request.params
-
-    async with serving(url, handler) as server, raw_client(server) as client:
+    async with serving(url, echo_or_hang) as server, raw_client(server) as client:
         await client.hello()
         requests = [Request(1, "echo", 1), Request(2, "echo", 2), Request(3, "hang", None)]
         requests += [Request(4, "echo", 4), Request(5, "hang", None), Request(6, "hang", None)]

@@ -82,7 +82,7 @@ class Transport(abc.ABC):
 
         Cancelling this wait frees the link for another task's read at once.
         """
-        raise NotImplementedError
+        raise RuntimeError(f"{type(self).__name__} cannot wait for data without reading it")
 
     @abc.abstractmethod
     def interrupt_receive(self) -> None:

@@ -13,6 +13,7 @@ flight.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import logging
 import math
@@ -391,11 +392,13 @@ class Connection:
     async def _reader(self) -> None:
         """Read and dispatch messages until a request arrives; then serve it.
 
-        The task that reads a request serves it. Before it does, it takes every
-        body the same read brought in (starting a task for each further request)
-        and starts its successor as the connection's reader. A request's handler
-        thus starts in the run-loop pass that received it rather than one pass
-        later in a fresh task, and still every request has a task of its own.
+        The task that reads a request serves it. First it takes every body the
+        same read brought in (starting a task for each further request); then it
+        runs the handler, and starts its successor as the connection's reader just
+        before the handler or the write of its answer would wait (or once it is
+        done). A request's handler thus starts in the run-loop pass that received
+        it rather than one pass later in a fresh task, and still every request has
+        a task of its own.
         """
         transport = self.transport
         first: IncomingRequest | None = None
@@ -544,7 +547,7 @@ class Connection:
     def _spawn_server(self, incoming: IncomingRequest) -> None:
         assert self._nursery is not None
         self._handlers_starting += 1
-        self._nursery.start_soon(self._serve, incoming, None, True)
+        self._nursery.start_soon(functools.partial(self._serve, incoming, spawned=True))
 
     async def _serve(
         self, incoming: IncomingRequest, before_waiting: Callable[[], None] | None = None, spawned: bool = False

@@ -180,6 +180,8 @@ class StreamTransport(Transport):
         # Wait first, then read: a reader almost always comes before its data, and
         # trying to read first costs a refused read and its exception every time.
         fd = self._socket.fileno()
+        if fd == -1:
+            raise trio.ClosedResourceError("the socket is closed")
         while True:
             await trio.lowlevel.wait_readable(self._socket)
             try:

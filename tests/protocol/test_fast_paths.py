@@ -21,7 +21,7 @@ from spear_actors.errors import ErrorCode, SpearError
 from spear_actors.protocol.calls import IncomingRequest
 from spear_actors.protocol.connection import Connection
 from spear_actors.protocol.messages import Cancel, Error, Request, Response, Welcome
-from spear_actors.protocol.transports import Transport
+from spear_actors.protocol.transports import StreamTransport, Transport
 
 from .test_connection import PROMPTLY, Raw, connected, raw_client, serving
 
@@ -215,3 +215,17 @@ async def test_answers_of_one_read_arrive_even_when_the_last_handler_to_run_wait
             await client.send(*requests)
             answers = [await client.receive_skipping_pings() for _ in range(3)]
     assert sorted(a.id for a in answers if isinstance(a, Response)) == [1, 2, 4]
+
+
+async def test_reading_or_waiting_on_a_closed_socket_is_unavailable() -> None:
+    a, b = trio.socket.socketpair()
+    with b:
+        transport = StreamTransport(trio.SocketStream(a))
+        a.close()
+        with pytest.raises(SpearError) as info:
+            await transport.receive_body()
+        assert info.value.code == ErrorCode.UNAVAILABLE
+        await transport.wait_readable()  # returns: the read that follows reports it
+        assert not transport.send_nowait([b"x"])  # kept for send_bodies, which reports it
+        with pytest.raises(SpearError):
+            await transport.send_bodies([])

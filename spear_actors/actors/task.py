@@ -132,9 +132,9 @@ class TaskActor(Actor[TaskMessage]):
         self._policy = policy
         self._slots: dict[str, _Slot] = {}
         self._pending: collections.deque[_Pending] = collections.deque()
-        # execution id → (instance id, submission, the Execute sent for this attempt)
         self._running: dict[str, tuple[str, Submit, Execute]] = {}
-        """execution id → (instance running it, the call as it was submitted)"""
+        """execution id → (instance running it, the call as it was submitted, the
+        Execute sent for this attempt)"""
         self._wakeup = trio.Event()
         self._timer_at = math.inf
         self._queued_deadline = math.inf

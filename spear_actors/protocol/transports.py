@@ -198,12 +198,12 @@ class StreamTransport(Transport):
 
     @property
     def can_wait_readable(self) -> bool:  # type: ignore[override]
-        return isinstance(self.stream, trio.SocketStream)
+        return self._socket is not None
 
     async def wait_readable(self) -> None:
-        assert isinstance(self.stream, trio.SocketStream)
+        assert self._socket is not None
         try:
-            await trio.lowlevel.wait_readable(self.stream.socket)
+            await trio.lowlevel.wait_readable(self._socket)
         except (trio.ClosedResourceError, OSError, ValueError):
             pass  # the read that follows reports the lost link
 

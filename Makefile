@@ -22,6 +22,7 @@ run: setup
 
 lint: setup
 	$(VENV)/bin/ruff check spear_actors tests benchmarks examples
+	$(VENV)/bin/ruff format --check spear_actors tests benchmarks examples
 
 typecheck: setup
 	$(VENV)/bin/mypy --strict spear_actors

@@ -64,8 +64,9 @@ async def throughput(calls: list[Callable[[], Awaitable[Any]]], in_flight: int, 
     return per_worker * in_flight / (time.perf_counter() - start)
 
 
-def row(name: str, p50: float | None = None, p99: float | None = None, rate: float | None = None,
-        note: str = "") -> None:
+def row(
+    name: str, p50: float | None = None, p99: float | None = None, rate: float | None = None, note: str = ""
+) -> None:
     cells = [f"{name:<46}"]
     cells.append(f"p50 {p50 * 1e6:8.1f} µs" if p50 is not None else " " * 15)
     cells.append(f"p99 {p99 * 1e6:8.1f} µs" if p99 is not None else " " * 15)
@@ -144,8 +145,8 @@ async def raw_unix_echo(n: int) -> tuple[float, float]:
                 raise EOFError
             buffer += data
         length = int.from_bytes(buffer[:8], "little")
-        body = bytes(buffer[8:8 + length])
-        del buffer[:8 + length]
+        body = bytes(buffer[8 : 8 + length])
+        del buffer[: 8 + length]
         return body
 
     async def handler(stream: trio.SocketStream) -> None:
@@ -210,7 +211,7 @@ async def bare_process_echo(n: int) -> tuple[float, float]:
         await stream.send_all(len(body).to_bytes(8, "little") + body)
         while len(buffer) < 8 or len(buffer) < 8 + int.from_bytes(buffer[:8], "little"):
             buffer.extend(await stream.receive_some(65536))
-        del buffer[:8 + int.from_bytes(buffer[:8], "little")]
+        del buffer[: 8 + int.from_bytes(buffer[:8], "little")]
 
     result = await sequential(call, n)
     await stream.aclose()
@@ -235,9 +236,7 @@ async def bare_dial_back(runs: int) -> tuple[float, float]:
     samples = []
     for _ in range(runs):
         start = time.perf_counter()
-        process = await trio.lowlevel.open_process(
-            [sys.executable, "-c", DIAL_BACK], env={**os.environ, "ADDR": path}
-        )
+        process = await trio.lowlevel.open_process([sys.executable, "-c", DIAL_BACK], env={**os.environ, "ADDR": path})
         conn, _ = await sock.accept()
         await conn.recv(65536)
         samples.append(time.perf_counter() - start)
@@ -280,9 +279,7 @@ async def runtime_execute(n: int) -> tuple[float, float]:
         await nursery.start(runtime.run)
         spec = InstanceSpec("direct", "t", "t", ArtifactSpec(location=str(AGENT)), AGENT)
         async with runtime.open_instance(spec) as instance:
-            result = await sequential(
-                lambda: instance.execute(Call("x", "echo", PAYLOAD), None, lambda line: None), n
-            )
+            result = await sequential(lambda: instance.execute(Call("x", "echo", PAYLOAD), None, lambda line: None), n)
         nursery.cancel_scope.cancel()
     return result
 
@@ -320,14 +317,22 @@ async def main(quick: bool) -> None:
     else:
         print("  (ray not importable: skipped)")
     echo_p50, echo_p99 = await bare_process_echo(n)
-    row("ref: bare python process echo (unix)", echo_p50, echo_p99,
-        note=f"+ ws echo = {(ws_p50 + echo_p50) * 1e6:.0f} µs, against the 1.3x target of {1.3 * floor * 1e6:.0f} µs")
+    row(
+        "ref: bare python process echo (unix)",
+        echo_p50,
+        echo_p99,
+        note=f"+ ws echo = {(ws_p50 + echo_p50) * 1e6:.0f} µs, against the 1.3x target of {1.3 * floor * 1e6:.0f} µs",
+    )
 
     print("\nspear_actors:")
     row("ref: runtime execute, straight to the agent", *await runtime_execute(n))
     cold_p50, cold_p99 = await cold_start(10 if quick else 30)
-    row("cold start: spawn → READY (python agent)", cold_p50, cold_p99,
-        note=f"target ≤ 25 ms; {cold_p50 / dial_p50:.2f}x bare dial-back")
+    row(
+        "cold start: spawn → READY (python agent)",
+        cold_p50,
+        cold_p99,
+        note=f"target ≤ 25 ms; {cold_p50 / dial_p50:.2f}x bare dial-back",
+    )
     config = NodeConfig(listen=["ws://127.0.0.1:0", "tcp://127.0.0.1:0"], data_dir=Path(tempfile.mkdtemp()))
     spec = {"location": str(AGENT)}
     policy = {"max_instances": 4, "max_concurrency": 16}
@@ -336,8 +341,11 @@ async def main(quick: bool) -> None:
         p50, p99 = await sequential(lambda: node.invoke("echo", PAYLOAD, task_name="bench"), n)
         row("in-process node.invoke (warm)", p50, p99)
         rate = await throughput([lambda: node.invoke("echo", PAYLOAD, task_name="bench")], 64, total)
-        row("in-process node.invoke, 64 in flight", rate=rate,
-            note=f"{rate / ws_rate:.2f}x raw ws echo, before any websocket work")
+        row(
+            "in-process node.invoke, 64 in flight",
+            rate=rate,
+            note=f"{rate / ws_rate:.2f}x raw ws echo, before any websocket work",
+        )
         for endpoint, label in ((node.endpoints[0], "websocket"), (node.endpoints[1], "tcp")):
             async with connect(str(endpoint)) as client:
                 p50, p99 = await sequential(lambda c=client: c.invoke("echo", PAYLOAD, task_name="bench"), n)

@@ -128,8 +128,13 @@ async def memory(node: Node, tasks: int, instances: int) -> tuple[float, float]:
         await node.declare_task(TaskSeed(f"idle-{i}", "", spec, InstancePolicy()))
     per_task = (tracemalloc.get_traced_memory()[0] - before) / tasks
     before = tracemalloc.get_traced_memory()[0]
-    await node.invoke("pid", None, task_name="mem", artifact_spec=SPEC,
-                      policy={"min_instances": instances, "max_instances": instances})
+    await node.invoke(
+        "pid",
+        None,
+        task_name="mem",
+        artifact_spec=SPEC,
+        policy={"min_instances": instances, "max_instances": instances},
+    )
     task_id = (await node.list_tasks(prefix="mem"))["tasks"][0]["task_id"]
     while sum(1 for i in (await node.get_task(task_id))["instances"] if i["status"] == "READY") < instances:
         await trio.sleep(0.01)
@@ -148,8 +153,10 @@ async def main(quick: bool) -> None:
         await node.invoke("pid", None, task_name="load", artifact_spec=SPEC, policy=POLICY)
         cap = await capacity(node, step)
         print(f"capacity (64 closed-loop callers): {cap:.0f} calls/s  (ideal {8 / SERVICE_S:.0f})\n")
-        print(f"{'offered':>8} {'load':>5} {'thru/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'p99/p50':>8} "
-              f"{'refused':>8} {'refusal p50 / p99':>18}")
+        print(
+            f"{'offered':>8} {'load':>5} {'thru/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'p99/p50':>8} "
+            f"{'refused':>8} {'refusal p50 / p99':>18}"
+        )
         for fraction in (0.1, 0.3, 0.5, 0.7, 0.9, 1.0, 1.2):
             r = await offered(node, cap * fraction, step)
             ratio = r["p99"] / r["p50"]
@@ -157,15 +164,21 @@ async def main(quick: bool) -> None:
             refusal = (
                 f"{r['refusal_p50'] * 1e3:6.3f} / {r['refusal_p99'] * 1e3:6.3f} ms" if r["refused"] else f"{'-':>12}"
             )
-            print(f"{cap * fraction:8.0f} {fraction:5.0%} {r['throughput']:8.0f} {r['p50'] * 1e3:8.2f} "
-                  f"{r['p99'] * 1e3:8.2f} {ratio:8.2f} {r['refused']:8d} {refusal}{mark}")
+            print(
+                f"{cap * fraction:8.0f} {fraction:5.0%} {r['throughput']:8.0f} {r['p50'] * 1e3:8.2f} "
+                f"{r['p99'] * 1e3:8.2f} {ratio:8.2f} {r['refused']:8d} {refusal}{mark}"
+            )
             await trio.sleep(0.5)
         times = await recovery(node, 5 if quick else 15)
-        print(f"\nrecovery SIGKILL → replacement READY: p50 {quantile(times, 0.5) * 1e3:.1f} ms, "
-              f"max {max(times) * 1e3:.1f} ms (target ≤ 100 ms)")
+        print(
+            f"\nrecovery SIGKILL → replacement READY: p50 {quantile(times, 0.5) * 1e3:.1f} ms, "
+            f"max {max(times) * 1e3:.1f} ms (target ≤ 100 ms)"
+        )
         per_task, per_instance = await memory(node, 1000 if quick else 5000, 8)
-        print(f"memory in the node: {per_task / 1024:.1f} KiB per idle task, "
-              f"{per_instance / 1024:.1f} KiB per instance (process agent, node side)")
+        print(
+            f"memory in the node: {per_task / 1024:.1f} KiB per idle task, "
+            f"{per_instance / 1024:.1f} KiB per instance (process agent, node side)"
+        )
 
 
 if __name__ == "__main__":

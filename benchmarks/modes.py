@@ -63,7 +63,7 @@ WINDOW = 16
 AGENT_SPEC: dict[str, Any] = {}  # set in main(): the agent written to a temp dir
 HELD_POLICY = {"min_instances": 0, "max_instances": 1, "max_concurrency": 1, "max_pending": 1_000_000}
 
-AGENT_SOURCE = '''
+AGENT_SOURCE = """
 import time
 
 from spear_actors.agent import Agent
@@ -91,7 +91,7 @@ def chunks(n, size):
 
 if __name__ == "__main__":
     agent.run()
-'''
+"""
 
 
 def row(name: str, value: str, note: str = "") -> None:
@@ -145,8 +145,9 @@ async def accept_only(
 ) -> None:
     """Submit to a task whose only slot is held busy: every call is accepted and stays
     PENDING, so this is the node's accept rate alone. The task is then force-deleted."""
-    first = await node.invoke("hold", [600], task_name="held", artifact_spec=AGENT_SPEC, policy=HELD_POLICY,
-                              execution_mode="ASYNC")
+    first = await node.invoke(
+        "hold", [600], task_name="held", artifact_spec=AGENT_SPEC, policy=HELD_POLICY, execution_mode="ASYNC"
+    )
     while True:
         if (await node.get_execution(first["execution_id"]))["status"] == "RUNNING":
             break
@@ -170,8 +171,7 @@ async def bench_async(node: Node, n: int, quick: bool) -> None:
     for depth in (2_000, 8_000 if quick else 16_000):
         # A TaskActor scans its whole queue on every message (_scale_up): accept
         # rate falls as the queue grows.
-        await accept_only(f"in-process node.invoke, 1 submitter, queue of {depth}", node, [inproc("held")],
-                          depth, 1)
+        await accept_only(f"in-process node.invoke, 1 submitter, queue of {depth}", node, [inproc("held")], depth, 1)
     for submitters in (1, 64):
         label = f"in-process node.invoke, {submitters} submitter{'s' if submitters > 1 else ''}"
         await accept_only(label, node, [inproc("held")], n, submitters)
@@ -181,9 +181,7 @@ async def bench_async(node: Node, n: int, quick: bool) -> None:
         clients = [await nursery.start(_client, url) for _ in range(8)]
 
         def remote(task: str) -> list[Callable[[int], Awaitable[dict[str, Any]]]]:
-            return [
-                lambda i, c=c: c.invoke("add", [i, 1], task_name=task, execution_mode="ASYNC") for c in clients
-            ]
+            return [lambda i, c=c: c.invoke("add", [i, 1], task_name=task, execution_mode="ASYNC") for c in clients]
 
         label = "websocket client.invoke, 1 submitter"
         await accept_only(label, node, remote("held")[:1], n, 1)
@@ -263,10 +261,12 @@ async def bench_stream(node: Node, quick: bool) -> None:
         await node_stream(node, 100, 256, client)  # warm-up
         for size, n in cases:
             floor = stream_row(f"raw protocol stream, ws, {size} B chunks", n, size, await raw_stream(n, size))
-            stream_row(f"in-process node.stream, {size} B chunks", n, size, await node_stream(node, n, size, None),
-                       floor)
-            stream_row(f"websocket client.stream, {size} B chunks", n, size,
-                       await node_stream(node, n, size, client), floor)
+            stream_row(
+                f"in-process node.stream, {size} B chunks", n, size, await node_stream(node, n, size, None), floor
+            )
+            stream_row(
+                f"websocket client.stream, {size} B chunks", n, size, await node_stream(node, n, size, client), floor
+            )
 
 
 # -- memory ----------------------------------------------------------------------------------
@@ -306,14 +306,18 @@ def bench_memory(quick: bool) -> None:
     per, bounded = record_memory(n)
     verdict = "met" if per <= RECORD_TARGET_BYTES else "MISSED"
     row(f"{n} finished records retained", f"{per:9.0f} B/record", f"target ≤ {RECORD_TARGET_BYTES} B: {verdict}")
-    row(f"{2 * n} records through a registry keeping {n}", f"{bounded:9.0f} B/retained record",
-        "(eviction keeps memory bounded)")
+    row(
+        f"{2 * n} records through a registry keeping {n}",
+        f"{bounded:9.0f} B/retained record",
+        "(eviction keeps memory bounded)",
+    )
 
 
 # -- main ----------------------------------------------------------------------------------------
 async def main(quick: bool) -> None:
-    print(f"python {sys.version.split()[0]}, trio {trio.__version__}, {os.cpu_count()} cpus"
-          f"{' (quick)' if quick else ''}")
+    print(
+        f"python {sys.version.split()[0]}, trio {trio.__version__}, {os.cpu_count()} cpus{' (quick)' if quick else ''}"
+    )
     bench_memory(quick)
     workdir = Path(tempfile.mkdtemp(prefix="spear-modes-"))
     agent = workdir / "modes_agent.py"

@@ -376,13 +376,20 @@ def _report(results: dict[str, dict[str, Figures]]) -> None:
     for transport, layers in results.items():
         proto = layers["protocol"]
         for layer, f in layers.items():
-            lines.append(_row([transport, layer, f"{f.p50_us:.1f}", f"{f.p99_us:.1f}",
-                               *[f"{f.rps[k]:,.0f}" for k in INFLIGHT]], widths))
+            lines.append(
+                _row(
+                    [transport, layer, f"{f.p50_us:.1f}", f"{f.p99_us:.1f}", *[f"{f.rps[k]:,.0f}" for k in INFLIGHT]],
+                    widths,
+                )
+            )
         for layer, base in layers.items():
             if layer == "protocol":
                 continue
-            ratios = [proto.p50_us / base.p50_us, proto.p99_us / base.p99_us,
-                      *[proto.rps[k] / base.rps[k] for k in INFLIGHT]]
+            ratios = [
+                proto.p50_us / base.p50_us,
+                proto.p99_us / base.p99_us,
+                *[proto.rps[k] / base.rps[k] for k in INFLIGHT],
+            ]
             lines.append(_row([transport, f"protocol/{layer}", *[f"{r:.2f}x" for r in ratios]], widths))
             seq_ok = ratios[0] <= SEQ_P50_TARGET
             tput_ok = ratios[-1] >= THROUGHPUT_64_TARGET
@@ -398,8 +405,12 @@ def _report(results: dict[str, dict[str, Figures]]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", default=bool(os.environ.get("SPEAR_BENCH_QUICK")),
-                        help="shorter runs (also: SPEAR_BENCH_QUICK=1)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        default=bool(os.environ.get("SPEAR_BENCH_QUICK")),
+        help="shorter runs (also: SPEAR_BENCH_QUICK=1)",
+    )
     parser.add_argument("--transports", default=",".join(TRANSPORTS), help="comma-separated: tcp,unix,ws")
     parser.add_argument("--seconds", type=float, help="duration of each throughput run")
     parser.add_argument("--seq", type=int, help="number of sequential requests timed")
@@ -417,9 +428,11 @@ def main() -> None:
         rounds=args.rounds or (2 if args.quick else 3),
     )
     transports = [t.strip() for t in args.transports.split(",") if t.strip()]
-    print(f"python {sys.version.split()[0]}, trio {trio.__version__}, {os.cpu_count()} CPUs; "
-          f"{settings.seq_requests} sequential requests, {settings.seconds:g} s per throughput run, "
-          f"best of {settings.rounds} interleaved rounds")
+    print(
+        f"python {sys.version.split()[0]}, trio {trio.__version__}, {os.cpu_count()} CPUs; "
+        f"{settings.seq_requests} sequential requests, {settings.seconds:g} s per throughput run, "
+        f"best of {settings.rounds} interleaved rounds"
+    )
     started = time.monotonic()
     results: dict[str, dict[str, Figures]] = {}
     with tempfile.TemporaryDirectory(prefix="spear-bench-") as tmp:

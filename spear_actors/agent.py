@@ -95,6 +95,7 @@ def _is_async_generator(fn: Callable[..., Any]) -> bool:
     code = getattr(fn, "__code__", None)
     return code is not None and bool(code.co_flags & _CO_ASYNC_GENERATOR)
 
+
 _current: contextvars.ContextVar[_CallState | None] = contextvars.ContextVar("spear_call", default=None)
 
 
@@ -125,9 +126,7 @@ def cancelled() -> bool:
 class _CallState:
     """One execution in progress inside the agent."""
 
-    __slots__ = (
-        "answered", "cancelled", "cond", "context", "credit", "future", "id", "logs", "sent", "stream", "wake"
-    )
+    __slots__ = ("answered", "cancelled", "cond", "context", "credit", "future", "id", "logs", "sent", "stream", "wake")
 
     def __init__(self, request_id: int, window: int | None, context: dict[str, Any] | None = None) -> None:
         self.context = context or {}
@@ -478,6 +477,7 @@ class Agent:
         items = []
         credit_arrived = asyncio.Event()
         loop = asyncio.get_running_loop()
+
         def wake() -> None:
             loop.call_soon_threadsafe(credit_arrived.set)
 

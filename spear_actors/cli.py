@@ -38,8 +38,13 @@ def _parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="run a node until SIGINT/SIGTERM")
     serve.add_argument("--config", type=Path, help="TOML or JSON node config")
-    serve.add_argument("--listen", action="append", default=None, metavar="URL",
-                       help=f"gateway endpoint (repeatable; default {DEFAULT_LISTEN})")
+    serve.add_argument(
+        "--listen",
+        action="append",
+        default=None,
+        metavar="URL",
+        help=f"gateway endpoint (repeatable; default {DEFAULT_LISTEN})",
+    )
     serve.add_argument("--data-dir", type=Path)
     serve.add_argument("--token", help="require this token from clients")
     serve.add_argument("--log-level", default="INFO")
@@ -51,11 +56,12 @@ def _parser() -> argparse.ArgumentParser:
 
     invoke = commands.add_parser("invoke", help="invoke a function")
     client_options(invoke)
-    invoke.add_argument("--artifact", help="artifact location: path, file://, http(s):// (a .py file runs "
-                        "with the node's Python)")
+    invoke.add_argument(
+        "--artifact", help="artifact location: path, file://, http(s):// (a .py file runs with the node's Python)"
+    )
     invoke.add_argument("--artifact-type", help="process or wasm (default: from the extension)")
     invoke.add_argument("--checksum", help="sha256 of the artifact (required for http(s) locations)")
-    invoke.add_argument("--artifact-config", help="artifact_spec.config as JSON (e.g. '{\"abi\": \"export\"}')")
+    invoke.add_argument("--artifact-config", help='artifact_spec.config as JSON (e.g. \'{"abi": "export"}\')')
     invoke.add_argument("--task-name")
     invoke.add_argument("--task-id")
     invoke.add_argument("--function", required=True)
@@ -137,8 +143,19 @@ def _show(result: Any, as_json: bool) -> None:
         print(f"(more: --start-after {cursor})")
 
 
-_COLUMNS = ("task_id", "task_name", "execution_id", "function_name", "status", "instances",
-            "instance_id", "inflight", "executions", "execution_time_ms", "description")
+_COLUMNS = (
+    "task_id",
+    "task_name",
+    "execution_id",
+    "function_name",
+    "status",
+    "instances",
+    "instance_id",
+    "inflight",
+    "executions",
+    "execution_time_ms",
+    "description",
+)
 
 
 def _table(rows: list[dict[str, Any]]) -> None:
@@ -180,8 +197,7 @@ async def _serve(args: argparse.Namespace) -> None:
             if config.tasks:
                 first = config.tasks[0].name
                 print(
-                    f"try: spear invoke --url {node.endpoints[0]} --task-name {first} "
-                    f"--function add --params '[1, 2]'",
+                    f"try: spear invoke --url {node.endpoints[0]} --task-name {first} --function add --params '[1, 2]'",
                     flush=True,
                 )
             async for signum in signals:

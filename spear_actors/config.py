@@ -152,9 +152,7 @@ class NodeConfig:
                 if expected is float and isinstance(value, int):
                     value = float(value)
                 if value is not None and getattr(config, key) is not None and not isinstance(value, expected):
-                    raise SpearError(
-                        ErrorCode.INVALID_ARGUMENT, f"config: {key} must be {expected.__name__}"
-                    )
+                    raise SpearError(ErrorCode.INVALID_ARGUMENT, f"config: {key} must be {expected.__name__}")
                 setattr(config, key, value)
         return config
 

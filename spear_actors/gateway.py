@@ -118,9 +118,7 @@ async def _delete_task(node: Node, incoming: IncomingRequest) -> Any:
 
 async def _list_executions(node: Node, incoming: IncomingRequest) -> Any:
     return await node.list_executions(
-        **_args(
-            incoming, task_id=(str, ""), status_filter=(list, None), limit=(int, 100), start_after=(str, "")
-        )
+        **_args(incoming, task_id=(str, ""), status_filter=(list, None), limit=(int, 100), start_after=(str, ""))
     )
 
 

@@ -91,9 +91,7 @@ class Node:
         if sink is not None:
             request.execution_mode = ExecutionMode.STREAM
         elif request.execution_mode is ExecutionMode.STREAM:
-            raise SpearError(
-                ErrorCode.INVALID_ARGUMENT, "STREAM mode is served by stream_function, not invoke"
-            )
+            raise SpearError(ErrorCode.INVALID_ARGUMENT, "STREAM mode is served by stream_function, not invoke")
         refusal = self._admission.refusal(request)
         if refusal is not None:  # overloaded task: answered here, at once
             raise refusal

@@ -148,8 +148,7 @@ class InstanceActor(Actor[InstanceMessage]):
                 del self._running[call.execution_id]
             if not reply.done:
                 reply.fail(
-                    self._failure
-                    or SpearError(ErrorCode.UNAVAILABLE, f"instance {self.spec.instance_id} stopped")
+                    self._failure or SpearError(ErrorCode.UNAVAILABLE, f"instance {self.spec.instance_id} stopped")
                 )
             if not self._running and self.status is InstanceStatus.RUNNING:
                 self.status = InstanceStatus.READY

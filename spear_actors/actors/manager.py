@@ -252,9 +252,7 @@ class ManagerActor(ManagerQueries, Actor[ManagerMessage]):
             headers=context.headers,
         )
         outcome: Reply[Outcome] = Reply()
-        submit = Submit(
-            call, outcome, deadline, message.sink, request.force_new_instance, context.max_retries
-        )
+        submit = Submit(call, outcome, deadline, message.sink, request.force_new_instance, context.max_retries)
         try:
             entry.ref.tell_nowait(submit)
         except SpearError as exc:
@@ -384,8 +382,10 @@ class ManagerActor(ManagerQueries, Actor[ManagerMessage]):
             old = self._tasks[replaced]
             old.status = TaskStatus.DELETING
             old.ref.post(
-                StopTask(SpearError(ErrorCode.UNAVAILABLE, f"task {replaced} replaced by {entry.definition.task_id}"),
-                         drain=True)
+                StopTask(
+                    SpearError(ErrorCode.UNAVAILABLE, f"task {replaced} replaced by {entry.definition.task_id}"),
+                    drain=True,
+                )
             )
         for waiter in waiting:
             if isinstance(waiter, Invoke):

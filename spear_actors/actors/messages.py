@@ -270,11 +270,21 @@ class ExecutionFinished:
 
 
 TaskMessage = (
-    Submit | CancelExecution | GetTaskInfo | StopTask | InstanceReady | InstanceExited | ExecutionFinished
-    | AttemptDone
+    Submit | CancelExecution | GetTaskInfo | StopTask | InstanceReady | InstanceExited | ExecutionFinished | AttemptDone
 )
 InstanceMessage = Execute | CancelExecution | StopInstance
 ManagerMessage = (
-    Invoke | DeclareTask | TaskCreated | CancelExecution | Query | WaitExecution | DeleteTask | ExecutionDone
-    | TaskStopped | ExecutionStarted | TaskInstances | TaskQueueFull | Drain
+    Invoke
+    | DeclareTask
+    | TaskCreated
+    | CancelExecution
+    | Query
+    | WaitExecution
+    | DeleteTask
+    | ExecutionDone
+    | TaskStopped
+    | ExecutionStarted
+    | TaskInstances
+    | TaskQueueFull
+    | Drain
 )

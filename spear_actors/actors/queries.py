@@ -128,7 +128,6 @@ class ManagerQueries:
         }
 
 
-
 def _forward(done: Reply[Any], to: Reply[Any]) -> None:
     if done.error is not None:
         to.fail(done.error)

@@ -311,9 +311,7 @@ class TaskActor(Actor[TaskMessage]):
             return None
         best: _Slot | None = None
         for slot in self._slots.values():
-            if slot.ready and slot.inflight < self._max_concurrency and (
-                best is None or slot.inflight < best.inflight
-            ):
+            if slot.ready and slot.inflight < self._max_concurrency and (best is None or slot.inflight < best.inflight):
                 best = slot
         return best
 
@@ -444,9 +442,7 @@ class TaskActor(Actor[TaskMessage]):
 
     def _fail_pending(self, error: SpearError) -> None:
         while self._pending:
-            self._pending.popleft().submit.reply.fail(
-                SpearError(error.code, error.message, dict(error.details))
-            )
+            self._pending.popleft().submit.reply.fail(SpearError(error.code, error.message, dict(error.details)))
 
     def _cancel(self, message: CancelExecution) -> None:
         for entry in self._pending:
@@ -496,7 +492,6 @@ class TaskActor(Actor[TaskMessage]):
             self._timer_at = wake
             with trio.move_on_at(wake):
                 await self._wakeup.wait()
-
 
     def _reap_idle(self, now: float, idle_timeout: float) -> float:
         """Stop instances idle past the timeout (above the minimum); return when to look again."""

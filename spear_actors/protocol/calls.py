@@ -98,9 +98,7 @@ class ResponseStream:
     # -- fed by the connection's reader --------------------------------------
     def _push(self, message: StreamItem) -> None:
         if message.seq != self._next_seq:
-            raise ProtocolError(
-                f"stream {self.request_id}: item seq {message.seq}, expected {self._next_seq}"
-            )
+            raise ProtocolError(f"stream {self.request_id}: item seq {message.seq}, expected {self._next_seq}")
         if len(self._items) >= self.window:
             raise ProtocolError(f"stream {self.request_id}: peer sent more items than its credit")
         self._next_seq += 1

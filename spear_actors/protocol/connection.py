@@ -77,9 +77,6 @@ class ConnectionConfig:
     """Bytes queued for sending above which senders wait for the writer."""
 
 
-
-
-
 class Connection:
     """An open, authenticated protocol connection. Use :func:`open_connection` or
     :func:`accept_connection` to get one; both close it on exit."""
@@ -188,9 +185,7 @@ class Connection:
                     await call.event.wait()
                 else:
                     self._give_up(request_id, "deadline exceeded")
-                    raise SpearError(
-                        ErrorCode.DEADLINE_EXCEEDED, f"{method}: no answer within {timeout:g}s"
-                    )
+                    raise SpearError(ErrorCode.DEADLINE_EXCEEDED, f"{method}: no answer within {timeout:g}s")
         except trio.Cancelled:
             if not call.event.is_set():
                 self._send_nowait(Cancel(request_id, "caller cancelled"))
@@ -259,8 +254,7 @@ class Connection:
         if len(body) > self.config.max_frame_size:
             raise SpearError(
                 ErrorCode.RESOURCE_EXHAUSTED,
-                f"{message.TYPE} of {len(body)} bytes exceeds the frame limit of "
-                f"{self.config.max_frame_size}",
+                f"{message.TYPE} of {len(body)} bytes exceeds the frame limit of {self.config.max_frame_size}",
             )
         return body
 
@@ -534,9 +528,7 @@ class Connection:
     def _admit(self, message: Request) -> IncomingRequest | None:
         """Register a request to be served; None when it was answered at once."""
         if self._handler is None:
-            self._send_nowait(
-                Error(message.id, ErrorCode.NOT_FOUND.value, f"no such method: {message.method}")
-            )
+            self._send_nowait(Error(message.id, ErrorCode.NOT_FOUND.value, f"no such method: {message.method}"))
             return None
         if message.id in self._serving:
             raise ProtocolError(f"request id {message.id} is already in flight")

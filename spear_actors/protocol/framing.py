@@ -89,9 +89,7 @@ class FrameDecoder:
                 return None
             (length,) = _HEADER.unpack_from(buffer)
             if length > self.max_frame_size:
-                raise ProtocolError(
-                    f"frame of {length} bytes exceeds the maximum of {self.max_frame_size}"
-                )
+                raise ProtocolError(f"frame of {length} bytes exceeds the maximum of {self.max_frame_size}")
             del buffer[:HEADER_SIZE]
             if length == 0:
                 self._closed = True

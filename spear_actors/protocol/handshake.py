@@ -116,9 +116,7 @@ async def accept_connection(
         if not isinstance(hello, Hello):
             raise ProtocolError(f"expected hello, got {hello.TYPE}")
         if hello.version != PROTOCOL_VERSION:
-            raise ProtocolError(
-                f"peer speaks protocol version {hello.version}, we speak {PROTOCOL_VERSION}"
-            )
+            raise ProtocolError(f"peer speaks protocol version {hello.version}, we speak {PROTOCOL_VERSION}")
         identity = await authenticator(hello) if authenticator is not None else None
     except SpearError as exc:
         with trio.move_on_after(_REFUSAL_GRACE):

@@ -148,7 +148,7 @@ class Welcome(_Message):
         "meta",
         "peer_id",
         "role",
-        "version"
+        "version",
     )
     TYPE = "welcome"
 
@@ -299,38 +299,71 @@ class Goodbye(_Message):
 
 
 Message: TypeAlias = (
-    Hello | Welcome | Request | Response | Error | StreamItem | StreamEnd | Cancel | Credit
-    | Ping | Pong | Goodbye
+    Hello | Welcome | Request | Response | Error | StreamItem | StreamEnd | Cancel | Credit | Ping | Pong | Goodbye
 )
 
 _REQUIRED: Final = object()
 
 # type -> (class, ((field, check, default-or-_REQUIRED), ...))
 _SCHEMA: dict[str, tuple[type[Any], tuple[tuple[str, _Check, object], ...]]] = {
-    Hello.TYPE: (Hello, (
-        ("version", _uint, _REQUIRED), ("role", _str, _REQUIRED),
-        ("auth", _opt_str, None), ("peer_id", _opt_str, None), ("meta", _map, dict),
-    )),
-    Welcome.TYPE: (Welcome, (
-        ("version", _uint, _REQUIRED), ("role", _str, _REQUIRED), ("peer_id", _opt_str, None),
-        ("heartbeat_interval_ms", _uint, _REQUIRED), ("heartbeat_timeout_ms", _uint, _REQUIRED),
-        ("max_frame_size", _uint, _REQUIRED), ("meta", _map, dict),
-    )),
-    Request.TYPE: (Request, (
-        ("id", _uint, _REQUIRED), ("method", _str, _REQUIRED), ("params", _any, None),
-        ("timeout_ms", _opt_uint, None), ("window", _opt_uint, None),
-    )),
+    Hello.TYPE: (
+        Hello,
+        (
+            ("version", _uint, _REQUIRED),
+            ("role", _str, _REQUIRED),
+            ("auth", _opt_str, None),
+            ("peer_id", _opt_str, None),
+            ("meta", _map, dict),
+        ),
+    ),
+    Welcome.TYPE: (
+        Welcome,
+        (
+            ("version", _uint, _REQUIRED),
+            ("role", _str, _REQUIRED),
+            ("peer_id", _opt_str, None),
+            ("heartbeat_interval_ms", _uint, _REQUIRED),
+            ("heartbeat_timeout_ms", _uint, _REQUIRED),
+            ("max_frame_size", _uint, _REQUIRED),
+            ("meta", _map, dict),
+        ),
+    ),
+    Request.TYPE: (
+        Request,
+        (
+            ("id", _uint, _REQUIRED),
+            ("method", _str, _REQUIRED),
+            ("params", _any, None),
+            ("timeout_ms", _opt_uint, None),
+            ("window", _opt_uint, None),
+        ),
+    ),
     Response.TYPE: (Response, (("id", _uint, _REQUIRED), ("result", _any, None))),
-    Error.TYPE: (Error, (
-        ("id", _opt_uint, None), ("code", _code, _REQUIRED), ("message", _str, ""),
-        ("details", _map, dict),
-    )),
-    StreamItem.TYPE: (StreamItem, (
-        ("id", _uint, _REQUIRED), ("seq", _uint, _REQUIRED), ("data", _any, None),
-    )),
-    StreamEnd.TYPE: (StreamEnd, (
-        ("id", _uint, _REQUIRED), ("seq", _uint, _REQUIRED), ("result", _any, None),
-    )),
+    Error.TYPE: (
+        Error,
+        (
+            ("id", _opt_uint, None),
+            ("code", _code, _REQUIRED),
+            ("message", _str, ""),
+            ("details", _map, dict),
+        ),
+    ),
+    StreamItem.TYPE: (
+        StreamItem,
+        (
+            ("id", _uint, _REQUIRED),
+            ("seq", _uint, _REQUIRED),
+            ("data", _any, None),
+        ),
+    ),
+    StreamEnd.TYPE: (
+        StreamEnd,
+        (
+            ("id", _uint, _REQUIRED),
+            ("seq", _uint, _REQUIRED),
+            ("result", _any, None),
+        ),
+    ),
     Cancel.TYPE: (Cancel, (("id", _uint, _REQUIRED), ("reason", _str, ""))),
     Credit.TYPE: (Credit, (("id", _uint, _REQUIRED), ("n", _uint, _REQUIRED))),
     Ping.TYPE: (Ping, (("seq", _uint, _REQUIRED), ("payload", _bytes, b""))),

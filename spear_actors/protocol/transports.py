@@ -344,9 +344,7 @@ async def open_transport(
         except (OSError, trio_websocket.HandshakeError, trio.TooSlowError) as exc:
             if connected:
                 raise
-            raise SpearError(
-                ErrorCode.UNAVAILABLE, f"cannot connect to {endpoint}: {exc!r}"
-            ) from None
+            raise SpearError(ErrorCode.UNAVAILABLE, f"cannot connect to {endpoint}: {exc!r}") from None
         return
     stream: trio.abc.Stream
     try:

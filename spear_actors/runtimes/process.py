@@ -236,9 +236,7 @@ class ProcessInstance(RuntimeInstance):
 
     def _fail(self, reason: str) -> None:
         if self._failure is None:
-            self._failure = SpearError(
-                ErrorCode.INSTANCE_FAILED, reason, {"stderr_tail": "\n".join(self._stderr_tail)}
-            )
+            self._failure = SpearError(ErrorCode.INSTANCE_FAILED, reason, {"stderr_tail": "\n".join(self._stderr_tail)})
             self._failed.set()
 
     async def _reap(self, changed: trio.Event) -> None:

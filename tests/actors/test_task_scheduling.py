@@ -63,9 +63,16 @@ def test_every_call_gets_exactly_one_terminal_answer(ops: list[tuple[str, float,
 # nor the running set: never answered. Whether it happened depended on trio's
 # (random) scheduling order, so the scenario runs many times.
 RETRY_ON_A_DYING_INSTANCE: list[tuple[str, float, float]] = [
-    ("call", 0.0, 1.0), ("call", 0.0, 1.0), ("cancel", 0, 0.0), ("cancel", 1, 0.0),
-    ("call", 0.0, 1.0), ("call", 0.0, 1.0), ("wait", 1.0, 0.0), ("kill", 0, 0.0),
-    ("call", 0.0, 1.0), ("wait", 1.0, 0.0),
+    ("call", 0.0, 1.0),
+    ("call", 0.0, 1.0),
+    ("cancel", 0, 0.0),
+    ("cancel", 1, 0.0),
+    ("call", 0.0, 1.0),
+    ("call", 0.0, 1.0),
+    ("wait", 1.0, 0.0),
+    ("kill", 0, 0.0),
+    ("call", 0.0, 1.0),
+    ("wait", 1.0, 0.0),
 ]
 
 
@@ -189,9 +196,7 @@ async def test_queue_limit_answers_resource_exhausted_at_once(autojump_clock: tr
 async def test_idle_instances_are_reaped_down_to_the_minimum(autojump_clock: trio.abc.Clock) -> None:
     runtime = InlineRuntime()
     async with trio.open_nursery() as nursery:
-        actor = TaskActor(
-            definition(min_instances=1, max_instances=3, max_concurrency=1, idle_timeout_s=5.0), runtime
-        )
+        actor = TaskActor(definition(min_instances=1, max_instances=3, max_concurrency=1, idle_timeout_s=5.0), runtime)
         ref = await nursery.start(actor.run)
         replies = [Reply[Outcome]() for _ in range(3)]
         for i, reply in enumerate(replies):

@@ -42,8 +42,9 @@ async def test_2000_calls_while_agents_are_killed_at_random(tmp_path: Path, no_l
 
         async def call(i: int) -> None:
             try:
-                response = await node.invoke("wait", [0.02], task_id=task_id,
-                                             context={"max_retries": i % 2, "timeout_ms": 20_000})
+                response = await node.invoke(
+                    "wait", [0.02], task_id=task_id, context={"max_retries": i % 2, "timeout_ms": 20_000}
+                )
                 answers.append(response["result"])
             except SpearError as exc:
                 answers.append(exc.code)
@@ -219,9 +220,7 @@ async def test_10000_idle_tasks_stay_small(node: Node) -> None:
     assert (await node.invoke("double", 21, task_name="idle-09999"))["result"] == 42
 
 
-async def test_drain_lets_running_calls_finish_and_refuses_new_ones(
-    tmp_path: Path, no_leaked_processes: None
-) -> None:
+async def test_drain_lets_running_calls_finish_and_refuses_new_ones(tmp_path: Path, no_leaked_processes: None) -> None:
     outcome: dict[str, Any] = {}
     async with open_node(fast_config(tmp_path, listen=["ws://127.0.0.1:0"])) as node:
         await node.invoke("pid", None, task_name="dr", artifact_spec=BUSY)

@@ -62,11 +62,17 @@ async def test_task_name_alone_reaches_an_existing_task(node: Node) -> None:
             "artifact_spec",
         ),
         ({"task_name": "t", "artifact_spec": {"location": ""}}, ErrorCode.INVALID_ARGUMENT, "location"),
-        ({"task_name": "t", "artifact_spec": agent_spec(), "context": {"timeout_ms": -1}},
-         ErrorCode.INVALID_ARGUMENT, "timeout_ms"),
+        (
+            {"task_name": "t", "artifact_spec": agent_spec(), "context": {"timeout_ms": -1}},
+            ErrorCode.INVALID_ARGUMENT,
+            "timeout_ms",
+        ),
         ({"task_name": "t", "artifact_spec": {"location": "/no/such/file.py"}}, ErrorCode.NOT_FOUND, "/no/such"),
-        ({"task_name": "t", "artifact_spec": {"location": "x", "artifact_type": "jvm"}},
-         ErrorCode.INVALID_ARGUMENT, "artifact_type"),
+        (
+            {"task_name": "t", "artifact_spec": {"location": "x", "artifact_type": "jvm"}},
+            ErrorCode.INVALID_ARGUMENT,
+            "artifact_type",
+        ),
     ],
 )
 async def test_validation_rules(node: Node, request_fields: dict[str, Any], code: ErrorCode, fragment: str) -> None:
@@ -274,30 +280,38 @@ async def test_gateway_token_is_required_when_configured(tmp_path: Path, no_leak
 
 
 async def test_sys_exit_in_a_function_is_a_function_error(node: Node) -> None:
-    error = await expect_error(ErrorCode.FUNCTION_ERROR, node.invoke("quit_now", None, task_name="q",
-                                                                     artifact_spec=agent_spec(BUSY)))
+    error = await expect_error(
+        ErrorCode.FUNCTION_ERROR, node.invoke("quit_now", None, task_name="q", artifact_spec=agent_spec(BUSY))
+    )
     assert error.details["type"] == "SystemExit"
     assert (await node.invoke("double", 2, task_name="q"))["result"] == 4  # same agent, still serving
 
 
 async def test_a_result_over_the_frame_limit_is_a_function_error(node: Node) -> None:
-    error = await expect_error(ErrorCode.FUNCTION_ERROR, node.invoke("huge", 17 * 1024 * 1024, task_name="h",
-                                                                     artifact_spec=agent_spec(BUSY)))
+    error = await expect_error(
+        ErrorCode.FUNCTION_ERROR, node.invoke("huge", 17 * 1024 * 1024, task_name="h", artifact_spec=agent_spec(BUSY))
+    )
     assert "exceeds the frame limit" in error.message
     first = await node.invoke("pid", None, task_name="h")
     assert (await node.invoke("pid", None, task_name="h"))["instance_id"] == first["instance_id"]
 
 
 async def test_functions_see_their_call_context(node: Node) -> None:
-    response = await node.invoke("whoami", None, task_name="ctx", artifact_spec=agent_spec(BUSY),
-                                 context={"execution_id": "exec-ctx", "environment": {"K": "V"},
-                                          "headers": {"trace": "t1"}})
+    response = await node.invoke(
+        "whoami",
+        None,
+        task_name="ctx",
+        artifact_spec=agent_spec(BUSY),
+        context={"execution_id": "exec-ctx", "environment": {"K": "V"}, "headers": {"trace": "t1"}},
+    )
     assert response["result"] == {"execution_id": "exec-ctx", "environment": {"K": "V"}, "headers": {"trace": "t1"}}
 
 
 async def test_deadline_message_names_the_function(node: Node) -> None:
-    error = await expect_error(ErrorCode.DEADLINE_EXCEEDED, node.invoke(
-        "wait", [5], task_name="dl", artifact_spec=agent_spec(BUSY), context={"timeout_ms": 100}))
+    error = await expect_error(
+        ErrorCode.DEADLINE_EXCEEDED,
+        node.invoke("wait", [5], task_name="dl", artifact_spec=agent_spec(BUSY), context={"timeout_ms": 100}),
+    )
     assert error.message == "wait did not finish before its deadline"
 
 

@@ -56,8 +56,9 @@ async def test_async_execution_survives_its_client_disconnecting(node: Node) -> 
 async def test_subscribers_get_completion_notices(node: Node) -> None:
     ids = []
     for seconds in (0.3, 0.1, 0.2):
-        accepted = await node.invoke("wait", [seconds], task_name="n", artifact_spec=BUSY, policy=POOL,
-                                     execution_mode="ASYNC")
+        accepted = await node.invoke(
+            "wait", [seconds], task_name="n", artifact_spec=BUSY, policy=POOL, execution_mode="ASYNC"
+        )
         ids.append(accepted["execution_id"])
     async with spear_actors.connect(str(node.endpoints[0])) as client, client.watch_executions(ids) as notices:
         seen = [notice async for notice in notices]
@@ -120,8 +121,14 @@ async def test_duplicate_execution_ids_run_the_function_once(node: Node, tmp_pat
     results = []
 
     async def submit() -> None:
-        response = await node.invoke("record", [str(ledger), "x"], task_name="once", artifact_spec=BUSY,
-                                     policy=POOL, context={"execution_id": "exec-fixed"})
+        response = await node.invoke(
+            "record",
+            [str(ledger), "x"],
+            task_name="once",
+            artifact_spec=BUSY,
+            policy=POOL,
+            context={"execution_id": "exec-fixed"},
+        )
         results.append(response)
 
     async with trio.open_nursery() as nursery:
@@ -138,8 +145,9 @@ async def test_duplicate_execution_ids_run_the_function_once(node: Node, tmp_pat
 
 async def test_10000_async_executions_all_finish_and_are_queryable(tmp_path: Path, no_leaked_processes: None) -> None:
     config = fast_config(tmp_path, max_execution_records=20_000)
-    config.defaults = InstancePolicy(min_instances=0, max_instances=4, max_concurrency=16, idle_timeout_s=300.0,
-                                     max_pending=20_000)
+    config.defaults = InstancePolicy(
+        min_instances=0, max_instances=4, max_concurrency=16, idle_timeout_s=300.0, max_pending=20_000
+    )
     async with open_node(config) as node:
         ids = []
         for i in range(10_000):
@@ -151,8 +159,9 @@ async def test_10000_async_executions_all_finish_and_are_queryable(tmp_path: Pat
         listed: list[dict[str, Any]] = []
         cursor = ""
         while True:
-            page = await node.list_executions(task_id=listed[0]["task_id"] if listed else "", limit=1000,
-                                              start_after=cursor)
+            page = await node.list_executions(
+                task_id=listed[0]["task_id"] if listed else "", limit=1000, start_after=cursor
+            )
             listed.extend(page["executions"])
             cursor = page["next_start_after"]
             if not cursor:
@@ -216,8 +225,9 @@ async def test_cancel_a_running_async_execution_and_every_waiter_learns_it(node:
 async def test_cancel_a_running_stream(node: Node) -> None:
     received = []
     async with spear_actors.connect(str(node.endpoints[0])) as client:
-        stream = client.stream("ticking", [1000, 0.02], task_name="rt", artifact_spec=BUSY,
-                               context={"execution_id": "exec-stream"})
+        stream = client.stream(
+            "ticking", [1000, 0.02], task_name="rt", artifact_spec=BUSY, context={"execution_id": "exec-stream"}
+        )
         with pytest.raises(SpearError) as info:
             async with stream as items:
                 async for chunk in items:
@@ -248,8 +258,9 @@ async def test_an_agent_that_ignores_a_stream_cancel_is_killed_and_replaced(
     async with open_node(fast_config(tmp_path, cancel_grace_s=0.5)) as node:
         first = await node.invoke("hello", None, task_name="deaf", artifact_spec=deaf)
         with pytest.raises(SpearError) as info:
-            async with node.stream("ticks", [10_000], task_name="deaf",
-                                   context={"execution_id": "exec-deaf-stream"}) as items:
+            async with node.stream(
+                "ticks", [10_000], task_name="deaf", context={"execution_id": "exec-deaf-stream"}
+            ) as items:
                 async for chunk in items:
                     if chunk == 2:
                         await node.cancel_execution("exec-deaf-stream")

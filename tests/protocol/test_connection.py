@@ -91,9 +91,7 @@ async def serving(
 
     kwargs = {} if max_frame_size is None else {"max_frame_size": max_frame_size}
     async with trio.open_nursery() as nursery:
-        server.endpoint = await nursery.start(
-            partial(serve_endpoint, url, on_transport or accept, **kwargs)
-        )
+        server.endpoint = await nursery.start(partial(serve_endpoint, url, on_transport or accept, **kwargs))
         yield server
         nursery.cancel_scope.cancel()
 
@@ -629,9 +627,7 @@ async def test_heartbeat_death_fails_pending_requests_at_the_heartbeat_timeout(
     assert [p.seq for p in pings] == [1, 2]  # one ping a second until declared dead
 
 
-async def test_server_declares_a_silent_client_dead(
-    url: str, autojump_clock: trio.testing.MockClock
-) -> None:
+async def test_server_declares_a_silent_client_dead(url: str, autojump_clock: trio.testing.MockClock) -> None:
     config = ConnectionConfig(heartbeat_interval=2.0, heartbeat_timeout=5.0)
     async with serving(url, standard_handler, config=config) as server, raw_client(server) as raw:
         welcome = await raw.hello()
@@ -787,9 +783,7 @@ async def test_client_refuses_a_welcome_of_another_version(url: str) -> None:
                 pass
 
 
-async def test_no_hello_is_closed_after_the_handshake_timeout(
-    url: str, autojump_clock: trio.testing.MockClock
-) -> None:
+async def test_no_hello_is_closed_after_the_handshake_timeout(url: str, autojump_clock: trio.testing.MockClock) -> None:
     config = ConnectionConfig(handshake_timeout=10.0)
     async with serving(url, standard_handler, config=config) as server, raw_client(server) as raw:
         start = trio.current_time()

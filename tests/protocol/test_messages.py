@@ -32,8 +32,7 @@ from spear_actors.protocol.messages import (
     encode_message,
 )
 
-ALL_TYPES = (Hello, Welcome, Request, Response, Error, StreamItem, StreamEnd, Cancel, Credit,
-             Ping, Pong, Goodbye)
+ALL_TYPES = (Hello, Welcome, Request, Response, Error, StreamItem, StreamEnd, Cancel, Credit, Ping, Pong, Goodbye)
 
 u64 = st.integers(min_value=0, max_value=MAX_UINT64)
 text = st.text(max_size=20)
@@ -49,8 +48,9 @@ scalars = (
 # What msgpack carries and gives back equal (lists, not tuples; no NaN).
 values = st.recursive(
     scalars,
-    lambda inner: st.lists(inner, max_size=4)
-    | st.dictionaries(text | st.integers(min_value=-5, max_value=5), inner, max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(text | st.integers(min_value=-5, max_value=5), inner, max_size=4)
+    ),
     max_leaves=12,
 )
 maps = st.dictionaries(text, values, max_size=4)
@@ -58,10 +58,17 @@ codes = st.sampled_from([c.value for c in ErrorCode])
 
 STRATEGIES: dict[type[Any], st.SearchStrategy[Any]] = {
     Hello: st.builds(Hello, version=u64, role=text, auth=opt_text, peer_id=opt_text, meta=maps),
-    Welcome: st.builds(Welcome, version=u64, role=text, peer_id=opt_text, heartbeat_interval_ms=u64,
-                       heartbeat_timeout_ms=u64, max_frame_size=u64, meta=maps),
-    Request: st.builds(Request, id=u64, method=text, params=values, timeout_ms=st.none() | u64,
-                       window=st.none() | u64),
+    Welcome: st.builds(
+        Welcome,
+        version=u64,
+        role=text,
+        peer_id=opt_text,
+        heartbeat_interval_ms=u64,
+        heartbeat_timeout_ms=u64,
+        max_frame_size=u64,
+        meta=maps,
+    ),
+    Request: st.builds(Request, id=u64, method=text, params=values, timeout_ms=st.none() | u64, window=st.none() | u64),
     Response: st.builds(Response, id=u64, result=values),
     Error: st.builds(Error, id=st.none() | u64, code=codes, message=text, details=maps),
     StreamItem: st.builds(StreamItem, id=u64, seq=u64, data=values),
@@ -97,9 +104,7 @@ def test_every_message_type_round_trips(cls: type[Any], data: st.DataObject) -> 
 
 
 @given(st.lists(messages, max_size=8), st.lists(st.integers(min_value=0, max_value=100_000), max_size=12))
-def test_message_frames_cut_anywhere_decode_to_the_same_messages(
-    items: list[Message], cuts: list[int]
-) -> None:
+def test_message_frames_cut_anywhere_decode_to_the_same_messages(items: list[Message], cuts: list[int]) -> None:
     stream = b"".join(encode_frame(encode_message(m)) for m in items)
     points = sorted({c % (len(stream) + 1) for c in cuts})
     decoder = FrameDecoder()
@@ -136,9 +141,7 @@ _FIELD_NAMES = sorted({name for cls in ALL_TYPES for name in cls.__slots__})
     st.sampled_from([cls.TYPE for cls in ALL_TYPES]),
     st.dictionaries(st.sampled_from(_FIELD_NAMES), values, max_size=6),
 )
-def test_typed_maps_with_arbitrary_fields_decode_or_raise_protocol_error(
-    kind: str, fields: dict[str, Any]
-) -> None:
+def test_typed_maps_with_arbitrary_fields_decode_or_raise_protocol_error(kind: str, fields: dict[str, Any]) -> None:
     try:
         message = decode_message(_body(type=kind, **fields))
     except ProtocolError as exc:
@@ -172,8 +175,10 @@ def test_defaults_fill_optional_fields() -> None:
     [
         ({"type": "request", "id": 1}, "'method'"),
         ({"type": "request", "method": "m"}, "'id'"),
-        ({"type": "welcome", "version": 1, "role": "node", "heartbeat_interval_ms": 1,
-          "heartbeat_timeout_ms": 1}, "'max_frame_size'"),
+        (
+            {"type": "welcome", "version": 1, "role": "node", "heartbeat_interval_ms": 1, "heartbeat_timeout_ms": 1},
+            "'max_frame_size'",
+        ),
         ({"type": "credit", "id": 1}, "'n'"),
         ({"type": "error", "id": 1}, "'code'"),
     ],

@@ -176,7 +176,7 @@ def _cell(value: Any) -> str:
 
 
 async def _serve(args: argparse.Namespace) -> None:
-    from .node import open_node
+    from .serving import open_node
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = NodeConfig.from_file(args.config) if args.config else NodeConfig()

@@ -91,6 +91,12 @@ class NodeConfig:
     agent_heartbeat_timeout_s: float = 5.0
     client_heartbeat_interval_s: float = 5.0
     client_heartbeat_timeout_s: float = 20.0
+    max_connections: int = 1024
+    """Client connections served at once over all gateway listeners; one more is
+    refused (RESOURCE_EXHAUSTED error frame, or HTTP 503 on websocket) before its hello."""
+    connection_fd_reserve: int = 256
+    """Descriptors kept free of client connections (for agents, artifacts, the node):
+    the gateway serves at most RLIMIT_NOFILE minus this many connections."""
     max_total_instances: int = 256
     """Node-wide cap on live instances, over all tasks."""
     max_running_executions: int = 100_000

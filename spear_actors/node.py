@@ -13,7 +13,7 @@ import logging
 import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import trio
 
@@ -44,7 +44,7 @@ from .runtimes.base import Runtime, StreamSink
 from .runtimes.process import ProcessRuntime
 from .runtimes.wasm import WasmRuntime
 
-__all__ = ["Node", "open_node"]
+__all__ = ["ExecutionStream", "FrontEnd", "Node", "open_core"]
 
 log = logging.getLogger(__name__)
 
@@ -68,9 +68,10 @@ class Node:
         self._manager = manager
         self._admission = admission or AdmissionGate()
         self._nursery = nursery
-        self._listeners: list[trio.CancelScope] = []
         self.endpoints: list[Endpoint] = []
         """Gateway endpoints this node listens on (with real ports)."""
+        self.front_ends: list[FrontEnd] = []
+        """What serves this node to the network (stopped first by :meth:`drain`)."""
 
     # -- invocation -------------------------------------------------------------------
     async def invoke(self, function_name: str, parameters: Any = None, **fields: Any) -> dict[str, Any]:
@@ -154,6 +155,10 @@ class Node:
     ) -> dict[str, Any]:
         """Wait until the execution finishes (or *timeout* seconds pass) and return its
         record; the record's status says which."""
+        if timeout is not None and not (isinstance(timeout, (int, float)) and 0 <= timeout < math.inf):
+            raise SpearError(
+                ErrorCode.INVALID_ARGUMENT, f"wait_execution: timeout must be a finite number ≥ 0, got {timeout!r}"
+            )
         with trio.move_on_after(math.inf if timeout is None else timeout):
             done: Reply[Outcome] = Reply()
             await self._manager.tell(WaitExecution(execution_id, done))
@@ -163,6 +168,28 @@ class Node:
                 if exc.code is ErrorCode.NOT_FOUND:
                     raise
         return await self.get_execution(execution_id, include_logs=include_logs)
+
+    async def watch_executions(self, execution_ids: list[str], sink: StreamSink) -> dict[str, Any]:
+        """Send each execution's record to *sink* as it finishes (an unknown id: a map
+        with its ``error``, at once); returns ``{count}``. The gateway bounds the ids
+        of one request (``MAX_WATCH_IDS``)."""
+        send, receive = trio.open_memory_channel[dict[str, Any]](len(execution_ids) or 1)
+
+        async def wait_one(execution_id: str) -> None:
+            try:
+                record = await self.wait_execution(execution_id)
+            except SpearError as exc:
+                record = {"execution_id": execution_id, "error": exc.to_dict()}
+            send.send_nowait(record)
+
+        async with trio.open_nursery() as nursery:
+            for index, execution_id in enumerate(execution_ids):
+                nursery.start_soon(wait_one, execution_id)
+                if index % 64 == 63:
+                    await trio.lowlevel.checkpoint()  # others are served while this starts
+            for _ in execution_ids:
+                await sink(await receive.receive())
+        return {"count": len(execution_ids)}
 
     async def cancel_execution(
         self, execution_id: str, reason: str = "cancelled", force: bool = False
@@ -224,34 +251,34 @@ class Node:
         answer: dict[str, Any] = await self._manager.ask(lambda reply: Query(method, params, reply))
         return answer
 
-    async def listen(self, url: str) -> Endpoint:
-        """Start a gateway on *url* (ws://, tcp://, unix://); return the bound endpoint."""
-        from .gateway import Gateway
-
-        scope = trio.CancelScope()
-        self._listeners.append(scope)
-
-        async def serve(task_status: trio.TaskStatus[Endpoint]) -> None:
-            with scope:
-                await Gateway(self).serve(url, task_status=task_status)
-
-        endpoint: Endpoint = await self._nursery.start(serve)
-        self.endpoints.append(endpoint)
-        log.info("node %s listening on %s", self.config.node_id, endpoint)
-        return endpoint
-
     async def drain(self, grace: float | None = None) -> bool:
-        """Stop accepting: listeners close and new calls get UNAVAILABLE; then wait up
-        to *grace* seconds (default ``shutdown_grace_s``) for running calls to finish.
-        Returns True if everything finished in time. Leaving :func:`open_node`
-        afterwards ends whatever is left (UNAVAILABLE, records FAILED)."""
-        for scope in self._listeners:
-            scope.cancel()
+        """Stop accepting: front ends close their listeners and answer new calls
+        UNAVAILABLE, the manager refuses new calls; running calls get up to *grace*
+        seconds (default ``shutdown_grace_s``) to finish, and their callers their
+        answers; then the front ends close their connections. Returns True if
+        everything finished in time. Leaving :func:`open_node` afterwards ends
+        whatever is left (UNAVAILABLE, records FAILED)."""
+        for front_end in self.front_ends:
+            front_end.stop_accepting()
         grace = self.config.shutdown_grace_s if grace is None else grace
-        with trio.move_on_after(grace):
+        deadline = trio.current_time() + grace
+        finished = False
+        with trio.move_on_at(deadline):
             await self._manager.ask(lambda reply: Drain("node is shutting down", reply))
-            return True
-        return False
+            finished = True
+        for front_end in self.front_ends:
+            await front_end.close(deadline)
+        return finished
+
+
+class FrontEnd(Protocol):
+    """What serves the node to the outside (the gateway), as the node's drain sees it."""
+
+    def stop_accepting(self) -> None:
+        """Accept no more connections; answer new invocations UNAVAILABLE."""
+
+    async def close(self, deadline: float) -> None:
+        """Let the calls being served finish (until *deadline*), then close."""
 
 
 class ExecutionStream:
@@ -323,12 +350,12 @@ def _runtimes(config: NodeConfig) -> dict[str, Runtime]:
 
 
 @asynccontextmanager
-async def open_node(config: NodeConfig | None = None) -> AsyncIterator[Node]:
-    """Run a node for the duration of the block.
+async def open_core(config: NodeConfig | None = None) -> AsyncIterator[Node]:
+    """Run a node without network front ends for the duration of the block
+    (:func:`spear_actors.open_node` adds its gateways to this).
 
-    On exit every gateway closes, calls still in flight get UNAVAILABLE, every
-    instance is stopped (agent processes terminated and reaped) and no task of
-    the node is left running.
+    On exit calls still in flight get UNAVAILABLE, every instance is stopped (agent
+    processes terminated and reaped) and no task of the node is left running.
     """
     config = config or NodeConfig()
     async with background_nursery() as nursery:
@@ -359,8 +386,6 @@ async def open_node(config: NodeConfig | None = None) -> AsyncIterator[Node]:
             await node.declare_task(
                 TaskSeed(declaration.name, declaration.description, declaration.artifact, declaration.policy)
             )
-        for url in config.listen:
-            await node.listen(url)
         try:
             yield node
         finally:
@@ -369,3 +394,13 @@ async def open_node(config: NodeConfig | None = None) -> AsyncIterator[Node]:
             manager.stop()
             with trio.CancelScope(shield=True):
                 await manager_done.wait()
+
+
+def __getattr__(name: str) -> Any:
+    # ``from spear_actors.node import open_node`` keeps working; the node itself
+    # knows nothing of its front ends (open_node lives in spear_actors.serving)
+    if name == "open_node":
+        from .serving import open_node
+
+        return open_node
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -7,9 +7,11 @@ none of it (except evicting records past their age).
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import TYPE_CHECKING, Any
 
+from ..api import MAX_LIST_LIMIT
 from ..errors import ErrorCode, SpearError
 from ..model import ExecutionStatus
 from .executions import ExecutionRegistry, LatencyWindow
@@ -21,9 +23,11 @@ if TYPE_CHECKING:
 
 __all__ = ["ManagerQueries"]
 
+log = logging.getLogger(__name__)
+
 
 class ManagerQueries:
-    """``Query(method, params, reply)`` → ``_q_<method>(**params)``."""
+    """``Query(method, params, reply)`` → the ``_q_<method>`` of that name."""
 
     registry: ExecutionRegistry
     draining: str | None
@@ -33,15 +37,28 @@ class ManagerQueries:
 
     def _query(self, message: Query) -> None:
         self.registry.evict()  # age limits apply even when nothing finishes
+        handlers = {
+            "get_execution": self._q_get_execution,
+            "list_executions": self._q_list_executions,
+            "list_tasks": self._q_list_tasks,
+            "get_task": self._q_get_task,
+            "get_health": self._q_get_health,
+            "get_stats": self._q_get_stats,
+        }
         try:
-            handler = getattr(self, f"_q_{message.method}", None)
+            handler = handlers.get(message.method)
             if handler is None:
                 raise SpearError(ErrorCode.NOT_FOUND, f"no such query: {message.method!r}")
+            # params were validated by the caller (the node's methods, the api table):
+            # a TypeError here is a bug, answered INTERNAL, never INVALID_ARGUMENT
             result = handler(**message.params)
         except SpearError as exc:
             message.reply.fail(exc)
-        except TypeError as exc:  # a bad or missing parameter
-            message.reply.fail(SpearError(ErrorCode.INVALID_ARGUMENT, f"{message.method}: {exc}"))
+        except Exception as exc:
+            log.error("query %s failed (a bug; answered INTERNAL)", message.method, exc_info=exc)
+            message.reply.fail(
+                SpearError(ErrorCode.INTERNAL, f"{message.method}: internal error ({type(exc).__name__})")
+            )
         else:
             if isinstance(result, Reply):  # answered later, by another actor
                 result.on_done = lambda done: _forward(done, message.reply)
@@ -140,8 +157,8 @@ def _percentiles(window: LatencyWindow) -> dict[str, float | None]:
 
 
 def _limit(limit: object) -> int:
-    if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= 10_000:
-        raise SpearError(ErrorCode.INVALID_ARGUMENT, "limit must be an integer from 1 to 10000")
+    if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= MAX_LIST_LIMIT:
+        raise SpearError(ErrorCode.INVALID_ARGUMENT, f"limit must be an integer from 1 to {MAX_LIST_LIMIT:,}")
     return limit
 
 

@@ -1,0 +1,206 @@
+"""The gateway: the node's network front end for client services.
+
+It listens on the configured endpoints, authenticates each connection's hello, and
+serves the methods of :data:`spear_actors.api.METHODS` by calling the node. It knows
+the node only through those methods' names (``Method.node_method``).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import resource
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Final
+
+import trio
+
+from ..api import BY_NAME, Method, validate_params
+from ..errors import ErrorCode, SpearError
+from ..model import InvokeRequest
+from ..protocol.calls import IncomingRequest
+from ..protocol.connection import Connection, ConnectionConfig
+from ..protocol.handshake import accept_connection, token_authenticator
+from ..protocol.messages import Error, Welcome
+from ..protocol.transports import Endpoint, Transport
+from .isolation import isolated_connection, isolated_request
+from .listeners import listen
+from .refusals import RefusalLog
+
+if TYPE_CHECKING:
+    from ..node import Node
+
+__all__ = ["Gateway", "descriptor_budget"]
+
+log = logging.getLogger("spear_actors.gateway")
+
+_DRAIN_RETRY_MS: Final = 1000
+_CLOSE_WAIT: Final = 2.0
+"""How long closing connections may take (each says goodbye and flushes first)."""
+
+
+def descriptor_budget(max_connections: int, reserve: int) -> int:
+    """How many client connections fit beside *reserve* descriptors kept for agents,
+    artifacts and the node itself: the soft RLIMIT_NOFILE is first raised to the hard
+    one (up to 1,048,576), then the connections get what is left, at most
+    *max_connections* and at least 1."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = hard if hard != resource.RLIM_INFINITY else 1_048_576
+    wanted = min(wanted, 1_048_576)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+            soft = wanted
+        except (ValueError, OSError):
+            pass
+    available = max_connections if soft == resource.RLIM_INFINITY else soft - reserve
+    return max(1, min(max_connections, available))
+
+
+class Gateway:
+    """Serves the node's methods on a set of endpoints; one per node (``open_node``
+    starts it for ``NodeConfig.listen``)."""
+
+    def __init__(self, node: Node, methods: Mapping[str, Method] = BY_NAME) -> None:
+        self.node = node
+        config = node.config
+        self._methods = methods
+        self._authenticator = token_authenticator(config.token) if config.token else None
+        self._connection_config = ConnectionConfig(
+            heartbeat_interval=config.client_heartbeat_interval_s,
+            heartbeat_timeout=config.client_heartbeat_timeout_s,
+        )
+        self.max_connections = descriptor_budget(config.max_connections, config.connection_fd_reserve)
+        """Connections served at once (the configured maximum, lowered to fit the
+        descriptor limit minus the reserve)."""
+        if self.max_connections < config.max_connections:
+            log.warning(
+                "serving at most %d client connections (max_connections %d does not fit the descriptor "
+                "limit minus connection_fd_reserve %d)",
+                self.max_connections,
+                config.max_connections,
+                config.connection_fd_reserve,
+            )
+        self.refusals = RefusalLog()
+        self.endpoints: list[Endpoint] = []
+        self.draining = False
+        self._connections = 0
+        self._open: set[Connection] = set()
+        self._calls = 0
+        self._no_calls = trio.Event()
+        self._no_calls.set()
+        self._accepting = trio.CancelScope()
+        self._closing = trio.Event()
+        self._welcome = Welcome(role="node", peer_id=config.node_id, meta={"methods": sorted(methods)})
+
+    # -- lifecycle -------------------------------------------------------------------
+    async def run(self, urls: list[str], *, task_status: trio.TaskStatus[list[Endpoint]]) -> None:
+        """Listen on *urls* until cancelled or closed; ``task_status`` gets the bound
+        endpoints (real ports for port 0)."""
+        async with trio.open_nursery() as connections:
+            with self._accepting:
+                async with trio.open_nursery() as listeners:
+                    for url in urls:
+                        endpoint = await listeners.start(
+                            functools.partial(
+                                listen,
+                                url,
+                                serve=self._serve_transport,
+                                admit=self._admit,
+                                refusals=self.refusals,
+                                connections=connections,
+                            )
+                        )
+                        self.endpoints.append(endpoint)
+                        log.info("node %s listening on %s", self.node.config.node_id, endpoint)
+                    task_status.started(list(self.endpoints))
+            await self._closing.wait()
+            connections.cancel_scope.cancel()
+
+    def stop_accepting(self) -> None:
+        """Drain, step 1: close the listening sockets and answer new invocations
+        UNAVAILABLE; open connections and their calls carry on."""
+        self.draining = True
+        self._accepting.cancel()
+
+    async def close(self, deadline: float) -> None:
+        """Drain, step 2: wait until no call is being served (or *deadline*), then say
+        goodbye on every connection and close it."""
+        with trio.move_on_at(deadline):
+            await self._no_calls.wait()
+        await trio.lowlevel.checkpoint()  # answers of calls that just ended are queued
+        with trio.move_on_after(_CLOSE_WAIT):
+            async with trio.open_nursery() as nursery:
+                for connection in list(self._open):
+                    nursery.start_soon(connection.aclose, "node is shutting down")
+        self._closing.set()
+
+    # -- connections -----------------------------------------------------------------
+    def _admit(self) -> Error | None:
+        if self._connections >= self.max_connections:
+            self.refusals.refused("too many connections", f"limit {self.max_connections}")
+            return Error(
+                None,
+                ErrorCode.RESOURCE_EXHAUSTED.value,
+                f"node has too many client connections (limit {self.max_connections}); retry later",
+                {"retry_after_ms": _DRAIN_RETRY_MS},
+            )
+        self._connections += 1
+        return None
+
+    async def _serve_transport(self, transport: Transport) -> None:
+        try:
+            await isolated_connection(transport.description, functools.partial(self._converse, transport))
+        finally:
+            self._connections -= 1
+            with trio.CancelScope(shield=True):
+                await transport.aclose()
+
+    async def _converse(self, transport: Transport) -> None:
+        async with accept_connection(
+            transport,
+            authenticator=self._authenticator,
+            config=self._connection_config,
+            handler=self._handle,
+            welcome=self._welcome,
+        ) as connection:
+            self._open.add(connection)
+            try:
+                await connection.wait_closed()
+            finally:
+                self._open.discard(connection)
+
+    # -- requests --------------------------------------------------------------------
+    async def _handle(self, incoming: IncomingRequest) -> Any:
+        method = self._methods.get(incoming.method)
+        if method is None:
+            raise SpearError(ErrorCode.NOT_FOUND, f"no such method: {incoming.method!r}")
+        if method.stream and not incoming.is_stream:
+            raise SpearError(ErrorCode.INVALID_ARGUMENT, f"{method.name} must be called as a stream request (window)")
+        if self.draining and method.refused_while_draining:
+            raise SpearError(
+                ErrorCode.UNAVAILABLE,
+                "node is draining (shutting down): retry on another node or after it restarts",
+                {"retry_after_ms": _DRAIN_RETRY_MS},
+            )
+        if self._calls == 0:
+            self._no_calls = trio.Event()
+        self._calls += 1
+        try:
+            return await isolated_request(incoming.method, functools.partial(self._call, method, incoming))
+        finally:
+            self._calls -= 1
+            if self._calls == 0:
+                self._no_calls.set()
+
+    async def _call(self, method: Method, incoming: IncomingRequest) -> Any:
+        serve = getattr(self.node, method.node_method)
+        if method.params is None:  # an InvokeFunctionRequest
+            request = InvokeRequest.from_dict(incoming.params if incoming.params is not None else {})
+            if method.stream:
+                return await serve(request, incoming.send_item)
+            return await serve(request)
+        args = validate_params(method, incoming.params)
+        if method.stream:
+            args["sink"] = incoming.send_item
+        return await serve(**args)

@@ -1,0 +1,42 @@
+"""``open_node``: a node and its network front ends, for the duration of a block.
+
+Embed it in any trio program::
+
+    async with spear_actors.open_node(NodeConfig(listen=["ws://127.0.0.1:7411"])) as node:
+        ...
+
+:mod:`spear_actors.node` is the actor tree (:func:`~spear_actors.node.open_core`);
+this module adds the gateway for ``NodeConfig.listen`` (and the metrics listener for
+``NodeConfig.metrics_listen``), so the node never knows its front ends.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from ._nursery import background_nursery
+from .config import NodeConfig
+from .gateway import Gateway
+from .node import Node, open_core
+
+__all__ = ["open_node"]
+
+
+@asynccontextmanager
+async def open_node(config: NodeConfig | None = None) -> AsyncIterator[Node]:
+    """Run a node, with a gateway on each ``config.listen`` URL, for the block.
+
+    ``node.endpoints`` has the bound endpoints (real ports for port 0). On exit the
+    gateway closes its listeners and connections, calls still in flight end
+    (UNAVAILABLE), every instance is stopped (agent processes terminated and reaped)
+    and no task of the node is left running. :meth:`Node.drain` first, for a
+    graceful end.
+    """
+    config = config or NodeConfig()
+    async with open_core(config) as node, background_nursery() as nursery:
+        if config.listen:
+            gateway = Gateway(node)
+            node.endpoints.extend(await nursery.start(gateway.run, list(config.listen)))
+            node.front_ends.append(gateway)
+        yield node

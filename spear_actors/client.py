@@ -58,6 +58,8 @@ class Client:
         async with self.connection.stream("stream_function", request, window=window) as items:
             yield items
 
+    stream_function = stream
+
     if TYPE_CHECKING:  # the table's methods, installed below; typed loosely for mypy
 
         def __getattr__(self, name: str) -> Callable[..., Any]: ...

@@ -1,0 +1,71 @@
+"""Before authentication almost nothing: a connection limit, refused with a clear
+error, and descriptors kept for agents so a connection flood cannot stop them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import trio
+
+from spear_actors import ErrorCode
+from spear_actors.client import connect
+from spear_actors.protocol.messages import Error, decode_message
+from spear_actors.protocol.transports import open_transport
+
+from ..conftest import EXAMPLE_AGENT
+from ..node_process import spear_serve, with_nofile
+
+
+async def test_a_connection_flood_is_refused_and_agents_still_start(tmp_path: Path) -> None:
+    config = "\n".join(
+        [
+            'listen = ["tcp://127.0.0.1:0"]',
+            "max_connections = 40",
+            "connection_fd_reserve = 64",
+            "[tasks.hello]",
+            f"artifact = {{ location = {json.dumps(str(EXAMPLE_AGENT))} }}",
+        ]
+    )
+    # 128 descriptors: a flood of 200 connections would exhaust them without the limit
+    async with spear_serve(tmp_path, config, preexec_fn=with_nofile(128)) as node:
+        async with connect(node.url) as client, trio.open_nursery() as nursery:
+            flood_open = trio.Event()
+            refusals: list[Error] = []
+            held = 0
+
+            async def flood_one() -> None:
+                nonlocal held
+                try:
+                    async with open_transport(node.url, connect_timeout=5) as transport:
+                        with trio.move_on_after(3):
+                            body = await transport.receive_body()
+                            if body is not None:
+                                message = decode_message(body)
+                                assert isinstance(message, Error)
+                                refusals.append(message)
+                                return
+                        held += 1
+                        await flood_open.wait()  # admitted: hold the descriptor
+                except Exception:
+                    pass  # refused before connecting: also a refusal
+
+            for _ in range(200):
+                nursery.start_soon(flood_one)
+            with trio.fail_after(30):
+                while len(refusals) + held < 150:
+                    await trio.sleep(0.05)
+            # agents start (and the already connected client is served) during the flood
+            for n in range(3):
+                response = await client.invoke(
+                    "add", [n, 1], task_name=f"flood-{n}", artifact_spec={"location": str(EXAMPLE_AGENT)}
+                )
+                assert response["result"] == n + 1
+            flood_open.set()
+        assert refusals, "no connection was refused"
+        assert refusals[0].code == ErrorCode.RESOURCE_EXHAUSTED.value
+        assert "too many client connections" in refusals[0].message
+        assert held <= 40
+    log = node.stderr.decode()
+    assert "Traceback" not in log
+    assert log.count("refused a connection: too many connections") == 1  # rate-limited

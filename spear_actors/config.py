@@ -74,6 +74,14 @@ class NodeConfig:
     data_dir: Path = dataclasses.field(default_factory=_default_data_dir)
     token: str | None = None
     """If set, client hellos must carry it (UNAUTHENTICATED otherwise)."""
+    insecure: bool = False
+    """Allow listening beyond loopback without a token (refused otherwise)."""
+    metrics_listen: str | None = None
+    """Serve Prometheus metrics over HTTP here (``http://127.0.0.1:9464``); None: off."""
+    max_auth_failures: int = 5
+    """Failed authentications per peer address within ``auth_failure_window_s``; past
+    them, that address's hellos are refused without being checked."""
+    auth_failure_window_s: float = 60.0
     defaults: InstancePolicy = dataclasses.field(default_factory=_default_policy)
     default_timeout_ms: int = 30_000
     """Deadline of a call whose context.timeout_ms is 0."""
@@ -149,7 +157,7 @@ class NodeConfig:
                 config.data_dir = (base / str(value)).resolve()
             elif key == "listen":
                 config.listen = [value] if isinstance(value, str) else list(value)
-            elif key in ("token", "agent_listen"):
+            elif key in ("token", "agent_listen", "metrics_listen"):
                 if value is not None and not isinstance(value, str):
                     raise SpearError(ErrorCode.INVALID_ARGUMENT, f"config: {key} must be str")
                 setattr(config, key, value)

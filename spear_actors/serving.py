@@ -18,6 +18,7 @@ from contextlib import asynccontextmanager
 from ._nursery import background_nursery
 from .config import NodeConfig
 from .gateway import Gateway
+from .gateway.exposure import check_exposure
 from .node import Node, open_core
 
 __all__ = ["open_node"]
@@ -34,6 +35,7 @@ async def open_node(config: NodeConfig | None = None) -> AsyncIterator[Node]:
     graceful end.
     """
     config = config or NodeConfig()
+    check_exposure(config)
     async with open_core(config) as node, background_nursery() as nursery:
         if config.listen:
             gateway = Gateway(node)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..api import MAX_LIST_LIMIT
@@ -37,7 +38,7 @@ class ManagerQueries:
 
     def _query(self, message: Query) -> None:
         self.registry.evict()  # age limits apply even when nothing finishes
-        handlers = {
+        handlers: dict[str, Callable[..., Any]] = {
             "get_execution": self._q_get_execution,
             "list_executions": self._q_list_executions,
             "list_tasks": self._q_list_tasks,

@@ -18,6 +18,7 @@ from typing import Final
 import trio
 import trio_websocket
 
+from ..errors import ErrorCode, SpearError
 from ..protocol.framing import DEFAULT_MAX_FRAME_SIZE
 from ..protocol.messages import Error, encode_message
 from ..protocol.transports import Endpoint, StreamTransport, Transport, WebsocketTransport, parse_endpoint
@@ -32,7 +33,8 @@ _OUT_OF_RESOURCES: Final = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENO
 
 Admission = Callable[[], Error | None]
 """Asked for each accepted connection: None to serve it, else the error to refuse it with."""
-ServeTransport = Callable[[Transport], Awaitable[None]]
+ServeTransport = Callable[[Transport, str], Awaitable[None]]
+"""Serves one admitted connection: its transport and the peer's address."""
 
 
 async def listen(
@@ -48,14 +50,22 @@ async def listen(
     in the *connections* nursery (which outlives this listener: cancelling the
     listener stops accepting and nothing else)."""
     endpoint = parse_endpoint(url)
-    if endpoint.scheme == "ws":
-        await _listen_websocket(endpoint, serve, admit, refusals, connections, task_status)
-        return
-    if endpoint.scheme == "tcp":
-        listeners = await trio.open_tcp_listeners(endpoint.port, host=endpoint.host)
-        endpoint = Endpoint("tcp", host=endpoint.host, port=listeners[0].socket.getsockname()[1])
-    else:
-        listeners = [await _unix_listener(endpoint.path)]
+    try:
+        if endpoint.scheme == "ws":
+            await _listen_websocket(endpoint, serve, admit, refusals, connections, task_status)
+            return
+        if endpoint.scheme == "tcp":
+            listeners = await trio.open_tcp_listeners(endpoint.port, host=endpoint.host)
+            endpoint = Endpoint("tcp", host=endpoint.host, port=listeners[0].socket.getsockname()[1])
+        else:
+            listeners = [await _unix_listener(endpoint.path)]
+    except OSError as exc:
+        raise _cannot_listen(endpoint, exc) from None
+    except BaseExceptionGroup as group:  # trio-websocket binds inside a nursery
+        matched, _ = group.split(OSError)
+        if matched is None:
+            raise
+        raise _cannot_listen(endpoint, _first(matched)) from None
     try:
         async with trio.open_nursery() as nursery:
             for listener in listeners:
@@ -89,14 +99,15 @@ async def _accept_loop(
             continue
         if endpoint.scheme == "tcp":
             stream.setsockopt(stdlib_socket.IPPROTO_TCP, stdlib_socket.TCP_NODELAY, 1)
-        transport = StreamTransport(stream, description=f"{endpoint} ({_peer(stream)})")
+        peer = _peer(stream)
+        transport = StreamTransport(stream, description=f"{endpoint} ({peer})")
         refusal = admit()
         if refusal is not None:
             # before any protocol work: one error frame if the socket takes it, then close
             transport.send_nowait([encode_message(refusal)])
             await trio.aclose_forcefully(stream)
             continue
-        connections.start_soon(serve, transport)
+        connections.start_soon(serve, transport, peer.rsplit(":", 1)[0] if endpoint.scheme == "tcp" else "local")
 
 
 async def _listen_websocket(
@@ -118,8 +129,9 @@ async def _listen_websocket(
         except trio_websocket.ConnectionClosed:
             return
         remote = request.remote
-        peer = f"{remote.address}:{remote.port}" if isinstance(remote, trio_websocket.Endpoint) else str(remote)
-        await serve(WebsocketTransport(ws, description=f"{endpoint} ({peer})"))
+        address = str(remote.address) if isinstance(remote, trio_websocket.Endpoint) else str(remote)
+        port = f":{remote.port}" if isinstance(remote, trio_websocket.Endpoint) else ""
+        await serve(WebsocketTransport(ws, description=f"{endpoint} ({address}{port})"), address)
 
     async with trio.open_nursery() as nursery:
         # handlers run in *connections*; this nursery holds only the accept loops, so
@@ -163,3 +175,25 @@ async def _unix_listener(path: str) -> trio.SocketListener:
         sock.close()
         raise
     return trio.SocketListener(sock)
+
+
+def _first(group: BaseException) -> OSError:
+    while isinstance(group, BaseExceptionGroup):
+        group = group.exceptions[0]
+    assert isinstance(group, OSError)
+    return group
+
+
+def _cannot_listen(endpoint: Endpoint, exc: OSError) -> SpearError:
+    """A bind failure as one line naming the endpoint (and, for a busy port, how to
+    choose another)."""
+    if exc.errno == errno.EADDRINUSE:
+        return SpearError(
+            ErrorCode.UNAVAILABLE,
+            f"cannot listen on {endpoint}: port {endpoint.port} is already in use",
+            {
+                "hint": "stop what uses it, or choose another port: `make run PORT=7500`, "
+                "`SPEAR_LISTEN=ws://127.0.0.1:7500 spear serve ...` or `spear serve --listen URL`"
+            },
+        )
+    return SpearError(ErrorCode.UNAVAILABLE, f"cannot listen on {endpoint}: {exc.strerror or exc}")

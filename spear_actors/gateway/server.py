@@ -23,6 +23,7 @@ from ..protocol.connection import Connection, ConnectionConfig
 from ..protocol.handshake import accept_connection, token_authenticator
 from ..protocol.messages import Error, Welcome
 from ..protocol.transports import Endpoint, Transport
+from .exposure import AuthThrottle
 from .isolation import isolated_connection, isolated_request
 from .listeners import listen
 from .refusals import RefusalLog
@@ -82,6 +83,7 @@ class Gateway:
                 config.connection_fd_reserve,
             )
         self.refusals = RefusalLog()
+        self._auth_throttle = AuthThrottle(config.max_auth_failures, config.auth_failure_window_s, self.refusals)
         self.endpoints: list[Endpoint] = []
         self.draining = False
         self._connections = 0
@@ -148,18 +150,21 @@ class Gateway:
         self._connections += 1
         return None
 
-    async def _serve_transport(self, transport: Transport) -> None:
+    async def _serve_transport(self, transport: Transport, peer_address: str) -> None:
         try:
-            await isolated_connection(transport.description, functools.partial(self._converse, transport))
+            await isolated_connection(transport.description, functools.partial(self._converse, transport, peer_address))
         finally:
             self._connections -= 1
             with trio.CancelScope(shield=True):
                 await transport.aclose()
 
-    async def _converse(self, transport: Transport) -> None:
+    async def _converse(self, transport: Transport, peer_address: str) -> None:
+        authenticator = self._authenticator
+        if authenticator is not None:
+            authenticator = self._auth_throttle.wrap(authenticator, peer_address)
         async with accept_connection(
             transport,
-            authenticator=self._authenticator,
+            authenticator=authenticator,
             config=self._connection_config,
             handler=self._handle,
             welcome=self._welcome,

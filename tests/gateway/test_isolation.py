@@ -93,7 +93,7 @@ async def test_a_failing_connection_handler_ends_only_that_connection(caplog: py
     served: list[str] = []
     faults = iter(FAULTS.values())
 
-    async def serve(transport: Transport) -> None:
+    async def serve(transport: Transport, peer_address: str) -> None:
         async def handler() -> None:
             make = next(faults, None)
             if make is None:

@@ -7,6 +7,7 @@ import argparse
 import difflib
 import json
 import os
+import socket
 import sys
 import uuid
 from collections.abc import AsyncIterator
@@ -123,13 +124,18 @@ async def _not_running(url: str) -> SpearError:
     except SpearError:
         return SpearError(ErrorCode.UNAVAILABLE, f"cannot connect to {url}", {"hint": hint})
     cause = "the handshake failed (is it a spear node, and the right scheme?)"
+    address: Any
     try:
         with trio.fail_after(3):
             if endpoint.scheme == "unix":
-                stream: trio.abc.Stream = await trio.open_unix_socket(endpoint.path)
+                family, kind, proto, address = socket.AF_UNIX, socket.SOCK_STREAM, 0, endpoint.path
             else:
-                stream = await trio.open_tcp_stream(endpoint.host, endpoint.port)
-        await stream.aclose()
+                infos = await trio.socket.getaddrinfo(endpoint.host, endpoint.port, type=socket.SOCK_STREAM)
+                family, kind, proto, _, address = infos[0]
+            with trio.socket.socket(family, kind, proto) as probe:
+                await probe.connect(address)
+    except socket.gaierror as exc:
+        cause = f"cannot resolve {endpoint.host!r}: {exc.strerror}"
     except trio.TooSlowError:
         cause = "connection timed out (a firewall, or a host that does not answer)"
     except ConnectionRefusedError:

@@ -190,10 +190,7 @@ def _cannot_listen(endpoint: Endpoint, exc: OSError) -> SpearError:
     if exc.errno == errno.EADDRINUSE:
         return SpearError(
             ErrorCode.UNAVAILABLE,
-            f"cannot listen on {endpoint}: port {endpoint.port} is already in use",
-            {
-                "hint": "stop what uses it, or choose another port: `make run PORT=7500`, "
-                "`SPEAR_LISTEN=ws://127.0.0.1:7500 spear serve ...` or `spear serve --listen URL`"
-            },
+            f"cannot listen on {endpoint}: port {endpoint.port} is already in use; choose another with "
+            f"`make run PORT=<port>` or SPEAR_LISTEN={endpoint.scheme}://{endpoint.host}:<port>",
         )
     return SpearError(ErrorCode.UNAVAILABLE, f"cannot listen on {endpoint}: {exc.strerror or exc}")

@@ -205,7 +205,7 @@ async def test_serve_reports_its_drain_and_stops_at_once_on_a_second_sigint(tmp_
             "shutdown_grace_s = 60",
             "[tasks.hello]",
             f"artifact = {{ location = {json.dumps(str(EXAMPLE_AGENT))} }}",
-        ]  # fmt: skip
+        ]
     )
     async with spear_serve(tmp_path, config) as served, trio.open_nursery() as nursery:
         nursery.start_soon(

@@ -362,6 +362,45 @@ async def main(quick: bool) -> None:
                 nursery.cancel_scope.cancel()
 
 
+async def metrics_overhead(total: int, rounds: int = 3) -> None:
+    """Websocket invoke at 64 in flight with metrics off and on (``metrics_listen``
+    set, scraped once a second), alternating, same run: the cost of counting."""
+    spec = {"location": str(AGENT)}
+    policy = {"max_instances": 4, "max_concurrency": 16}
+    rates: dict[bool, list[float]] = {False: [], True: []}
+    for _ in range(rounds):
+        for metrics in (False, True):
+            config = NodeConfig(
+                listen=["ws://127.0.0.1:0"],
+                data_dir=Path(tempfile.mkdtemp()),
+                metrics_listen="http://127.0.0.1:0" if metrics else None,
+            )
+            async with open_node(config) as node, trio.open_nursery() as nursery:
+                await node.invoke("echo", PAYLOAD, task_name="bench", artifact_spec=spec, policy=policy)
+                if node.metrics_url is not None:
+                    nursery.start_soon(_scrape_every_second, node.metrics_url)
+                clients = [await nursery.start(_client, str(node.endpoints[0])) for _ in range(8)]
+                calls = [lambda c=c: c.invoke("echo", PAYLOAD, task_name="bench") for c in clients]
+                rates[metrics].append(await throughput(calls, 64, total))
+                nursery.cancel_scope.cancel()
+    off, on = sorted(rates[False])[rounds // 2], sorted(rates[True])[rounds // 2]
+    row("websocket invoke, 64 in flight, metrics off", rate=off, note=f"median of {rounds}")
+    row(
+        "websocket invoke, 64 in flight, metrics on",
+        rate=on,
+        note=f"median of {rounds}; {100 * (off - on) / off:+.1f} % loss (target ≤ 3 %)",
+    )
+
+
+async def _scrape_every_second(url: str) -> None:
+    import httpx
+
+    async with httpx.AsyncClient() as http:
+        while True:
+            await http.get(url)
+            await trio.sleep(1.0)
+
+
 async def _client(url: str, task_status: trio.TaskStatus[Any]) -> None:
     async with connect(url) as client:
         task_status.started(client)
@@ -371,4 +410,10 @@ async def _client(url: str, task_status: trio.TaskStatus[Any]) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="fewer samples (about 20 s)")
-    trio.run(main, parser.parse_args().quick or bool(os.environ.get("BENCH_QUICK")))
+    parser.add_argument("--metrics-only", action="store_true", help="only metrics off vs on")
+    arguments = parser.parse_args()
+    quick = arguments.quick or bool(os.environ.get("BENCH_QUICK"))
+    if not arguments.metrics_only:
+        trio.run(main, quick)
+    print("\nmetrics:")
+    trio.run(metrics_overhead, 2_000 if quick else 10_000)

@@ -4,6 +4,7 @@ waits for; a second signal stops at once."""
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import signal
@@ -50,6 +51,9 @@ async def run_serve(args: argparse.Namespace) -> None:
     config = _config(args)
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with open_node(config) as node:
+            # what start-up built lives as long as the node: out of the collector's
+            # way, so a full collection scans only what requests create (tens of ms less)
+            gc.freeze()
             for endpoint in node.endpoints:
                 print(f"spear node {config.node_id} listening on {endpoint}", flush=True)
             if config.metrics_listen:

@@ -83,6 +83,8 @@ class Gateway:
                 config.connection_fd_reserve,
             )
         self.refusals = RefusalLog()
+        self.connections_by_listener: dict[str, int] = {}
+        """Open client connections per listener endpoint (for metrics)."""
         self._auth_throttle = AuthThrottle(config.max_auth_failures, config.auth_failure_window_s, self.refusals)
         self.endpoints: list[Endpoint] = []
         self.draining = False
@@ -151,10 +153,13 @@ class Gateway:
         return None
 
     async def _serve_transport(self, transport: Transport, peer_address: str) -> None:
+        listener = transport.description.split(" (", 1)[0]
+        self.connections_by_listener[listener] = self.connections_by_listener.get(listener, 0) + 1
         try:
             await isolated_connection(transport.description, functools.partial(self._converse, transport, peer_address))
         finally:
             self._connections -= 1
+            self.connections_by_listener[listener] -= 1
             with trio.CancelScope(shield=True):
                 await transport.aclose()
 

@@ -59,7 +59,7 @@ async def isolated_request(what: str, call: Callable[[], Awaitable[T]]) -> T:
         coded = _coded(exc)
         if coded is not None:
             raise coded from None
-        log.error("%s failed (a bug; answered INTERNAL)", what, exc_info=exc)
+        log.error("%s failed (a bug; answered INTERNAL)", what, exc_info=exc, extra={"code": "INTERNAL"})
         raise SpearError(
             ErrorCode.INTERNAL, f"{what}: internal error ({type(exc).__name__}); the node's log has the details"
         ) from None
@@ -76,6 +76,13 @@ async def isolated_connection(description: str, serve: Callable[[], Awaitable[An
             raise
         coded = _coded(exc)
         if coded is not None:
-            log.info("client %s: connection ended: %s", description, coded)
+            log.info(
+                "client %s: connection ended: %s", description, coded, extra={"peer": description, "code": coded.code}
+            )
         else:
-            log.error("client %s: connection handler failed (a bug; connection closed)", description, exc_info=exc)
+            log.error(
+                "client %s: connection handler failed (a bug; connection closed)",
+                description,
+                exc_info=exc,
+                extra={"peer": description, "code": "INTERNAL"},
+            )

@@ -225,3 +225,15 @@ async def test_serve_reports_its_drain_and_stops_at_once_on_a_second_sigint(tmp_
         nursery.cancel_scope.cancel()
     assert b"again: stopping now" in served.stderr
     assert b"Traceback" not in served.stderr
+
+
+async def test_json_logs_are_one_object_per_line(tmp_path: Path) -> None:
+    config = 'listen = ["ws://127.0.0.1:0"]\ntoken = "s3cret"'
+    async with spear_serve(tmp_path, config, "--log-format", "json") as served:
+        wrong = await spear("health", "--url", served.url, "--token", "nope")
+        assert wrong.returncode == 1
+    lines = [json.loads(line) for line in served.stderr.decode().splitlines() if line.startswith("{")]
+    assert lines and all({"ts", "level", "logger", "message"} <= set(line) for line in lines)
+    refused = [line for line in lines if "failed authentication" in line["message"]]
+    assert refused and refused[0]["level"] == "WARNING"
+    assert all(not line.startswith(" ") for line in served.stderr.decode().splitlines())

@@ -239,7 +239,14 @@ async def deep_nesting(target: Target, seconds: float) -> str:
     return f"{sent} sent"
 
 
+async def no_attack(target: Target, seconds: float) -> str:
+    """The baseline: nothing but the well-behaved client."""
+    await trio.sleep(seconds)
+    return "baseline"
+
+
 ATTACKS: dict[str, Attack] = {
+    "baseline": no_attack,
     "watch_10k_unknown": watch_many_unknown_ids,
     "watch_200k_refused": watch_over_the_limit,
     "list_pipelined_unread": pipelined_listings_never_read,

@@ -237,3 +237,11 @@ async def test_json_logs_are_one_object_per_line(tmp_path: Path) -> None:
     refused = [line for line in lines if "failed authentication" in line["message"]]
     assert refused and refused[0]["level"] == "WARNING"
     assert all(not line.startswith(" ") for line in served.stderr.decode().splitlines())
+
+
+async def test_top_once_prints_a_snapshot_of_the_tasks(node: Node) -> None:
+    url = await _hello(node)
+    done = await spear("top", "--once", "--url", url)
+    assert done.returncode == 0, done.stderr
+    text = done.stdout.decode()
+    assert "hello_agent" in text and "SERVING" in text and "p99 ms" in text

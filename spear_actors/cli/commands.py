@@ -252,10 +252,14 @@ async def _spinner(execution_id: str, *, enabled: bool) -> AsyncIterator[None]:
 
 async def _spin(execution_id: str) -> None:
     from rich.console import Console
+    from rich.live import Live
+    from rich.spinner import Spinner
 
     await trio.sleep(_SPINNER_AFTER)
     start = trio.current_time() - _SPINNER_AFTER
-    with Console(stderr=True).status(f"{execution_id}: running") as status:
+    spinner = Spinner("dots", f"{execution_id}: running")
+    # stdout stays the caller's: results printed meanwhile go where they belong
+    with Live(spinner, console=Console(stderr=True), transient=True, redirect_stdout=False, redirect_stderr=False):
         while True:
-            status.update(f"{execution_id}: running, {trio.current_time() - start:.0f} s (Ctrl-C cancels)")
+            spinner.update(text=f"{execution_id}: running, {trio.current_time() - start:.0f} s (Ctrl-C cancels)")
             await trio.sleep(0.25)

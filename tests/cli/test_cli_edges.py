@@ -245,3 +245,46 @@ async def test_top_once_prints_a_snapshot_of_the_tasks(node: Node) -> None:
     assert done.returncode == 0, done.stderr
     text = done.stdout.decode()
     assert "hello_agent" in text and "SERVING" in text and "p99 ms" in text
+
+
+async def test_on_a_terminal_a_slow_call_shows_a_spinner_with_its_execution_id(node: Node) -> None:
+    import pty
+
+    url = await _hello(node)
+    controller, terminal = pty.openpty()
+    try:
+        done = await trio.run_process(
+            [
+                *SPEAR,
+                "invoke",
+                "--url",
+                url,
+                "--task-name",
+                "hello_agent",
+                "--function",
+                "sleep",
+                "--params",
+                "[1.6]",
+                "--execution-id",
+                "exec-spin",
+            ],
+            capture_stdout=True,
+            stderr=terminal,
+            check=False,
+        )
+        os.set_blocking(controller, False)
+        shown = b""
+        while True:
+            try:
+                chunk = os.read(controller, 65536)
+            except (BlockingIOError, OSError):
+                break
+            if not chunk:
+                break
+            shown += chunk
+    finally:
+        os.close(controller)
+        os.close(terminal)
+    assert done.returncode == 0, shown
+    assert json.loads(done.stdout) == {"slept": 1.6}
+    assert b"exec-spin: running" in shown

@@ -7,6 +7,7 @@ none of it (except evicting records past their age).
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from collections.abc import Callable
@@ -25,6 +26,8 @@ if TYPE_CHECKING:
 __all__ = ["ManagerQueries"]
 
 log = logging.getLogger(__name__)
+
+_NODE_LATENCY_SAMPLES = 65_536
 
 
 class ManagerQueries:
@@ -126,9 +129,13 @@ class ManagerQueries:
 
     def _q_get_stats(self) -> dict[str, Any]:
         tasks = {}
-        node_latency = LatencyWindow(size=10**9)
+        node_latency = LatencyWindow(size=_NODE_LATENCY_SAMPLES)
+        # the node's percentiles from a bounded sample: each task's most recent
+        # executions, at most _NODE_LATENCY_SAMPLES in all (one sort, whatever the task count)
+        per_task = max(1, _NODE_LATENCY_SAMPLES // max(1, len(self._tasks)))
         for entry in self._tasks.values():
-            node_latency.samples.extend(entry.latency.samples)
+            samples = entry.latency.samples
+            node_latency.samples.extend(itertools.islice(samples, max(0, len(samples) - per_task), None))
             tasks[entry.definition.task_id] = {
                 "task_name": entry.definition.task_name,
                 "instances": entry.instances,

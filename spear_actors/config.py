@@ -28,6 +28,7 @@ from typing import Any
 
 from .errors import ErrorCode, SpearError
 from .model import ArtifactSpec, InstancePolicy
+from .policy import OperatorPolicy
 
 __all__ = ["DEFAULT_LISTEN", "NodeConfig", "TaskDeclaration"]
 
@@ -106,6 +107,8 @@ class NodeConfig:
     wasm_workers: int = 4
     """Worker threads running WASM executions (per node)."""
     tasks: list[TaskDeclaration] = dataclasses.field(default_factory=list)
+    policy: OperatorPolicy = dataclasses.field(default_factory=OperatorPolicy)
+    """What clients may run (the ``[policy]`` table; docs/security.md)."""
 
     def agent_endpoint(self) -> str:
         """The agent listener URL, choosing a private temp unix socket if unset."""
@@ -137,6 +140,8 @@ class NodeConfig:
                 raise SpearError(ErrorCode.INVALID_ARGUMENT, f"config: unknown setting {key!r}")
             if key == "tasks":
                 config.tasks = [_task(name, spec, base) for name, spec in _mapping(value, "tasks").items()]
+            elif key == "policy":
+                config.policy = OperatorPolicy.from_dict(value, base)
             elif key == "defaults":
                 config.defaults = InstancePolicy.from_dict(value, "defaults.").merged_over(config.defaults)
             elif key == "data_dir":

@@ -7,7 +7,9 @@ with the first agent, one per process runtime) reads the process-group ids of th
 live agents from a pipe. When the pipe reaches end-of-file (the node exited, however
 it died) it SIGKILLs every group still registered, then every process whose
 environment carries this node's guard token (descendants that left their agent's
-process group keep it unless they scrubbed their environment).
+process group keep it unless they scrubbed their environment). The guardian forks
+away from the node at start, so it is not a child the node must reap (and outlives
+it by design); it ends by itself once the pipe is closed.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ GUARD_VARIABLE: Final = "SPEAR_NODE_GUARD"
 
 _PROGRAM: Final = r"""
 import os, signal, sys
+if os.fork():
+    os._exit(0)  # the node reaps this parent at once; the guardian is nobody's child
 groups = set()
 for line in sys.stdin.buffer:
     word = line.strip()
@@ -108,6 +112,7 @@ class Guardian:
                         env={},
                         start_new_session=True,  # no terminal signals: it must outlive the node
                     )
+                    await self._process.wait()  # the forking parent; the guardian lives on
                 except OSError as exc:
                     self._broken = True
                     log.warning("agent guardian cannot start (%s): agents will not die with a killed node", exc)
@@ -135,23 +140,12 @@ class Guardian:
         await self._send(f"-{group}\n")
 
     async def aclose(self) -> None:
-        """End the guardian (it kills whatever is still registered or marked) and reap it."""
+        """End the guardian: it kills whatever is still registered or marked, then exits."""
         process = self._process
-        if process is None:
-            return
-        with trio.CancelScope(shield=True):
-            if process.stdin is not None:
-                await process.stdin.aclose()
-            with trio.move_on_after(10):
-                await process.wait()
-            if process.returncode is None:
-                process.kill()
-                await process.wait()
         self._process = None
-
-    def pid(self) -> int | None:
-        """The guardian's pid, once started."""
-        return None if self._process is None else self._process.pid
+        if process is not None and process.stdin is not None:
+            with trio.CancelScope(shield=True):
+                await process.stdin.aclose()
 
     def environment(self) -> Iterable[tuple[str, str]]:
         """What an agent's environment must carry for the guardian to find its strays."""

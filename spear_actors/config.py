@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import tempfile
 import tomllib
@@ -158,8 +159,19 @@ class NodeConfig:
                     value = float(value)
                 if value is not None and getattr(config, key) is not None and not isinstance(value, expected):
                     raise SpearError(ErrorCode.INVALID_ARGUMENT, f"config: {key} must be {expected.__name__}")
+                if isinstance(value, int | float) and not isinstance(value, bool):
+                    _check_number(key, value)
                 setattr(config, key, value)
         return config
+
+
+def _check_number(key: str, value: float) -> None:
+    # Durations, sizes and counts: finite, not negative, and a worker count of at least 1.
+    low = 1 if key == "wasm_workers" else 0
+    if not math.isfinite(value) or value < low or value > 2**53:
+        raise SpearError(
+            ErrorCode.INVALID_ARGUMENT, f"config: {key} must be a finite number in [{low}, 2**53], got {value!r}"
+        )
 
 
 def _mapping(value: object, where: str) -> Mapping[str, Any]:

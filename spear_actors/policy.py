@@ -111,9 +111,11 @@ class OperatorPolicy:
 
     runtimes: list[str] = dataclasses.field(default_factory=lambda: list(_RUNTIMES))
     """``artifact_type`` values clients may use."""
-    sources: list[str] = dataclasses.field(default_factory=lambda: list(_SOURCES))
+    sources: list[str] | None = None
     """Where client artifacts may come from: ``inline`` content, ``local`` paths (only
-    under :attr:`artifact_roots`), ``http`` (and https) URLs."""
+    under :attr:`artifact_roots`), ``http`` (and https) URLs. None: all three on a
+    loopback node; ``inline`` and ``local`` when it listens beyond loopback (a URL is
+    code from anywhere)."""
     artifact_roots: list[Path] | None = None
     """Directories client artifact paths (and ``working_directory``) must lie in.
     None: the node's working directory when it listens on loopback only (or not at
@@ -180,6 +182,8 @@ class OperatorPolicy:
         """Check every field (types, finite numbers, ranges); INVALID_ARGUMENT naming it."""
         for name in ("runtimes", "sources"):
             allowed = _RUNTIMES if name == "runtimes" else _SOURCES
+            if getattr(self, name) is None and name == "sources":
+                continue
             values = _strings(getattr(self, name), name)
             unknown = sorted(set(values) - set(allowed))
             if unknown:
@@ -210,16 +214,20 @@ class OperatorPolicy:
 
     def resolved(self, listen: list[str]) -> OperatorPolicy:
         """A copy with the exposure-dependent defaults decided for a node listening on
-        *listen*: ``artifact_roots`` (cwd or nothing) and ``fetch_block_private``."""
+        *listen*: ``artifact_roots``, ``sources`` and ``fetch_block_private``."""
         exposed = listens_beyond_loopback(listen)
         roots = self.artifact_roots
         if roots is None:
             roots = [] if exposed else [Path.cwd()]
         block = exposed if self.fetch_block_private is None else self.fetch_block_private
+        sources = self.sources
+        if sources is None:
+            sources = ["inline", "local"] if exposed else list(_SOURCES)
         return dataclasses.replace(
             self,
             artifact_roots=[Path(os.path.abspath(root)) for root in roots],
             fetch_block_private=block,
+            sources=sources,
         )
 
     # -- what the parts of the node get ------------------------------------------------------
@@ -263,7 +271,7 @@ class OperatorPolicy:
             raise PolicyRefusal(f"artifact_type {spec.artifact_type!r} is not one of {sorted(self.runtimes)}")
         source = parse_source(spec)
         kind = "http" if source.kind is SourceKind.HTTP else source.kind.value
-        if kind not in self.sources:
+        if kind not in (self.sources if self.sources is not None else _SOURCES):
             raise PolicyRefusal(f"{kind} artifacts are not allowed", location=source.shown)
         if source.kind is SourceKind.LOCAL:
             assert source.path is not None
@@ -317,6 +325,8 @@ class OperatorPolicy:
 
 
 def _parse_value(policy: OperatorPolicy, key: str, value: object, base: Path) -> object:
+    if value is None and key in ("sources", "fetch_block_private", "agent_user"):
+        return None
     if key in ("artifact_roots", "wasm_preopen_roots"):
         if value is None and key == "artifact_roots":
             return None

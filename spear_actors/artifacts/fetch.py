@@ -353,5 +353,5 @@ async def _download(
                         {"location": shown, "attempts": failures, "reason": exc.reason},
                     ) from exc
                 delay = retry.delay(failures, exc.retry_after)
-                log.warning("artifact %s: %s; retry %d in %.2fs", shown, exc.reason, failures, delay)
+                log.warning("artifact %r: %s; retry %d in %.2fs", shown, exc.reason, failures, delay)
                 await trio.sleep(delay)

@@ -358,7 +358,7 @@ class ArtifactStore:
             if problem is None:
                 await self._reuse(entry, source, wasm)
                 return
-            log.warning("artifact %s: cached copy is corrupted (%s); fetching it again", source.shown, problem)
+            log.warning("artifact %r: cached copy is corrupted (%s); fetching it again", source.shown, problem)
             await self.cache.discard(digest)
         work = await self.cache.workdir()
         try:
@@ -395,7 +395,7 @@ class ArtifactStore:
                 rules=self.fetch_rules,
                 deadline=deadline,
             )
-            log.info("artifact %s: downloaded %d bytes (sha256 %s)", source.shown, size, actual)
+            log.info("artifact %r: downloaded %d bytes (sha256 %s)", source.shown, size, actual)
         else:
             assert local is not None
             try:

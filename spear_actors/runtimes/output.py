@@ -21,8 +21,13 @@ LINES_PER_SECOND: Final = 1000
 that many more is allowed."""
 
 
+# Control characters (but tab) would let an agent forge or hide log lines on a
+# terminal; they are shown as U+FFFD.
+_CONTROLS = {code: "\ufffd" for code in (*range(0x20), 0x7F) if code != 0x09}
+
+
 def _decode(raw: bytes | bytearray) -> str:
-    return bytes(raw).decode(errors="replace").rstrip("\r")
+    return bytes(raw).decode(errors="replace").rstrip("\r").translate(_CONTROLS)
 
 
 class LineSplitter:

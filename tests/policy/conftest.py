@@ -7,12 +7,14 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 
 import pytest
+import trio
 
 import spear_actors
 from spear_actors.client import Client
 from spear_actors.node import Node, open_node
 from spear_actors.policy import OperatorPolicy
 
+from ..artifacts.artifact_helpers import ArtifactServer
 from ..conftest import fast_config
 
 PROBE = Path(__file__).resolve().parent / "agents" / "probe_agent.py"
@@ -51,3 +53,11 @@ def policy_node(tmp_path: Path, allowed: Path, no_leaked_processes: None) -> Pol
 def probe_spec(**config: object) -> dict[str, object]:
     """An artifact_spec for the probe agent."""
     return {"location": str(PROBE), "config": dict(config)}
+
+
+@pytest.fixture
+async def server(nursery: trio.Nursery) -> ArtifactServer:
+    """An artifact server on 127.0.0.1 (port 0), stopped with the test's nursery."""
+    running = ArtifactServer()
+    await nursery.start(running.run)
+    return running

@@ -106,7 +106,10 @@ async def test_wasm_settings_may_only_lower_the_ceilings(policy_node: PolicyNode
         await denied(client.invoke("run", "x", task_name="etc", artifact_spec=spec(preopen_dir="/etc")))
         await denied(
             client.invoke(
-                "run", "x", task_name="rw", artifact_spec=spec(preopen_dir=str(allowed / "data"), preopen_readonly=False)
+                "run",
+                "x",
+                task_name="rw",
+                artifact_spec=spec(preopen_dir=str(allowed / "data"), preopen_readonly=False),
             )
         )
         await denied(client.invoke("run", "x", task_name="mem", artifact_spec=spec(max_memory_bytes=4 * 1024**3)))

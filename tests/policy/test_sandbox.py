@@ -120,8 +120,15 @@ trio.run(main)
 async def test_agents_and_their_children_die_with_a_killed_node(tmp_path: Path) -> None:
     url = f"unix://{tmp_path}/node.sock"
     node = await trio.lowlevel.open_process(
-        [sys.executable, "-c", textwrap.dedent(NODE_SCRIPT), url, str(tmp_path / "data"), f"unix://{tmp_path}/a.sock"]
-        + [str(PROBE.parent)],
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(NODE_SCRIPT),
+            url,
+            str(tmp_path / "data"),
+            f"unix://{tmp_path}/a.sock",
+            str(PROBE.parent),
+        ],
         stdout=subprocess.PIPE,
         cwd=ROOT,
     )

@@ -217,7 +217,7 @@ class InstancePolicy:
         ):
             value = getattr(policy, name)
             if value is not None and not low <= value <= high:
-                raise _invalid(f"{where}{name} must be in [{low}, {high}], got {value!r}")
+                raise _invalid(f"{where}{name} must be >= {low} and <= {high}, got {value!r}")
         idle = policy.idle_timeout_s
         if idle is not None and (not math.isfinite(idle) or not 0 < idle <= _MAX_IDLE_S):
             raise _invalid(

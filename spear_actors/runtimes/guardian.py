@@ -101,6 +101,12 @@ class Guardian:
         self._broken = False
 
     async def _ensure(self) -> trio.Process | None:
+        # Shielded: a cancellation between the spawn and the reap of the forking parent
+        # would leave a zombie child behind.
+        with trio.CancelScope(shield=True):
+            return await self._start()
+
+    async def _start(self) -> trio.Process | None:
         async with self._lock:
             if self._process is None and not self._broken:
                 try:

@@ -205,12 +205,14 @@ class ProcessRuntime(Runtime):
         except (OSError, KeyError, subprocess.SubprocessError) as exc:
             del self._arrivals[digest]
             raise SpearError(ErrorCode.INSTANCE_FAILED, f"cannot start {argv[0]!r}: {exc}") from None
-        await self._guardian.register(process.pid)
         instance = ProcessInstance(spec.instance_id, process, stderr_tail, self.cancel_grace, self.sandbox)
         try:
             async with background_nursery() as nursery:
                 agent_log = logging.getLogger(f"spear_actors.agent.{spec.instance_id}")
                 assert process.stdout is not None and process.stderr is not None
+                # In the background: the agent's start does not wait for the guardian
+                # (started with the first agent) to come up.
+                nursery.start_soon(self._guardian.register, process.pid)
                 line_cap = self.sandbox.max_line_bytes
                 nursery.start_soon(_pump, process.stdout, agent_log, None, line_cap)
                 nursery.start_soon(_pump, process.stderr, agent_log, stderr_tail, line_cap)

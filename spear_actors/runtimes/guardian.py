@@ -104,7 +104,8 @@ class Guardian:
         # Shielded: a cancellation between the spawn and the reap of the forking parent
         # would leave a zombie child behind.
         with trio.CancelScope(shield=True):
-            return await self._start()
+            process = await self._start()
+        return process
 
     async def _start(self) -> trio.Process | None:
         async with self._lock:

@@ -13,8 +13,10 @@ artifact store get their share of the policy as plain settings
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import math
 import os
+import shlex
 import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
@@ -27,7 +29,7 @@ from .model import ArtifactSpec
 from .runtimes.sandbox import DEFAULT_AGENT_ENV, Sandbox, refused_env_name
 from .runtimes.wasm.settings import WasmCeilings, WasmSettings
 
-__all__ = ["OperatorPolicy", "PolicyRefusal", "listens_beyond_loopback"]
+__all__ = ["OperatorPolicy", "listens_beyond_loopback", "path_allowed", "policy_refusal"]
 
 _MiB: Final = 1024 * 1024
 _GiB: Final = 1024 * _MiB
@@ -37,7 +39,7 @@ _LOOPBACK_NAMES: Final = ("localhost", "ip6-localhost")
 _MAX_INT: Final = 2**63 - 1
 
 
-def PolicyRefusal(reason: str, **details: object) -> SpearError:
+def policy_refusal(reason: str, **details: object) -> SpearError:
     """The one error for anything outside the policy: PERMISSION_DENIED with *reason*."""
     return SpearError(ErrorCode.PERMISSION_DENIED, f"not allowed by the node's policy: {reason}", dict(details))
 
@@ -52,8 +54,6 @@ def listens_beyond_loopback(urls: list[str]) -> bool:
         if host in _LOOPBACK_NAMES:
             continue
         try:
-            import ipaddress
-
             if ipaddress.ip_address(host).is_loopback:
                 continue
         except ValueError:
@@ -268,21 +268,21 @@ class OperatorPolicy:
         """Check a client's *spec* before anything is fetched or read; PERMISSION_DENIED
         (naming the rule, never revealing a file) for anything outside the policy."""
         if spec.artifact_type not in self.runtimes:
-            raise PolicyRefusal(f"artifact_type {spec.artifact_type!r} is not one of {sorted(self.runtimes)}")
+            raise policy_refusal(f"artifact_type {spec.artifact_type!r} is not one of {sorted(self.runtimes)}")
         source = parse_source(spec)
         kind = "http" if source.kind is SourceKind.HTTP else source.kind.value
         if kind not in (self.sources if self.sources is not None else _SOURCES):
-            raise PolicyRefusal(f"{kind} artifacts are not allowed", location=source.shown)
+            raise policy_refusal(f"{kind} artifacts are not allowed", location=source.shown)
         if source.kind is SourceKind.LOCAL:
             assert source.path is not None
             if not path_allowed(source.path, self.artifact_roots or []):
-                raise PolicyRefusal(
+                raise policy_refusal(
                     f"artifact {source.shown} is not under an allowed artifact root", location=source.shown
                 )
         elif source.kind is SourceKind.HTTP:
             host = (urllib.parse.urlsplit(source.location).hostname or "").lower()
             if self.fetch_allowed_hosts and host not in {h.lower() for h in self.fetch_allowed_hosts}:
-                raise PolicyRefusal(f"artifact host {host!r} is not in fetch_allowed_hosts", location=source.shown)
+                raise policy_refusal(f"artifact host {host!r} is not in fetch_allowed_hosts", location=source.shown)
         if spec.artifact_type == "process":
             self._admit_process(spec.config)
         elif spec.artifact_type == "wasm":
@@ -292,19 +292,22 @@ class OperatorPolicy:
         command = config.get("command")
         if command is not None:
             if not self.client_commands:
-                raise PolicyRefusal("a client may not choose config.command")
-            words = command.split() if isinstance(command, str) else command
+                raise policy_refusal("a client may not choose config.command")
+            try:
+                words = shlex.split(command) if isinstance(command, str) else command  # as the runtime splits it
+            except ValueError:
+                words = None
             first = words[0] if isinstance(words, list) and words and isinstance(words[0], str) else None
             if first is None or first not in self.allowed_commands:
-                raise PolicyRefusal(f"command {first!r} is not in allowed_commands")
+                raise policy_refusal(f"command {first!r} is not in allowed_commands")
         cwd = config.get("working_directory")
         if isinstance(cwd, str) and not path_allowed(cwd, self.artifact_roots or []):
-            raise PolicyRefusal("config.working_directory is not under an allowed artifact root")
+            raise policy_refusal("config.working_directory is not under an allowed artifact root")
         env = config.get("env")
         if isinstance(env, Mapping):
             for name in env:
                 if isinstance(name, str) and refused_env_name(name):
-                    raise PolicyRefusal(f"config.env may not set {name!r}")
+                    raise policy_refusal(f"config.env may not set {name!r}")
 
     def _admit_wasm(self, config: Mapping[str, Any]) -> None:
         settings = WasmSettings.from_config(config)  # INVALID_ARGUMENT for malformed values first
@@ -316,12 +319,12 @@ class OperatorPolicy:
         )
         for name, value, ceiling in limits:
             if value is not None and config.get(name) is not None and value > ceiling:
-                raise PolicyRefusal(f"config.{name} {value!r} is above the node's ceiling {ceiling!r}")
+                raise policy_refusal(f"config.{name} {value!r} is above the node's ceiling {ceiling!r}")
         if settings.preopen_dir is not None:
             if not path_allowed(settings.preopen_dir, self.wasm_preopen_roots):
-                raise PolicyRefusal("config.preopen_dir is not under an allowed preopen root")
+                raise policy_refusal("config.preopen_dir is not under an allowed preopen root")
             if not settings.preopen_readonly and not self.wasm_preopen_writable:
-                raise PolicyRefusal("config.preopen_readonly false (a writable preopen) is not allowed")
+                raise policy_refusal("config.preopen_readonly false (a writable preopen) is not allowed")
 
 
 def _parse_value(policy: OperatorPolicy, key: str, value: object, base: Path) -> object:

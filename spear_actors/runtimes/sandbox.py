@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import pwd
 import resource
 from collections.abc import Callable, Mapping
 from typing import Final
@@ -126,8 +127,6 @@ class Sandbox:
         """(uid, gid) of :attr:`user`, if set; KeyError for an unknown user."""
         if self.user is None:
             return None
-        import pwd
-
         entry = pwd.getpwnam(self.user)
         return entry.pw_uid, entry.pw_gid
 

@@ -10,8 +10,12 @@ import pytest
 import trio
 
 from spear_actors import ErrorCode, SpearError
+from spear_actors.config import TaskDeclaration
+from spear_actors.model import ArtifactSpec
+from spear_actors.node import open_node
+from spear_actors.policy import OperatorPolicy
 
-from ..conftest import EXAMPLE_AGENT
+from ..conftest import EXAMPLE_AGENT, fast_config
 from ..runtimes.wasm_helpers import FIXTURES
 from .conftest import PROBE, PolicyNode, probe_spec
 
@@ -153,3 +157,14 @@ async def test_one_task_cannot_hold_every_wasm_worker(policy_node: PolicyNode) -
         assert response["result"] == 5
         for execution_id in spinning:
             await client.call("cancel_execution", {"execution_id": execution_id})
+
+
+async def test_declared_tasks_are_the_operators(tmp_path: Path, no_leaked_processes: None) -> None:
+    # Neither the path nor the command would be allowed from a client here.
+    artifact = ArtifactSpec(location=str(PROBE), config={"command": [sys.executable, str(PROBE)]})
+    config = fast_config(tmp_path, tasks=[TaskDeclaration("tool", artifact)], policy=OperatorPolicy(artifact_roots=[]))
+    async with open_node(config) as node:
+        assert (await node.invoke("version", None, task_name="tool"))["result"] == "v1"
+        with pytest.raises(SpearError) as info:
+            await node.invoke("version", None, task_name="copy", artifact_spec=probe_spec())
+        assert info.value.code is ErrorCode.PERMISSION_DENIED

@@ -39,7 +39,7 @@ from .artifacts import ArtifactStore
 from .config import NodeConfig
 from .errors import ErrorCode, SpearError
 from .model import ExecutionMode, ExecutionStatus, InvokeRequest, build_invoke_request
-from .policy import OperatorPolicy
+from .policy import OperatorPolicy, listens_beyond_loopback
 from .protocol.transports import Endpoint
 from .runtimes.base import Runtime, StreamSink
 from .runtimes.process import ProcessRuntime
@@ -238,6 +238,13 @@ class Node:
 
         endpoint: Endpoint = await self._nursery.start(serve)
         self.endpoints.append(endpoint)
+        if url not in self.config.listen and listens_beyond_loopback([url]):
+            log.warning(
+                "listening beyond loopback on %s, but the policy's defaults were decided for the start-up "
+                "listeners %s (set artifact_roots, sources and fetch_block_private explicitly)",
+                endpoint,
+                self.config.listen,
+            )
         log.info("node %s listening on %s", self.config.node_id, endpoint)
         return endpoint
 

@@ -325,17 +325,23 @@ class ProcessInstance(RuntimeInstance):
                 raise SpearError(
                     ErrorCode.INSTANCE_FAILED, self._failure.message, dict(self._failure.details)
                 ) from None
-            self._log_lines(exc.details.get("logs"), log)
+            if "logs" in exc.details:  # the error's copy of the logs is capped as well
+                kept = self._log_lines(exc.details["logs"], log)
+                raise SpearError(exc.code, exc.message, {**exc.details, "logs": kept}) from None
             raise
         if not isinstance(envelope, dict):
             raise SpearError(ErrorCode.PROTOCOL_ERROR, "agent answered execute without a result envelope")
         self._log_lines(envelope.get("logs"), log)
         return envelope.get("value")
 
-    def _log_lines(self, lines: object, log: LogSink) -> None:
-        if isinstance(lines, list):
-            for line in capped_log(lines, self.sandbox.max_line_bytes, self.sandbox.max_execution_log_bytes):
-                log(line)
+    def _log_lines(self, lines: object, log: LogSink) -> list[str]:
+        """Hand the agent's log lines for one execution to *log*, capped; return them."""
+        if not isinstance(lines, list):
+            return []
+        kept = list(capped_log(lines, self.sandbox.max_line_bytes, self.sandbox.max_execution_log_bytes))
+        for line in kept:
+            log(line)
+        return kept
 
     async def wait_failed(self) -> SpearError:
         await self._failed.wait()

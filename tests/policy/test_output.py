@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from spear_actors import SpearError
 from spear_actors.runtimes.output import LineSplitter, capped_log
 
 from .conftest import PROBE, PolicyNode
@@ -83,10 +84,12 @@ async def test_execution_logs_of_a_real_agent_are_capped(policy_node: PolicyNode
         response = await client.invoke(
             "chatter", {"lines": 2000, "size": 1000}, task_name="chatty", artifact_spec={"location": str(PROBE)}
         )
-    logs = response["logs"]
-    assert sum(len(line) + 1 for line in logs) <= 64 * 1024 + 200
-    assert all(len(line) <= 540 for line in logs[:-1])
-    assert "log lines dropped" in logs[-1]
+        with pytest.raises(SpearError) as info:
+            await client.invoke("chatter_and_fail", {"lines": 2000, "size": 1000}, task_name="chatty")
+    for logs in (response["logs"], info.value.details["logs"]):
+        assert sum(len(line) + 1 for line in logs) <= 64 * 1024 + 200
+        assert all(len(line) <= 540 for line in logs[:-1])
+        assert "log lines dropped" in logs[-1]
 
 
 async def test_instances_run_the_bytes_their_task_was_created_from(policy_node: PolicyNode, allowed: Path) -> None:

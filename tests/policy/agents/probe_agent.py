@@ -66,6 +66,13 @@ def chatter(lines, size):
 
 
 @agent.function
+def chatter_and_fail(lines, size):
+    """Log like chatter, then raise."""
+    chatter(lines, size)
+    raise RuntimeError("after chatter")
+
+
+@agent.function
 def die():
     os.kill(os.getpid(), signal.SIGKILL)
 

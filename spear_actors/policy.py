@@ -160,6 +160,17 @@ class OperatorPolicy:
     is dropped and the line marked ``[truncated]``."""
     max_execution_log_bytes: int = 1 * _MiB
     """Log bytes kept per execution; later lines are dropped with one marker line."""
+    agent_cgroup: Path | None = None
+    """A cgroup v2 directory delegated to the node: each agent instance gets its own
+    cgroup under it (memory, CPU, pids for the agent and all its descendants, and a
+    kill that reaches all of them). None, or a directory that is not a writable
+    cgroup v2: no cgroups (logged)."""
+    agent_cgroup_memory_bytes: int = 0
+    """memory.max per instance cgroup (0: none)."""
+    agent_cgroup_cpus: float = 0.0
+    """cpu.max per instance cgroup, in CPUs (0: none)."""
+    agent_cgroup_pids: int = 0
+    """pids.max per instance cgroup (0: none)."""
 
     # -- loading ------------------------------------------------------------------------------
     @classmethod
@@ -204,6 +215,9 @@ class OperatorPolicy:
             _number(getattr(self, name), name, minimum=0, maximum=_MAX_INT, integer=True)
         _number(self.agent_max_line_bytes, "agent_max_line_bytes", minimum=80, maximum=64 * _MiB, integer=True)
         _number(self.max_execution_log_bytes, "max_execution_log_bytes", minimum=0, maximum=2**40, integer=True)
+        _number(self.agent_cgroup_memory_bytes, "agent_cgroup_memory_bytes", minimum=0, maximum=_MAX_INT, integer=True)
+        _number(self.agent_cgroup_cpus, "agent_cgroup_cpus", minimum=0, maximum=4096, integer=False)
+        _number(self.agent_cgroup_pids, "agent_cgroup_pids", minimum=0, maximum=2**31, integer=True)
         if self.agent_user is not None and (not isinstance(self.agent_user, str) or not self.agent_user):
             raise _invalid("agent_user", "must be a user name")
         for name in ("client_commands", "wasm_preopen_writable"):
@@ -250,6 +264,10 @@ class OperatorPolicy:
             user=self.agent_user,
             max_line_bytes=self.agent_max_line_bytes,
             max_execution_log_bytes=self.max_execution_log_bytes,
+            cgroup_parent=None if self.agent_cgroup is None else str(self.agent_cgroup),
+            cgroup_memory_bytes=self.agent_cgroup_memory_bytes,
+            cgroup_cpus=self.agent_cgroup_cpus,
+            cgroup_pids=self.agent_cgroup_pids,
         )
 
     def wasm_ceilings(self, workers: int) -> WasmCeilings:
@@ -328,8 +346,12 @@ class OperatorPolicy:
 
 
 def _parse_value(policy: OperatorPolicy, key: str, value: object, base: Path) -> object:
-    if value is None and key in ("sources", "fetch_block_private", "agent_user"):
+    if value is None and key in ("sources", "fetch_block_private", "agent_user", "agent_cgroup"):
         return None
+    if key == "agent_cgroup":
+        if not isinstance(value, str) or not value:
+            raise _invalid(key, "must be a directory path")
+        return Path(os.path.abspath(base / value))
     if key in ("artifact_roots", "wasm_preopen_roots"):
         if value is None and key == "artifact_roots":
             return None

@@ -22,6 +22,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any, Final
 
 import trio
@@ -33,6 +34,7 @@ from ..protocol.handshake import accept_connection
 from ..protocol.messages import Hello, Welcome
 from ..protocol.transports import Transport, parse_endpoint, serve_endpoint
 from .base import Call, InstanceSpec, LogSink, Runtime, RuntimeInstance, StreamSink
+from .cgroup import InstanceCgroup, cgroup_problem
 from .guardian import Guardian, kill_marked
 from .output import LineSplitter, capped_log
 from .sandbox import Sandbox, agent_environment
@@ -115,6 +117,8 @@ class ProcessRuntime(Runtime):
         self.sandbox = sandbox or Sandbox()
         """How agent processes are confined (environment, limits, user, output caps)."""
         self._guardian = Guardian()
+        self._cgroups: Path | None = None
+        """Where instance cgroups are made, once checked usable (see :mod:`.cgroup`)."""
         self.start_timeout = start_timeout
         self.stop_grace = stop_grace
         self.cancel_grace = cancel_grace
@@ -138,6 +142,13 @@ class ProcessRuntime(Runtime):
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Serve the agent listener until cancelled."""
         parse_endpoint(self.agent_listen)  # fail early on a bad URL
+        if self.sandbox.cgroup_parent is not None:
+            parent = Path(self.sandbox.cgroup_parent)
+            problem = await trio.to_thread.run_sync(cgroup_problem, parent)
+            if problem is None:
+                self._cgroups = parent
+            else:
+                log.warning("agent cgroups disabled: %s (rlimits and process groups still apply)", problem)
         try:
             async with trio.open_nursery() as nursery:
                 endpoint = await nursery.start(serve_endpoint, self.agent_listen, self._serve_agent)
@@ -187,7 +198,11 @@ class ProcessRuntime(Runtime):
         }
         self._arrivals[digest] = arrival
         stderr_tail: collections.deque[str] = collections.deque(maxlen=_STDERR_TAIL_LINES)
+        cgroup = None if self._cgroups is None else InstanceCgroup(self._cgroups, spec.instance_id)
         try:
+            if cgroup is not None:
+                box = self.sandbox
+                await trio.to_thread.run_sync(cgroup.create, box.cgroup_memory_bytes, box.cgroup_cpus, box.cgroup_pids)
             ids = self.sandbox.user_ids()
             process = await trio.lowlevel.open_process(
                 argv,
@@ -197,13 +212,16 @@ class ProcessRuntime(Runtime):
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 start_new_session=True,
-                preexec_fn=self.sandbox.preexec(),
+                preexec_fn=self.sandbox.preexec(None if cgroup is None else cgroup.joiner()),
                 user=None if ids is None else ids[0],
                 group=None if ids is None else ids[1],
                 extra_groups=None if ids is None else [],
             )
         except (OSError, KeyError, subprocess.SubprocessError) as exc:
             del self._arrivals[digest]
+            if cgroup is not None:
+                with trio.CancelScope(shield=True):
+                    await trio.to_thread.run_sync(cgroup.kill_all)
             raise SpearError(ErrorCode.INSTANCE_FAILED, f"cannot start {argv[0]!r}: {exc}") from None
         instance = ProcessInstance(spec.instance_id, process, stderr_tail, self.cancel_grace, self.sandbox)
         try:
@@ -230,6 +248,11 @@ class ProcessRuntime(Runtime):
                 await instance._stop(self.stop_grace)
                 # Descendants that left the agent's process group but kept its environment.
                 await trio.to_thread.run_sync(kill_marked, "SPEAR_INSTANCE_ID", spec.instance_id)
+                if cgroup is not None:  # and every descendant, whatever it did to escape
+                    try:
+                        await trio.to_thread.run_sync(cgroup.kill_all)
+                    except OSError as exc:
+                        log.warning("cannot remove the cgroup of %s: %s", spec.instance_id, exc)
                 await self._guardian.unregister(process.pid)
 
 

@@ -91,6 +91,14 @@ class Sandbox:
     """Longest stdout/stderr line copied to the node log."""
     max_execution_log_bytes: int = 1024 * 1024
     """Log bytes kept for one execution."""
+    cgroup_parent: str | None = None
+    """A delegated cgroup v2 directory: each instance gets a cgroup under it."""
+    cgroup_memory_bytes: int = 0
+    """memory.max of an instance's cgroup (the agent and all its descendants); 0: none."""
+    cgroup_cpus: float = 0.0
+    """cpu.max of an instance's cgroup, in CPUs (1.0 = one core); 0: none."""
+    cgroup_pids: int = 0
+    """pids.max of an instance's cgroup; 0: none."""
 
     def limits(self) -> list[tuple[int, int, int]]:
         """(resource, soft, hard) for each limit to set in the child."""
@@ -108,8 +116,9 @@ class Sandbox:
             chosen.append((kind, min(value, ceiling), min(value + slack, ceiling)))
         return chosen
 
-    def preexec(self) -> Callable[[], None]:
-        """The function run in the child between fork and exec: it sets the limits.
+    def preexec(self, then: Callable[[], None] | None = None) -> Callable[[], None]:
+        """The function run in the child between fork and exec: it sets the limits,
+        then runs *then* (joining a cgroup).
 
         It only calls ``setrlimit`` on values computed beforehand: no locks, no
         imports, nothing that could deadlock in a child forked from a threaded node.
@@ -118,6 +127,8 @@ class Sandbox:
         setrlimit = resource.setrlimit
 
         def apply() -> None:
+            if then is not None:
+                then()
             for kind, soft, hard in limits:
                 setrlimit(kind, (soft, hard))
 

@@ -61,3 +61,19 @@ async def server(nursery: trio.Nursery) -> ArtifactServer:
     running = ArtifactServer()
     await nursery.start(running.run)
     return running
+
+
+def alive(pid: int) -> bool:
+    """Whether *pid* runs (a zombie waiting for init counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+async def wait_gone(pids: list[int], seconds: float = 20) -> None:
+    """Wait (real time, generous) until none of *pids* runs."""
+    with trio.fail_after(seconds):
+        while any(alive(pid) for pid in pids):
+            await trio.sleep(0.05)

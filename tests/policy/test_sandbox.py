@@ -17,22 +17,7 @@ import spear_actors
 from spear_actors.runtimes.sandbox import DEFAULT_AGENT_ENV
 
 from ..conftest import ROOT, pids_with_env
-from .conftest import PROBE, PolicyNode, probe_spec
-
-
-def alive(pid: int) -> bool:
-    """Whether *pid* runs (a zombie waiting for init counts as gone)."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
-async def wait_gone(pids: list[int], seconds: float = 20) -> None:
-    with trio.fail_after(seconds):
-        while any(alive(pid) for pid in pids):
-            await trio.sleep(0.05)
+from .conftest import PROBE, PolicyNode, alive, probe_spec, wait_gone
 
 
 async def test_agents_see_only_the_allowlist_and_their_own_variables(

@@ -78,6 +78,10 @@ class InstanceCgroup:
 
         return join
 
+    def add(self, pid: int) -> None:
+        """Move *pid* into this cgroup (from the node's side)."""
+        (self.path / "cgroup.procs").write_text(str(pid))
+
     def members(self) -> list[int]:
         """Pids in the cgroup now."""
         try:

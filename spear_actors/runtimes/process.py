@@ -212,7 +212,10 @@ class ProcessRuntime(Runtime):
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 start_new_session=True,
-                preexec_fn=self.sandbox.preexec(None if cgroup is None else cgroup.joiner()),
+                # The child joins its cgroup itself, before exec, unless it switches
+                # users first (Popen runs preexec_fn after that): then the node moves
+                # it right after the spawn.
+                preexec_fn=self.sandbox.preexec(None if cgroup is None or ids is not None else cgroup.joiner()),
                 user=None if ids is None else ids[0],
                 group=None if ids is None else ids[1],
                 extra_groups=None if ids is None else [],
@@ -223,6 +226,11 @@ class ProcessRuntime(Runtime):
                 with trio.CancelScope(shield=True):
                     await trio.to_thread.run_sync(cgroup.kill_all)
             raise SpearError(ErrorCode.INSTANCE_FAILED, f"cannot start {argv[0]!r}: {exc}") from None
+        if cgroup is not None and ids is not None:
+            try:
+                await trio.to_thread.run_sync(cgroup.add, process.pid)
+            except OSError as exc:
+                log.warning("cannot move agent %d into %s: %s", process.pid, cgroup.path, exc)
         instance = ProcessInstance(spec.instance_id, process, stderr_tail, self.cancel_grace, self.sandbox)
         try:
             async with background_nursery() as nursery:

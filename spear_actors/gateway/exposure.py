@@ -9,31 +9,20 @@ checking what it sends.
 from __future__ import annotations
 
 import collections
-import ipaddress
 from typing import Final
 
 import trio
 
 from ..config import NodeConfig
 from ..errors import ErrorCode, SpearError
+from ..policy import listens_beyond_loopback
 from ..protocol.handshake import Authenticator
 from ..protocol.messages import Hello
-from ..protocol.transports import parse_endpoint
 from .refusals import RefusalLog
 
-__all__ = ["AuthThrottle", "check_exposure", "is_loopback"]
+__all__ = ["AuthThrottle", "check_exposure"]
 
 _MAX_TRACKED_PEERS: Final = 10_000
-
-
-def is_loopback(host: str) -> bool:
-    """True for localhost and loopback addresses (a name that is not an address: False)."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def check_exposure(config: NodeConfig) -> None:
@@ -42,8 +31,7 @@ def check_exposure(config: NodeConfig) -> None:
     if config.token or config.insecure:
         return
     for url in config.listen:
-        endpoint = parse_endpoint(url)
-        if endpoint.scheme != "unix" and not is_loopback(endpoint.host):
+        if listens_beyond_loopback([url]):
             raise SpearError(
                 ErrorCode.FAILED_PRECONDITION,
                 f"refusing to listen on {url} without a token: anyone who can connect could run code "

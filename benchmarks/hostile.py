@@ -349,6 +349,8 @@ def prepare(workdir: Path) -> tuple[Path, Any]:
                 "[tasks.hello]",
                 f"artifact = {{ location = {json.dumps(str(AGENT))} }}",
                 "policy = { min_instances = 2, max_instances = 4 }",
+                "[policy]",
+                f"artifact_roots = [{json.dumps(str(workdir))}]  # the flood agent is written here",
             ]
         )
     )

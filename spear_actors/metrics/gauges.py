@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from ..errors import SpearError
 from .registry import MAX_LABEL_SETS, NodeMetrics
 
 if TYPE_CHECKING:
@@ -11,6 +12,9 @@ if TYPE_CHECKING:
     from ..node import Node
 
 __all__ = ["ScrapeRefresher"]
+
+_STATES = ("CREATING", "READY", "RUNNING")
+"""The live instance states, always exported (0 when none)."""
 
 
 class ScrapeRefresher:
@@ -32,8 +36,18 @@ class ScrapeRefresher:
         metrics.queued.set(health["pending_executions"])
         metrics.retained.set(stats["node"]["retained_records"])
         metrics.instances.clear()
-        for task in list(stats["tasks"].values())[:MAX_LABEL_SETS]:
+        states: dict[str, int] = dict.fromkeys(_STATES, 0)
+        for task_id, task in list(stats["tasks"].items())[:MAX_LABEL_SETS]:
             metrics.instances.labels(task["task_name"]).set(task["instances"])
+            if task["instances"]:
+                try:
+                    detail = await self.node.get_task(task_id)
+                except SpearError:
+                    continue  # deleted meanwhile
+                for instance in detail["instances"]:
+                    states[instance["status"]] = states.get(instance["status"], 0) + 1
+        for state, count in states.items():
+            metrics.instances_by_state.labels(state).set(count)
         if self.gateway is not None:
             for listener, count in self.gateway.connections_by_listener.items():
                 metrics.client_connections.labels(listener).set(count)

@@ -108,6 +108,9 @@ class NodeMetrics:
         )
         self.tasks = Gauge("spear_tasks", "Tasks on the node.", registry=r)
         self.instances = Gauge("spear_instances", "Live instances, by task.", ["task"], registry=r)
+        self.instances_by_state = Gauge(
+            "spear_instances_by_state", "Live instances over all tasks, by state.", ["state"], registry=r
+        )
         self.running = Gauge("spear_running_executions", "Executions running on an instance now.", registry=r)
         self.queued = Gauge("spear_queued_executions", "Executions waiting for an instance (queue depth).", registry=r)
         self.retained = Gauge("spear_retained_records", "Finished execution records kept for queries.", registry=r)

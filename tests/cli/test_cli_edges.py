@@ -288,3 +288,33 @@ async def test_on_a_terminal_a_slow_call_shows_a_spinner_with_its_execution_id(n
     assert done.returncode == 0, shown
     assert json.loads(done.stdout) == {"slept": 1.6}
     assert b"exec-spin: running" in shown
+
+
+async def test_sigterm_lets_a_running_spear_invoke_get_its_result(tmp_path: Path) -> None:
+    config = "\n".join(
+        [
+            'listen = ["ws://127.0.0.1:0"]',
+            "[tasks.hello]",
+            f"artifact = {{ location = {json.dumps(str(EXAMPLE_AGENT))} }}",
+        ]
+    )
+    outcome: dict[str, subprocess.CompletedProcess[bytes]] = {}
+    async with spear_serve(tmp_path, config) as served:
+
+        async def invoke() -> None:
+            outcome["invoke"] = await spear(
+                "invoke", "--url", served.url, "--task-name", "hello", "--function", "sleep", "--params", "[2]"
+            )
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(invoke)
+            with trio.fail_after(20):
+                while b'"RUNNING"' not in (await spear("executions", "--url", served.url, "--json")).stdout:
+                    await trio.sleep(0.05)
+            served.process.send_signal(signal.SIGTERM)
+        with trio.fail_after(20):
+            await served.process.wait()
+    assert outcome["invoke"].returncode == 0, outcome["invoke"].stderr
+    assert json.loads(outcome["invoke"].stdout) == {"slept": 2}
+    assert served.process.returncode == 0
+    assert b"drained: every call finished" in served.stderr

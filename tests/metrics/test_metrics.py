@@ -49,6 +49,8 @@ async def test_a_running_node_is_scraped_and_parsed(tmp_path: Path, no_leaked_pr
         assert _value(samples, "spear_execution_duration_seconds_count", task="calc") == 3
         assert _value(samples, "spear_tasks") == 1
         assert _value(samples, "spear_instances", task="calc") >= 1
+        assert _value(samples, "spear_instances_by_state", state="READY") >= 1
+        assert _value(samples, "spear_instances_by_state", state="CREATING") == 0
         assert _value(samples, "spear_running_executions") == 0
         assert _value(samples, "spear_client_connections") == 1
         assert _value(samples, "spear_up") == 1

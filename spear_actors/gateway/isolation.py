@@ -65,10 +65,14 @@ async def isolated_request(what: str, call: Callable[[], Awaitable[T]]) -> T:
         ) from None
 
 
-async def isolated_connection(description: str, serve: Callable[[], Awaitable[Any]]) -> None:
+async def isolated_connection(
+    description: str,
+    serve: Callable[[], Awaitable[Any]],
+    on_error: Callable[[SpearError], None] | None = None,
+) -> None:
     """Run one connection's *serve*; whatever leaves it ends this connection only:
-    a SpearError (refused hello, lost link) is one log line, anything else a logged
-    traceback."""
+    a SpearError (refused hello, lost link) goes to *on_error* (default: one log
+    line), anything else is a logged traceback."""
     try:
         await serve()
     except BaseException as exc:
@@ -76,9 +80,15 @@ async def isolated_connection(description: str, serve: Callable[[], Awaitable[An
             raise
         coded = _coded(exc)
         if coded is not None:
-            log.info(
-                "client %s: connection ended: %s", description, coded, extra={"peer": description, "code": coded.code}
-            )
+            if on_error is not None:
+                on_error(coded)
+            else:
+                log.info(
+                    "client %s: connection ended: %s",
+                    description,
+                    coded,
+                    extra={"peer": description, "code": coded.code},
+                )
         else:
             log.error(
                 "client %s: connection handler failed (a bug; connection closed)",

@@ -156,12 +156,25 @@ class Gateway:
         listener = transport.description.split(" (", 1)[0]
         self.connections_by_listener[listener] = self.connections_by_listener.get(listener, 0) + 1
         try:
-            await isolated_connection(transport.description, functools.partial(self._converse, transport, peer_address))
+            await isolated_connection(
+                transport.description,
+                functools.partial(self._converse, transport, peer_address),
+                functools.partial(self._connection_ended, transport.description),
+            )
         finally:
             self._connections -= 1
             self.connections_by_listener[listener] -= 1
             with trio.CancelScope(shield=True):
                 await transport.aclose()
+
+    def _connection_ended(self, description: str, error: SpearError) -> None:
+        """A connection ended with a coded error: a link that went away is routine
+        (debug); anything else (no hello in time, a protocol error) is a refusal,
+        logged at most once per kind per interval (the throttle logs refused tokens)."""
+        if error.code is ErrorCode.UNAVAILABLE:
+            log.debug("client %s: connection ended: %s", description, error, extra={"peer": description})
+        elif error.code is not ErrorCode.UNAUTHENTICATED:
+            self.refusals.refused(f"connection ended {error.code.value}", f"{description}: {error.message}")
 
     async def _converse(self, transport: Transport, peer_address: str) -> None:
         authenticator = self._authenticator

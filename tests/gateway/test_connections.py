@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import trio
 
 from spear_actors import ErrorCode
@@ -69,3 +70,27 @@ async def test_a_connection_flood_is_refused_and_agents_still_start(tmp_path: Pa
     log = node.stderr.decode()
     assert "Traceback" not in log
     assert log.count("refused a connection: too many connections") == 1  # rate-limited
+
+
+async def test_refused_handshakes_are_one_rate_limited_log_line_not_a_traceback(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from spear_actors.protocol.framing import encode_frame
+    from spear_actors.serving import open_node
+
+    from ..conftest import fast_config
+
+    async with open_node(fast_config(tmp_path, listen=["tcp://127.0.0.1:0"])) as node:
+        endpoint = node.endpoints[0]
+        for _ in range(20):
+            stream = await trio.open_tcp_stream(endpoint.host, endpoint.port)
+            await stream.send_all(encode_frame(b"\xc1 not msgpack"))
+            with trio.fail_after(5):
+                while await stream.receive_some(4096):
+                    pass  # the error frame, then the close
+            await stream.aclose()
+        async with connect(str(endpoint)) as client:  # still serving
+            assert (await client.get_health())["status"] == "SERVING"
+    refusals = [r for r in caplog.records if "refused a connection" in r.getMessage()]
+    assert len(refusals) == 1 and "PROTOCOL_ERROR" in refusals[0].getMessage()
+    assert not [r for r in caplog.records if r.exc_info]

@@ -14,7 +14,7 @@ from typing import Final
 
 __all__ = ["CONTEXT_FIELDS", "JsonFormatter", "configure_logging"]
 
-CONTEXT_FIELDS: Final = ("execution_id", "task_id", "task_name", "instance_id", "code", "peer")
+CONTEXT_FIELDS: Final = ("execution_id", "task_id", "task_name", "instance_id", "code", "method", "request_id", "peer")
 """``extra`` keys that become fields of a log line."""
 
 _TEXT_FORMAT: Final = "%(asctime)s %(levelname)s %(name)s: %(message)s"

@@ -11,7 +11,7 @@ cancel from outside) and KeyboardInterrupt/SystemExit pass through.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 import trio
@@ -48,9 +48,12 @@ def _passes_through(exc: BaseException) -> bool:
     return False
 
 
-async def isolated_request(what: str, call: Callable[[], Awaitable[T]]) -> T:
+async def isolated_request(
+    what: str, call: Callable[[], Awaitable[T]], context: Mapping[str, object] | None = None
+) -> T:
     """Run *call*; its SpearError passes, anything else becomes INTERNAL (logged
-    with its traceback). *what* names the request in the log and the message."""
+    with its traceback and *context*: request id, peer). *what* names the request
+    in the log and the message."""
     try:
         return await call()
     except BaseException as exc:
@@ -59,7 +62,9 @@ async def isolated_request(what: str, call: Callable[[], Awaitable[T]]) -> T:
         coded = _coded(exc)
         if coded is not None:
             raise coded from None
-        log.error("%s failed (a bug; answered INTERNAL)", what, exc_info=exc, extra={"code": "INTERNAL"})
+        log.error(
+            "%s failed (a bug; answered INTERNAL)", what, exc_info=exc, extra={**(context or {}), "code": "INTERNAL"}
+        )
         raise SpearError(
             ErrorCode.INTERNAL, f"{what}: internal error ({type(exc).__name__}); the node's log has the details"
         ) from None

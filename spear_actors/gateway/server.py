@@ -210,7 +210,15 @@ class Gateway:
             self._no_calls = trio.Event()
         self._calls += 1
         try:
-            return await isolated_request(incoming.method, functools.partial(self._call, method, incoming))
+            return await isolated_request(
+                incoming.method,
+                functools.partial(self._call, method, incoming),
+                {
+                    "method": incoming.method,
+                    "request_id": incoming.id,
+                    "peer": incoming.connection.transport.description,
+                },
+            )
         finally:
             self._calls -= 1
             if self._calls == 0:

@@ -87,6 +87,7 @@ async def test_a_failing_request_is_internal_and_the_connection_and_node_carry_o
     logged = [r for r in caplog.records if r.levelno >= logging.ERROR and "INTERNAL" in r.getMessage()]
     assert len(logged) == len(FAULTS) - 1
     assert all(r.exc_info is not None for r in logged)  # with the traceback
+    assert all(r.__dict__["request_id"] and r.__dict__["method"] in FAULTS for r in logged)  # and the request
 
 
 async def test_a_failing_connection_handler_ends_only_that_connection(caplog: pytest.LogCaptureFixture) -> None:

@@ -118,6 +118,8 @@ async def _listen_websocket(
     connections: trio.Nursery,
     task_status: trio.TaskStatus[Endpoint],
 ) -> None:
+    bound = endpoint  # the real port once listening (port 0 in the URL picks one)
+
     async def on_request(request: trio_websocket.WebSocketRequest) -> None:
         refusal = admit()
         if refusal is not None:
@@ -131,7 +133,7 @@ async def _listen_websocket(
         remote = request.remote
         address = str(remote.address) if isinstance(remote, trio_websocket.Endpoint) else str(remote)
         port = f":{remote.port}" if isinstance(remote, trio_websocket.Endpoint) else ""
-        await serve(WebsocketTransport(ws, description=f"{endpoint} ({address}{port})"), address)
+        await serve(WebsocketTransport(ws, description=f"{bound} ({address}{port})"), address)
 
     async with trio.open_nursery() as nursery:
         # handlers run in *connections*; this nursery holds only the accept loops, so
@@ -150,7 +152,8 @@ async def _listen_websocket(
                 disconnect_timeout=1.0,
             )
         )
-        task_status.started(Endpoint("ws", host=endpoint.host, port=server.port))
+        bound = Endpoint("ws", host=endpoint.host, port=server.port)
+        task_status.started(bound)
 
 
 def _peer(stream: trio.SocketStream) -> str:

@@ -151,7 +151,7 @@ METHODS: Final[tuple[Method, ...]] = (
                 "only this task's executions",
                 maximum=MAX_ID_LENGTH,
                 cli="--task",
-                cli_help="only this task's executions (id)",
+                cli_help="only this task's executions (name or id)",
             ),
             Param(
                 "status_filter",

@@ -63,7 +63,7 @@ async def _run(client: Client, args: argparse.Namespace) -> None:
     if args.command == "status" and args.wait:
         method = COMMANDS["wait"]
     params = _params(method, args)
-    if "task_id" in params and args.command in ("task", "delete-task"):
+    if params.get("task_id") and args.command in ("task", "delete-task", "executions"):
         params["task_id"] = await _task_id(client, params["task_id"])
     if args.command == "task":
         params["include_executions"] = True

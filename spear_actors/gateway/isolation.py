@@ -49,11 +49,11 @@ def _passes_through(exc: BaseException) -> bool:
 
 
 async def isolated_request(
-    what: str, call: Callable[[], Awaitable[T]], context: Mapping[str, object] | None = None
+    what: str, call: Callable[[], Awaitable[T]], context: Callable[[], Mapping[str, object]] | None = None
 ) -> T:
     """Run *call*; its SpearError passes, anything else becomes INTERNAL (logged
-    with its traceback and *context*: request id, peer). *what* names the request
-    in the log and the message."""
+    with its traceback and what *context* returns: request id, peer; it is called
+    only then). *what* names the request in the log and the message."""
     try:
         return await call()
     except BaseException as exc:
@@ -63,7 +63,10 @@ async def isolated_request(
         if coded is not None:
             raise coded from None
         log.error(
-            "%s failed (a bug; answered INTERNAL)", what, exc_info=exc, extra={**(context or {}), "code": "INTERNAL"}
+            "%s failed (a bug; answered INTERNAL)",
+            what,
+            exc_info=exc,
+            extra={**(context() if context else {}), "code": "INTERNAL"},
         )
         raise SpearError(
             ErrorCode.INTERNAL, f"{what}: internal error ({type(exc).__name__}); the node's log has the details"

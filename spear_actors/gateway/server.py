@@ -220,11 +220,7 @@ class Gateway:
             return await isolated_request(
                 incoming.method,
                 functools.partial(self._call, method, incoming),
-                {
-                    "method": incoming.method,
-                    "request_id": incoming.id,
-                    "peer": incoming.connection.transport.description,
-                },
+                functools.partial(_request_context, incoming),
             )
         finally:
             self._calls -= 1
@@ -242,3 +238,8 @@ class Gateway:
         if method.stream:
             args["sink"] = incoming.send_item
         return await serve(**args)
+
+
+def _request_context(incoming: IncomingRequest) -> dict[str, object]:
+    """What a log line about *incoming* names: method, request id, peer."""
+    return {"method": incoming.method, "request_id": incoming.id, "peer": incoming.connection.transport.description}

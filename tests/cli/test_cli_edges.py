@@ -78,6 +78,8 @@ async def test_task_commands_take_a_name_or_an_id(node: Node) -> None:
     task = json.loads(by_name.stdout)
     by_id = await spear("task", task["task_id"], "--url", url, "--json")
     assert json.loads(by_id.stdout)["task_name"] == "hello_agent"
+    listed = await spear("executions", "--task", "hello_agent", "--url", url, "--json")
+    assert [e["task_id"] for e in json.loads(listed.stdout)["executions"]] == [task["task_id"]]
     deleted = await spear("delete-task", "hello_agent", "--url", url, "--json")
     assert json.loads(deleted.stdout)["deleted"] is True
     gone = await spear("task", "hello_agent", "--url", url)

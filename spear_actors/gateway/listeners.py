@@ -2,18 +2,18 @@
 
 The gateway owns its accept loops (rather than one ``serve_endpoint`` call per URL)
 so that a drain can stop accepting while the connections already open carry on, and
-so that a connection over the limit is refused before any protocol work.
+so that every accepted socket — a websocket's too, before its HTTP upgrade — is
+counted against the connection limit and refused before any protocol work.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import functools
 import os
 import socket as stdlib_socket
 from collections.abc import Awaitable, Callable
-from typing import Final
+from typing import Final, Protocol
 
 import trio
 import trio_websocket
@@ -27,21 +27,31 @@ from .refusals import RefusalLog
 __all__ = ["Admission", "listen"]
 
 _WS_QUEUE: Final = 64
+_WS_HANDSHAKE_TIMEOUT: Final = 10.0
+"""How long a websocket client has to send its HTTP upgrade request."""
 _ACCEPT_PAUSE: Final = 0.1
 """After accept fails for lack of descriptors or memory: wait this long, then retry."""
 _OUT_OF_RESOURCES: Final = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 
-Admission = Callable[[], Error | None]
-"""Asked for each accepted connection: None to serve it, else the error to refuse it with."""
 ServeTransport = Callable[[Transport, str], Awaitable[None]]
 """Serves one admitted connection: its transport and the peer's address."""
+
+
+class Admission(Protocol):
+    """Asked for each accepted socket before anything is read from it."""
+
+    def admit(self) -> Error | None:
+        """None to serve it (it then counts until :meth:`release`), else the error to refuse it with."""
+
+    def release(self) -> None:
+        """An admitted connection has ended."""
 
 
 async def listen(
     url: str,
     *,
     serve: ServeTransport,
-    admit: Admission,
+    admission: Admission,
     refusals: RefusalLog,
     connections: trio.Nursery,
     task_status: trio.TaskStatus[Endpoint] = trio.TASK_STATUS_IGNORED,
@@ -51,25 +61,17 @@ async def listen(
     listener stops accepting and nothing else)."""
     endpoint = parse_endpoint(url)
     try:
-        if endpoint.scheme == "ws":
-            await _listen_websocket(endpoint, serve, admit, refusals, connections, task_status)
-            return
-        if endpoint.scheme == "tcp":
+        if endpoint.scheme in ("tcp", "ws"):
             listeners = await trio.open_tcp_listeners(endpoint.port, host=endpoint.host)
-            endpoint = Endpoint("tcp", host=endpoint.host, port=listeners[0].socket.getsockname()[1])
+            endpoint = Endpoint(endpoint.scheme, host=endpoint.host, port=listeners[0].socket.getsockname()[1])
         else:
             listeners = [await _unix_listener(endpoint.path)]
     except OSError as exc:
         raise _cannot_listen(endpoint, exc) from None
-    except BaseExceptionGroup as group:  # trio-websocket binds inside a nursery
-        matched, _ = group.split(OSError)
-        if matched is None:
-            raise
-        raise _cannot_listen(endpoint, _first(matched)) from None
     try:
         async with trio.open_nursery() as nursery:
             for listener in listeners:
-                nursery.start_soon(_accept_loop, listener, endpoint, serve, admit, refusals, connections)
+                nursery.start_soon(_accept_loop, listener, endpoint, serve, admission, refusals, connections)
             task_status.started(endpoint)
     finally:
         for listener in listeners:
@@ -84,7 +86,7 @@ async def _accept_loop(
     listener: trio.SocketListener,
     endpoint: Endpoint,
     serve: ServeTransport,
-    admit: Admission,
+    admission: Admission,
     refusals: RefusalLog,
     connections: trio.Nursery,
 ) -> None:
@@ -97,63 +99,63 @@ async def _accept_loop(
             refusals.refused("accept failed", f"{endpoint}: {os.strerror(exc.errno or 0)}")
             await trio.sleep(_ACCEPT_PAUSE)
             continue
-        if endpoint.scheme == "tcp":
-            stream.setsockopt(stdlib_socket.IPPROTO_TCP, stdlib_socket.TCP_NODELAY, 1)
-        peer = _peer(stream)
-        transport = StreamTransport(stream, description=f"{endpoint} ({peer})")
-        refusal = admit()
+        refusal = admission.admit()
         if refusal is not None:
-            # before any protocol work: one error frame if the socket takes it, then close
-            transport.send_nowait([encode_message(refusal)])
+            _refuse_now(stream, endpoint, refusal)
             await trio.aclose_forcefully(stream)
             continue
-        connections.start_soon(serve, transport, peer.rsplit(":", 1)[0] if endpoint.scheme == "tcp" else "local")
+        if endpoint.scheme != "unix":
+            stream.setsockopt(stdlib_socket.IPPROTO_TCP, stdlib_socket.TCP_NODELAY, 1)
+        connections.start_soon(_connection, stream, endpoint, serve, admission, refusals)
 
 
-async def _listen_websocket(
+def _refuse_now(stream: trio.SocketStream, endpoint: Endpoint, refusal: Error) -> None:
+    """One refusal message if the socket takes it at once (never waiting): an error
+    frame, or for websocket an HTTP 503 with the same text."""
+    if endpoint.scheme == "ws":
+        text = f"{refusal.code}: {refusal.message}\n".encode()
+        data = (
+            b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\n"
+            b"connection: close\r\ncontent-length: " + str(len(text)).encode() + b"\r\n\r\n" + text
+        )
+    else:
+        data = len(body := encode_message(refusal)).to_bytes(8, "little") + body
+    with contextlib.suppress(OSError):
+        os.write(stream.socket.fileno(), data)  # the socket is non-blocking: all, some or nothing
+
+
+async def _connection(
+    stream: trio.SocketStream,
     endpoint: Endpoint,
     serve: ServeTransport,
-    admit: Admission,
+    admission: Admission,
     refusals: RefusalLog,
-    connections: trio.Nursery,
-    task_status: trio.TaskStatus[Endpoint],
 ) -> None:
-    bound = endpoint  # the real port once listening (port 0 in the URL picks one)
-
-    async def on_request(request: trio_websocket.WebSocketRequest) -> None:
-        refusal = admit()
-        if refusal is not None:
-            with trio.move_on_after(1.0), contextlib.suppress(trio_websocket.ConnectionClosed, OSError):
-                await request.reject(503, body=f"{refusal.code}: {refusal.message}".encode())
+    peer = _peer(stream)
+    address = peer.rsplit(":", 1)[0] if endpoint.scheme != "unix" else "local"
+    description = f"{endpoint} ({peer})"
+    try:
+        if endpoint.scheme != "ws":
+            await serve(StreamTransport(stream, description=description), address)
             return
-        try:
-            ws = await request.accept()
-        except trio_websocket.ConnectionClosed:
-            return
-        remote = request.remote
-        address = str(remote.address) if isinstance(remote, trio_websocket.Endpoint) else str(remote)
-        port = f":{remote.port}" if isinstance(remote, trio_websocket.Endpoint) else ""
-        await serve(WebsocketTransport(ws, description=f"{bound} ({address}{port})"), address)
-
-    async with trio.open_nursery() as nursery:
-        # handlers run in *connections*; this nursery holds only the accept loops, so
-        # cancelling the listener closes the listening sockets and nothing else
-        server = await nursery.start(
-            functools.partial(
-                trio_websocket.serve_websocket,
-                on_request,
-                endpoint.host,
-                endpoint.port,
-                None,
-                handler_nursery=connections,
-                message_queue_size=_WS_QUEUE,
-                max_message_size=DEFAULT_MAX_FRAME_SIZE,
-                connect_timeout=10.0,
-                disconnect_timeout=1.0,
-            )
-        )
-        bound = Endpoint("ws", host=endpoint.host, port=server.port)
-        task_status.started(bound)
+        async with trio.open_nursery() as nursery:  # the websocket's reader task
+            try:
+                with trio.fail_after(_WS_HANDSHAKE_TIMEOUT):
+                    request = await trio_websocket.wrap_server_stream(
+                        nursery, stream, message_queue_size=_WS_QUEUE, max_message_size=DEFAULT_MAX_FRAME_SIZE
+                    )
+                    ws = await request.accept()
+            except (trio.TooSlowError, trio_websocket.ConnectionClosed, trio.BrokenResourceError, OSError) as exc:
+                refusals.refused("websocket handshake failed", f"{description}: {type(exc).__name__}")
+                nursery.cancel_scope.cancel()
+                return
+            try:
+                await serve(WebsocketTransport(ws, description=description), address)
+            finally:
+                nursery.cancel_scope.cancel()
+    finally:
+        admission.release()
+        await trio.aclose_forcefully(stream)
 
 
 def _peer(stream: trio.SocketStream) -> str:
@@ -178,13 +180,6 @@ async def _unix_listener(path: str) -> trio.SocketListener:
         sock.close()
         raise
     return trio.SocketListener(sock)
-
-
-def _first(group: BaseException) -> OSError:
-    while isinstance(group, BaseExceptionGroup):
-        group = group.exceptions[0]
-    assert isinstance(group, OSError)
-    return group
 
 
 def _cannot_listen(endpoint: Endpoint, exc: OSError) -> SpearError:

@@ -114,7 +114,7 @@ class Gateway:
                                 listen,
                                 url,
                                 serve=self._serve_transport,
-                                admit=self._admit,
+                                admission=self,
                                 refusals=self.refusals,
                                 connections=connections,
                             )
@@ -144,7 +144,9 @@ class Gateway:
         self._closing.set()
 
     # -- connections -----------------------------------------------------------------
-    def _admit(self) -> Error | None:
+    def admit(self) -> Error | None:
+        """A socket was accepted: count it, or the error to refuse it with when the
+        node serves ``max_connections`` already (see :class:`.listeners.Admission`)."""
         if self._connections >= self.max_connections:
             self.refusals.refused("too many connections", f"limit {self.max_connections}")
             return Error(
@@ -155,6 +157,10 @@ class Gateway:
             )
         self._connections += 1
         return None
+
+    def release(self) -> None:
+        """An admitted connection has ended."""
+        self._connections -= 1
 
     async def _serve_transport(self, transport: Transport, peer_address: str) -> None:
         listener = transport.description.split(" (", 1)[0]
@@ -169,7 +175,6 @@ class Gateway:
                 functools.partial(self._connection_ended, transport.description),
             )
         finally:
-            self._connections -= 1
             self.connections_by_listener[listener] -= 1
             with trio.CancelScope(shield=True):
                 await transport.aclose()

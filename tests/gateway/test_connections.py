@@ -94,3 +94,23 @@ async def test_refused_handshakes_are_one_rate_limited_log_line_not_a_traceback(
     refusals = [r for r in caplog.records if "refused a connection" in r.getMessage()]
     assert len(refusals) == 1 and "PROTOCOL_ERROR" in refusals[0].getMessage()
     assert not [r for r in caplog.records if r.exc_info]
+
+
+async def test_websocket_sockets_count_before_their_upgrade(tmp_path: Path) -> None:
+    from spear_actors.serving import open_node
+
+    from ..conftest import fast_config
+
+    async with open_node(fast_config(tmp_path, listen=["ws://127.0.0.1:0"], max_connections=3)) as node:
+        endpoint = node.endpoints[0]
+        idle = [await trio.open_tcp_stream(endpoint.host, endpoint.port) for _ in range(3)]  # never upgrade
+        await trio.sleep(0.1)
+        refused = await trio.open_tcp_stream(endpoint.host, endpoint.port)
+        answer = b""
+        with trio.fail_after(5):
+            while chunk := await refused.receive_some(4096):
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 503 ")
+        assert b"RESOURCE_EXHAUSTED: node has too many client connections (limit 3)" in answer
+        for stream in [*idle, refused]:
+            await stream.aclose()

@@ -90,6 +90,14 @@ async def test_a_failing_request_is_internal_and_the_connection_and_node_carry_o
     assert all(r.__dict__["request_id"] and r.__dict__["method"] in FAULTS for r in logged)  # and the request
 
 
+class _AdmitAll:
+    def admit(self) -> None:
+        return None
+
+    def release(self) -> None:
+        pass
+
+
 async def test_a_failing_connection_handler_ends_only_that_connection(caplog: pytest.LogCaptureFixture) -> None:
     served: list[str] = []
     faults = iter(FAULTS.values())
@@ -113,7 +121,7 @@ async def test_a_failing_connection_handler_ends_only_that_connection(caplog: py
             lambda task_status: listen(
                 "tcp://127.0.0.1:0",
                 serve=serve,
-                admit=lambda: None,
+                admission=_AdmitAll(),
                 refusals=RefusalLog(),
                 connections=connections,
                 task_status=task_status,

@@ -186,7 +186,8 @@ class Gateway:
         if error.code is ErrorCode.UNAVAILABLE:
             log.debug("client %s: connection ended: %s", description, error, extra={"peer": description})
         elif error.code is not ErrorCode.UNAUTHENTICATED:
-            self.refusals.refused(f"connection ended {error.code.value}", f"{description}: {error.message}")
+            # the message may carry what the peer sent: repr, so it cannot forge a log line
+            self.refusals.refused(f"connection ended {error.code.value}", f"{description}: {error.message!r}")
 
     async def _converse(self, transport: Transport, peer_address: str) -> None:
         authenticator = self._authenticator

@@ -1,0 +1,30 @@
+"""Many nodes, one registry: cluster membership and task ownership on etcd.
+
+Optional: a node without a :class:`ClusterConfig` runs alone. See docs/cluster.md.
+"""
+
+from __future__ import annotations
+
+from .config import ClusterConfig
+from .etcd import EtcdClient
+from .ids import execution_owner, new_execution_id, validate_node_id
+from .records import ClusterState, ClusterStatus, NodeEvent, NodeInfo, TaskClaim, TaskEntry, TaskEvent
+from .registry import ClusterRegistry, EventStream, open_registry
+
+__all__ = [
+    "ClusterConfig",
+    "ClusterRegistry",
+    "ClusterState",
+    "ClusterStatus",
+    "EtcdClient",
+    "EventStream",
+    "NodeEvent",
+    "NodeInfo",
+    "TaskClaim",
+    "TaskEntry",
+    "TaskEvent",
+    "execution_owner",
+    "new_execution_id",
+    "open_registry",
+    "validate_node_id",
+]

@@ -1,0 +1,107 @@
+"""A real etcd server for tests: loopback only, a temporary data dir, free ports."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import trio
+
+ETCD = shutil.which("etcd")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class EtcdServer:
+    """One etcd process; ``start`` / ``stop`` (sync, for fixtures) and ``astart`` /
+    ``astop`` (for tests that take etcd away while trio code runs). The ports stay
+    the same across restarts so clients reconnect to the same URL."""
+
+    def __init__(self, root: Path) -> None:
+        assert ETCD is not None
+        self.root = root
+        self.data_dir = root / "etcd-data"
+        self.client_port = free_port()
+        self.peer_port = free_port()
+        self.url = f"http://127.0.0.1:{self.client_port}"
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log_path = root / "etcd.log"
+
+    def _spawn(self) -> None:
+        assert self.process is None, "etcd is running already"
+        peer = f"http://127.0.0.1:{self.peer_port}"
+        env = {key: value for key, value in os.environ.items() if not key.startswith("ETCD")}
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [
+                    str(ETCD),
+                    "--name=test",
+                    f"--data-dir={self.data_dir}",
+                    f"--listen-client-urls={self.url}",
+                    f"--advertise-client-urls={self.url}",
+                    f"--listen-peer-urls={peer}",
+                    f"--initial-advertise-peer-urls={peer}",
+                    f"--initial-cluster=test={peer}",
+                    "--heartbeat-interval=50",
+                    "--election-timeout=500",
+                    "--logger=zap",
+                    "--log-level=warn",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
+
+    def _healthy(self) -> bool:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise RuntimeError(f"etcd exited with {self.process.returncode}; log: {self.log_path.read_text()[-2000:]}")
+        try:
+            answer = httpx.get(f"{self.url}/health", timeout=0.5)
+        except httpx.HTTPError:
+            return False
+        return answer.status_code == 200 and answer.json().get("health") == "true"
+
+    def start(self, timeout_s: float = 20.0) -> None:
+        self._spawn()
+        deadline = time.monotonic() + timeout_s
+        while not self._healthy():
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"etcd not healthy within {timeout_s}s; log: {self.log_path.read_text()[-2000:]}")
+            time.sleep(0.05)
+
+    async def astart(self, timeout_s: float = 20.0) -> None:
+        self._spawn()
+        with trio.fail_after(timeout_s):
+            while not await trio.to_thread.run_sync(self._healthy):
+                await trio.sleep(0.05)
+
+    def stop(self) -> None:
+        process, self.process = self.process, None
+        if process is None:
+            return
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+    async def astop(self) -> None:
+        await trio.to_thread.run_sync(self.stop)
+
+    def wipe(self) -> None:
+        """Forget everything (a brand-new etcd at the same address on next start)."""
+        assert self.process is None
+        shutil.rmtree(self.data_dir, ignore_errors=True)

@@ -34,6 +34,7 @@ from .etcd_types import (
     RangeResult,
     TxnResult,
     WatchResponse,
+    parse_int,
     range_body,
     to_bytes,
 )
@@ -99,6 +100,12 @@ def _error_from_body(status: int, body: bytes, endpoint: str) -> SpearError:
 def _unreachable(endpoint: str, exc: BaseException | None) -> SpearError:
     reason = "no answer in time" if exc is None else f"{type(exc).__name__}: {exc}"[:300]
     return SpearError(ErrorCode.UNAVAILABLE, f"etcd at {endpoint} unreachable ({reason})", {"endpoint": endpoint})
+
+
+def _garbled(endpoint: str, exc: BaseException) -> SpearError:
+    return SpearError(
+        ErrorCode.PROTOCOL_ERROR, f"etcd at {endpoint}: bad HTTP answer ({exc})"[:400], {"endpoint": endpoint}
+    )
 
 
 def _is_gateway_404(status: int, body: bytes) -> bool:
@@ -211,7 +218,7 @@ class EtcdClient:
         answer = await self.call("/lease/grant", body)
         if answer.get("error"):
             raise SpearError(ErrorCode.FAILED_PRECONDITION, f"etcd: lease grant refused: {str(answer['error'])[:200]}")
-        granted = Lease(id=int(answer.get("ID", 0)), ttl=int(answer.get("TTL", 0)))
+        granted = Lease(id=parse_int(answer.get("ID")), ttl=parse_int(answer.get("TTL")))
         if not granted.id:
             raise SpearError(ErrorCode.PROTOCOL_ERROR, "etcd: lease grant answered without an ID")
         return granted
@@ -220,7 +227,7 @@ class EtcdClient:
         """Renew the lease once; its new TTL. NOT_FOUND if it expired or was revoked."""
         answer = await self.call("/lease/keepalive", {"ID": str(lease_id)})
         result = answer.get("result")
-        ttl = int(result.get("TTL", 0)) if isinstance(result, dict) else 0
+        ttl = parse_int(result.get("TTL")) if isinstance(result, dict) else 0
         if ttl <= 0:
             raise SpearError(ErrorCode.NOT_FOUND, f"etcd: lease {lease_id:x} not found (expired or revoked)")
         return ttl
@@ -232,7 +239,8 @@ class EtcdClient:
     async def lease_time_to_live(self, lease_id: int) -> int:
         """Seconds left on the lease; -1 if it does not exist (any more)."""
         answer = await self.call("/lease/timetolive", {"ID": str(lease_id)})
-        return int(answer.get("TTL", -1))
+        ttl: int = parse_int(answer.get("TTL", -1))
+        return ttl
 
     # -- watch ------------------------------------------------------------------------
 
@@ -273,6 +281,8 @@ class EtcdClient:
                     await stream.aclose()
         except httpx.TransportError as exc:
             raise _unreachable(endpoint, exc) from None
+        except httpx.HTTPError as exc:
+            raise _garbled(endpoint, exc) from None
 
     # -- plumbing ---------------------------------------------------------------------
 
@@ -308,6 +318,8 @@ class EtcdClient:
                 except httpx.TransportError as exc:
                     # The request may have reached etcd: never re-send it elsewhere.
                     raise _unreachable(endpoint, exc) from None
+                except httpx.HTTPError as exc:
+                    raise _garbled(endpoint, exc) from None
                 if _is_gateway_404(status, raw) and self._api_prefix is None:
                     continue  # this server does not serve that prefix
                 self._api_prefix = api_prefix
@@ -462,6 +474,8 @@ class WatchStream:
                 raise SpearError(ErrorCode.UNAVAILABLE, f"etcd at {self._endpoint} closed the watch") from None
             except httpx.TransportError as exc:
                 raise _unreachable(self._endpoint, exc) from None
+            except httpx.HTTPError as exc:
+                raise _garbled(self._endpoint, exc) from None
             self._buffer += chunk
 
     def _parse(self, line: bytes) -> WatchResponse:

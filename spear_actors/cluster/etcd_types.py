@@ -26,6 +26,7 @@ __all__ = [
     "WatchEvent",
     "WatchResponse",
     "b64",
+    "parse_int",
     "prefix_range_end",
     "to_bytes",
 ]
@@ -54,7 +55,7 @@ def _unb64(value: object) -> bytes:
         raise _malformed(f"bad base64: {exc}") from None
 
 
-def _int(value: object) -> int:
+def parse_int(value: object) -> int:
     """A 64-bit integer field: a decimal string (or a number), absent = 0."""
     if value is None:
         return 0
@@ -103,7 +104,7 @@ def prefix_range_end(prefix: bytes) -> bytes:
 
 
 def _revision(body: dict[str, Any]) -> int:
-    return _int(_map(body.get("header")).get("revision"))
+    return parse_int(_map(body.get("header")).get("revision"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,10 +125,10 @@ class KeyValue:
         return cls(
             key=_unb64(body.get("key")),
             value=_unb64(body.get("value")),
-            create_revision=_int(body.get("create_revision")),
-            mod_revision=_int(body.get("mod_revision")),
-            version=_int(body.get("version")),
-            lease=_int(body.get("lease")),
+            create_revision=parse_int(body.get("create_revision")),
+            mod_revision=parse_int(body.get("mod_revision")),
+            version=parse_int(body.get("version")),
+            lease=parse_int(body.get("lease")),
         )
 
 
@@ -147,7 +148,7 @@ class RangeResult:
         body = _map(raw)
         return cls(
             kvs=[KeyValue.from_json(kv) for kv in _list(body.get("kvs"))],
-            count=_int(body.get("count")),
+            count=parse_int(body.get("count")),
             more=bool(body.get("more", False)),
             revision=_revision(body),
         )
@@ -181,7 +182,7 @@ class DeleteResult:
         """Parse a ``DeleteRangeResponse``."""
         body = _map(raw)
         return cls(
-            deleted=_int(body.get("deleted")),
+            deleted=parse_int(body.get("deleted")),
             prev_kvs=[KeyValue.from_json(kv) for kv in _list(body.get("prev_kvs"))],
             revision=_revision(body),
         )
@@ -367,6 +368,6 @@ class WatchResponse:
             revision=_revision(body),
             created=bool(body.get("created", False)),
             canceled=bool(body.get("canceled", False)),
-            compact_revision=_int(body.get("compact_revision")),
+            compact_revision=parse_int(body.get("compact_revision")),
             cancel_reason=str(body.get("cancel_reason", ""))[:200],
         )

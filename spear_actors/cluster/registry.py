@@ -68,7 +68,8 @@ def _check_name(kind: str, value: str) -> bytes:
 
 
 def _first(result: object) -> KeyValue | None:
-    assert isinstance(result, RangeResult)
+    if not isinstance(result, RangeResult):
+        raise SpearError(ErrorCode.PROTOCOL_ERROR, "etcd: a transaction's read answered as a write")
     return result.kvs[0] if result.kvs else None
 
 
@@ -216,6 +217,9 @@ class ClusterRegistry:
             self._lease = 0
             self._set_state(ClusterState.CONNECTING if not self._registrations else ClusterState.LOST, exc.message)
             return
+        if self._left:
+            await self._revoke(lease.id)
+            return
         try:
             await self._announce(lease.id)
             self._lease = lease.id
@@ -223,11 +227,7 @@ class ClusterRegistry:
             await self._reclaim_owned()
         except SpearError as exc:
             self._lease = 0
-            with trio.move_on_after(self.config.request_timeout_s):
-                try:
-                    await self._etcd.lease_revoke(lease.id)
-                except SpearError:
-                    pass  # it expires on its own
+            await self._revoke(lease.id)
             self._set_state(ClusterState.CONNECTING if not self._registrations else ClusterState.LOST, exc.message)
             return
         self._registrations += 1
@@ -255,27 +255,31 @@ class ClusterRegistry:
     async def _publish(self) -> None:
         """Rewrite this node's record (its load changed) under the current lease."""
         self._load_dirty = False
+        lease = self._lease
         try:
-            await self._etcd.put(self._node_key(self.node_id), self._node.to_json(), lease=self._lease)
+            await self._etcd.put(self._node_key(self.node_id), self._node.to_json(), lease=lease)
         except SpearError as exc:
             self._load_dirty = True
             if exc.code is ErrorCode.NOT_FOUND:
-                self._lease_gone(exc)
+                self._lease_gone(exc, lease)
             else:
                 self._note_failure(exc)
 
-    def _lease_gone(self, exc: SpearError) -> None:
-        self._lease = 0
-        self._set_state(ClusterState.LOST, f"lease expired: {exc.message}")
+    def _lease_gone(self, exc: SpearError, lease: int) -> None:
+        """*lease* is gone from etcd; if it is still ours, we must register again."""
+        if lease and lease == self._lease:
+            self._lease = 0
+            self._set_state(ClusterState.LOST, f"lease expired: {exc.message}")
 
     async def _renew(self) -> None:
         """One keepalive; back to CONNECTED if it works, a fresh registration if the
         lease is gone."""
+        lease = self._lease
         try:
-            await self._etcd.lease_keepalive(self._lease)
+            await self._etcd.lease_keepalive(lease)
         except SpearError as exc:
             if exc.code is ErrorCode.NOT_FOUND:
-                self._lease_gone(exc)
+                self._lease_gone(exc, lease)
                 await self._register()
             else:
                 self._set_state(ClusterState.LOST, exc.message)
@@ -327,6 +331,10 @@ class ClusterRegistry:
             self._note_failure(exc)
             raise
         if claim.won:
+            if claim.entry.lease != self._lease:
+                # Our registration was replaced while the claim was in flight; the claim
+                # went (or goes) with the old lease.
+                raise self._unavailable(f"claiming task name {task_name!r}")
             self._owned[task_name] = _Owned(claim.entry, claim.entry.to_json())
             self._conflicts.pop(task_name, None)
         return claim
@@ -350,6 +358,8 @@ class ClusterRegistry:
         )
         if result.succeeded:
             return TaskClaim(True, dataclasses.replace(entry, revision=result.revision, lease=lease))
+        if len(result.responses) != 3:
+            raise SpearError(ErrorCode.PROTOCOL_ERROR, "etcd: claim transaction answered with the wrong shape")
         name_kv, id_kv, node_kv = (_first(response) for response in result.responses)
         if name_kv is not None:
             existing = self._parse_task(name_kv)
@@ -363,7 +373,9 @@ class ClusterRegistry:
         if id_kv is not None:
             raise SpearError(ErrorCode.ALREADY_EXISTS, f"task id {entry.task_id!r} is claimed under another name")
         if node_kv is None or node_kv.lease != lease:
-            raise self._unavailable_unregistered()
+            error = SpearError(ErrorCode.UNAVAILABLE, "this node's registration is gone from etcd; not claiming")
+            self._lease_gone(error, lease)
+            raise error
         raise SpearError(ErrorCode.INTERNAL, "claim transaction failed although every condition holds")
 
     async def _rebind(self, existing: TaskEntry, name_kv: KeyValue) -> TaskClaim:
@@ -381,11 +393,6 @@ class ClusterRegistry:
         if not result.succeeded:
             raise SpearError(ErrorCode.UNAVAILABLE, f"the claim of {existing.task_name!r} changed meanwhile; retry")
         return TaskClaim(True, dataclasses.replace(existing, lease=lease))
-
-    def _unavailable_unregistered(self) -> SpearError:
-        error = SpearError(ErrorCode.UNAVAILABLE, "this node's registration is gone from etcd; not claiming")
-        self._lease_gone(error)
-        return error
 
     async def release_task(self, task_name: str) -> bool:
         """Give up this node's claim of *task_name* (the task was deleted). False if this
@@ -480,23 +487,26 @@ class ClusterRegistry:
         from *start_revision* (e.g. a listing's revision + 1) etcd replays what came
         after it first. The stream raises UNAVAILABLE when etcd goes away."""
         async with self._watch(b"tasks/name/", start_revision) as stream:
-            yield EventStream(stream, self._task_event)
+            yield EventStream(stream, self._task_event, self._note_failure)
 
     @asynccontextmanager
     async def watch_nodes(self, start_revision: int = 0) -> AsyncIterator[EventStream[NodeEvent]]:
         """Nodes joining, updating their record, and leaving or expiring."""
         async with self._watch(b"nodes/", start_revision) as stream:
-            yield EventStream(stream, self._node_event)
+            yield EventStream(stream, self._node_event, self._note_failure)
 
     @asynccontextmanager
     async def _watch(self, under: bytes, start_revision: int) -> AsyncIterator[WatchStream]:
+        opened = False
         try:
             async with self._etcd.watch(
                 self._prefix + under, prefix=True, start_revision=start_revision, prev_kv=True
             ) as stream:
+                opened = True
                 yield stream
         except SpearError as exc:
-            self._note_failure(exc)
+            if not opened:  # errors of the stream itself are noted by EventStream
+                self._note_failure(exc)
             raise
 
     def _task_event(self, event: WatchEvent, revision: int) -> TaskEvent | None:
@@ -525,11 +535,16 @@ class ClusterRegistry:
         self._owned.clear()
         self._pending_release.clear()
         if lease:
-            with trio.CancelScope(shield=True), trio.move_on_after(self.config.request_timeout_s):
-                try:
-                    await self._etcd.lease_revoke(lease)
-                except SpearError as exc:
-                    log.warning("could not revoke lease of %s: %s (it expires with its TTL)", self.node_id, exc)
+            await self._revoke(lease)
+
+    async def _revoke(self, lease: int) -> None:
+        """Revoke *lease*, bounded, even from a cancelled scope; failing is harmless
+        (the lease expires with its TTL)."""
+        with trio.CancelScope(shield=True), trio.move_on_after(self.config.request_timeout_s):
+            try:
+                await self._etcd.lease_revoke(lease)
+            except SpearError as exc:
+                log.info("could not revoke lease %x of %s: %s (it expires with its TTL)", lease, self.node_id, exc)
 
     async def aclose(self) -> None:
         """Close the connections to etcd."""
@@ -539,9 +554,15 @@ class ClusterRegistry:
 class EventStream(Generic[T]):
     """Registry events decoded from one etcd watch (records that do not parse are skipped)."""
 
-    def __init__(self, stream: WatchStream, decode: Callable[[WatchEvent, int], T | None]) -> None:
+    def __init__(
+        self,
+        stream: WatchStream,
+        decode: Callable[[WatchEvent, int], T | None],
+        on_error: Callable[[SpearError], None],
+    ) -> None:
         self._stream = stream
         self._decode = decode
+        self._on_error = on_error
         self._ready: Iterator[T] = iter(())
 
     @property
@@ -556,7 +577,11 @@ class EventStream(Generic[T]):
         while True:
             for item in self._ready:
                 return item
-            response = await self._stream.__anext__()
+            try:
+                response = await self._stream.__anext__()
+            except SpearError as exc:
+                self._on_error(exc)
+                raise
             decoded = [self._decode(event, response.revision) for event in response.events]
             self._ready = iter([item for item in decoded if item is not None])
 

@@ -77,6 +77,8 @@ _GRPC_TO_SPEAR: dict[int, ErrorCode] = {
     16: ErrorCode.UNAUTHENTICATED,
 }
 
+_AUTH_FAILURES = ("etcdserver: authentication failed", "etcdserver: user name is empty")
+
 DEFAULT_MAX_RESPONSE_BYTES = 4 * 1024 * 1024
 DEFAULT_MAX_WATCH_MESSAGE_BYTES = 1024 * 1024
 
@@ -91,6 +93,8 @@ def _error_from_body(status: int, body: bytes, endpoint: str) -> SpearError:
         grpc_code: int = parsed["code"]
         message = str(parsed.get("message") or parsed.get("error") or "")[:500]
         code = _GRPC_TO_SPEAR.get(grpc_code, ErrorCode.INTERNAL)
+        if message.startswith(_AUTH_FAILURES):  # etcd reports these as INVALID_ARGUMENT
+            code = ErrorCode.UNAUTHENTICATED
         return SpearError(code, f"etcd: {message}", {"etcd_code": grpc_code, "endpoint": endpoint})
     code = ErrorCode.UNAVAILABLE if status >= 500 else ErrorCode.PROTOCOL_ERROR
     text = body[:200].decode("utf-8", "replace")

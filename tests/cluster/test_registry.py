@@ -8,6 +8,7 @@ import trio
 from spear_actors import ErrorCode, SpearError
 from spear_actors.cluster import ClusterRegistry, ClusterState, TaskClaim, TaskEvent, open_registry
 from spear_actors.cluster.etcd import EtcdClient
+from tests.conftest import live_tasks, open_sockets
 
 from .cluster_helpers import WAIT_S, cluster_config, eventually, node_info
 from .etcd_server import EtcdServer
@@ -240,3 +241,16 @@ def _status_of(registry: ClusterRegistry):  # type: ignore[no-untyped-def]
         return registry.status()
 
     return probe
+
+
+async def test_nothing_is_left_behind_after_the_registry_closes(etcd: EtcdServer, prefix: str) -> None:
+    sockets, tasks = open_sockets(), live_tasks()
+    async with open_registry(cluster_config(etcd.url, prefix), node_info("tidy")) as registry:
+        await registry.claim_task("t", "t-id")
+        async with registry.watch_tasks() as stream:
+            await registry.release_task("t")
+            with trio.fail_after(WAIT_S):
+                await stream.__anext__()
+        await registry.list_nodes()
+    assert open_sockets() == sockets
+    assert live_tasks() == tasks

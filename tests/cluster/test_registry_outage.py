@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import pytest
+import trio
 
 from spear_actors import ErrorCode, SpearError
 from spear_actors.cluster import ClusterRegistry, ClusterState, open_registry
+from tests.conftest import live_tasks, open_sockets
 
-from .cluster_helpers import cluster_config, eventually, node_info
+from .cluster_helpers import WAIT_S, cluster_config, eventually, node_info
 from .etcd_server import EtcdServer
 
 
@@ -81,3 +83,13 @@ async def test_a_node_started_while_etcd_is_down_joins_when_it_comes(own_etcd: E
         await own_etcd.astart()
         await eventually(_status_of(registry), lambda s: s.state is ClusterState.CONNECTED)
         assert [n.node_id for n in await registry.list_nodes()] == ["early"]
+
+
+async def test_leaving_without_etcd_ends_and_leaves_nothing(own_etcd: EtcdServer) -> None:
+    sockets, tasks = open_sockets(), live_tasks()
+    with trio.fail_after(WAIT_S):  # bounded by the request timeout, not by etcd
+        async with open_registry(cluster_config(own_etcd.url, "/outage/"), node_info("n")) as registry:
+            await own_etcd.astop()
+            await registry.wait_state(ClusterState.LOST)
+    assert open_sockets() == sockets
+    assert live_tasks() == tasks

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from .config import ClusterConfig
 from .etcd import EtcdClient
-from .ids import execution_owner, new_execution_id, validate_node_id
+from .ids import execution_owner, id_owner, new_execution_id, new_task_id, validate_node_id
 from .records import ClusterState, ClusterStatus, NodeEvent, NodeInfo, TaskClaim, TaskEntry, TaskEvent
 from .registry import ClusterRegistry, EventStream, open_registry
 
@@ -24,7 +24,9 @@ __all__ = [
     "TaskEntry",
     "TaskEvent",
     "execution_owner",
+    "id_owner",
     "new_execution_id",
+    "new_task_id",
     "open_registry",
     "validate_node_id",
 ]

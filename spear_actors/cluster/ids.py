@@ -1,9 +1,12 @@
 """Identifiers that name their owner node, so a call can be routed without a lookup.
 
-An execution id made by a cluster node is ``<node_id>:exec-<32 hex>``; the part before
-the first ``:`` is the node that owns the execution. An id without a valid node part
-(a client-chosen id, an id from a node outside any cluster) has no owner by name and is
-looked up locally.
+An execution id made by a cluster node is ``<node_id>:exec-<32 hex>``, a task id
+``<node_id>:task-<12 hex>``; the part before the first ``:`` is the node that made
+it. For an execution that is its owner for life. For a task it is the owner as long as
+the task lives: when that node is gone, the task is gone with it (a new owner creates
+it again under a new id), so a call for the old id can say which node was lost. An id
+without a valid node part (a client-chosen id, an id from a node outside any cluster)
+names no node and is looked up locally.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import uuid
 
 from ..errors import ErrorCode, SpearError
 
-__all__ = ["NODE_ID_PATTERN", "execution_owner", "new_execution_id", "validate_node_id"]
+__all__ = ["NODE_ID_PATTERN", "execution_owner", "id_owner", "new_execution_id", "new_task_id", "validate_node_id"]
 
 NODE_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 """What a node id may be: 1-63 letters, digits, ``_ . -``, starting with a letter or digit
@@ -37,9 +40,21 @@ def new_execution_id(node_id: str) -> str:
     return f"{validate_node_id(node_id)}{SEPARATOR}exec-{uuid.uuid4().hex}"
 
 
-def execution_owner(execution_id: str) -> str | None:
-    """The node that owns *execution_id*, or None when the id names no node."""
-    node_id, separator, rest = execution_id.partition(SEPARATOR)
+def new_task_id(node_id: str) -> str:
+    """A fresh task id made by *node_id*."""
+    return f"{validate_node_id(node_id)}{SEPARATOR}task-{uuid.uuid4().hex[:12]}"
+
+
+def id_owner(identifier: str) -> str | None:
+    """The node named by an execution or task id, or None when the id names no node."""
+    if not isinstance(identifier, str):
+        return None
+    node_id, separator, rest = identifier.partition(SEPARATOR)
     if not separator or not rest or NODE_ID_PATTERN.fullmatch(node_id) is None:
         return None
     return node_id
+
+
+def execution_owner(execution_id: str) -> str | None:
+    """The node that owns *execution_id*, or None when the id names no node."""
+    return id_owner(execution_id)

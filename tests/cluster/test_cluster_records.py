@@ -10,7 +10,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from spear_actors import ErrorCode, SpearError
-from spear_actors.cluster import ClusterConfig, NodeInfo, TaskEntry, execution_owner, new_execution_id
+from spear_actors.cluster import (
+    ClusterConfig,
+    NodeInfo,
+    TaskEntry,
+    execution_owner,
+    id_owner,
+    new_execution_id,
+    new_task_id,
+)
 from spear_actors.cluster.etcd_types import KeyValue, RangeResult, TxnResult, WatchResponse, prefix_range_end
 from spear_actors.cluster.ids import NODE_ID_PATTERN
 from spear_actors.cluster.records import MAX_RECORD_BYTES, RecordError
@@ -103,10 +111,12 @@ def test_records_past_the_size_bound_are_refused() -> None:
 
 
 @given(node_ids)
-def test_execution_ids_name_their_owner(node_id: str) -> None:
+def test_execution_and_task_ids_name_their_owner(node_id: str) -> None:
     execution_id = new_execution_id(node_id)
     assert execution_owner(execution_id) == node_id
     assert execution_id != new_execution_id(node_id)
+    task_id = new_task_id(node_id)
+    assert id_owner(task_id) == node_id and task_id != new_task_id(node_id)
 
 
 @given(st.text(max_size=80))

@@ -47,8 +47,6 @@ def new_task_id(node_id: str) -> str:
 
 def id_owner(identifier: str) -> str | None:
     """The node named by an execution or task id, or None when the id names no node."""
-    if not isinstance(identifier, str):
-        return None
     node_id, separator, rest = identifier.partition(SEPARATOR)
     if not separator or not rest or NODE_ID_PATTERN.fullmatch(node_id) is None:
         return None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import ssl
 from collections.abc import Mapping
 from typing import Any
 
@@ -27,6 +28,12 @@ class ClusterConfig:
     etcd_username: str | None = None
     etcd_password: str | None = None
     """etcd's own authentication, when the etcd cluster has it enabled."""
+    etcd_ca_file: str | None = None
+    """CA bundle that signed etcd's server certificate (``https://`` endpoints); None:
+    the system's trust store."""
+    etcd_cert_file: str | None = None
+    etcd_key_file: str | None = None
+    """Client certificate and key, when etcd requires them (``--client-cert-auth``)."""
     request_timeout_s: float = 2.0
     """Bound of every etcd call; no answer in time = etcd unavailable."""
     retry_interval_s: float = 1.0
@@ -66,6 +73,21 @@ class ClusterConfig:
             raise bad("max_response_bytes must be at least 64 KiB")
         if (self.etcd_username is None) != (self.etcd_password is None):
             raise bad("etcd_username and etcd_password go together")
+        if (self.etcd_cert_file is None) != (self.etcd_key_file is None):
+            raise bad("etcd_cert_file and etcd_key_file go together")
+
+    def tls_context(self) -> ssl.SSLContext | None:
+        """The TLS settings for ``https://`` endpoints (None: nothing configured, the
+        defaults apply); INVALID_ARGUMENT if a file cannot be loaded."""
+        if self.etcd_ca_file is None and self.etcd_cert_file is None:
+            return None
+        try:
+            context = ssl.create_default_context(cafile=self.etcd_ca_file)
+            if self.etcd_cert_file is not None:
+                context.load_cert_chain(self.etcd_cert_file, self.etcd_key_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise SpearError(ErrorCode.INVALID_ARGUMENT, f"cluster config: cannot load TLS files: {exc}") from None
+        return context
 
     @classmethod
     def from_mapping(cls, raw: Mapping[str, Any]) -> ClusterConfig:

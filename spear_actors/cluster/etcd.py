@@ -271,9 +271,7 @@ class EtcdClient:
         # No read timeout: a quiet watch is normal. Opening it is bounded below.
         timeout = httpx.Timeout(self.timeout_s, read=None)
         try:
-            async with self._http.stream(
-                "POST", url, json=request, headers=self._headers(), timeout=timeout
-            ) as response:
+            async with self._exchange(url, request, timeout) as response:
                 stream = WatchStream(response, endpoint, self.max_watch_message_bytes)
                 try:
                     with trio.move_on_after(self.timeout_s) as opening:
@@ -353,9 +351,30 @@ class EtcdClient:
             raise SpearError(ErrorCode.UNAUTHENTICATED, "etcd: authentication answered without a token")
         self._token = token
 
+    @asynccontextmanager
+    async def _exchange(
+        self, url: str, body: dict[str, Any], timeout: httpx.Timeout | None = None
+    ) -> AsyncIterator[httpx.Response]:
+        """POST *body* as JSON; the response with its body still to read."""
+        data = json.dumps(body, separators=(",", ":")).encode()
+        request = self._http.build_request(
+            "POST",
+            url,
+            content=data,
+            headers={**self._headers(), "Content-Type": "application/json"},
+            timeout=httpx.USE_CLIENT_DEFAULT if timeout is None else timeout,
+        )
+        request.stream = _Body(data)
+        response = await self._http.send(request, stream=True)
+        try:
+            yield response
+        finally:
+            with trio.CancelScope(shield=True):
+                await response.aclose()
+
     async def _post(self, url: str, body: dict[str, Any]) -> tuple[int, bytes]:
         """One POST; the answer's bytes, at most ``max_response_bytes``."""
-        async with self._http.stream("POST", url, json=body, headers=self._headers()) as response:
+        async with self._exchange(url, body) as response:
             chunks = _raw_chunks(response)
             declared = response.headers.get("content-length")
             if declared is not None and declared.isdigit() and int(declared) > self.max_response_bytes:
@@ -368,6 +387,32 @@ class EtcdClient:
                     await _abandon(response, chunks)
                     raise _too_large(self.max_response_bytes)
             return response.status_code, bytes(data)
+
+
+class _Body(httpx.AsyncByteStream):
+    """A request body in one chunk. httpx's own is an async generator, and a send that
+    fails half-way (a TLS peer hanging up) leaves it suspended: under trio that warns
+    when it is collected. This one is a plain iterator."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return _OneChunk(self._data)
+
+
+class _OneChunk:
+    def __init__(self, data: bytes) -> None:
+        self._data: bytes | None = data
+
+    def __aiter__(self) -> _OneChunk:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self._data is None:
+            raise StopAsyncIteration
+        data, self._data = self._data, None
+        return data
 
 
 def _raw_chunks(response: httpx.Response) -> AsyncGenerator[bytes, None]:

@@ -102,6 +102,7 @@ class ClusterRegistry:
             max_response_bytes=config.max_response_bytes,
             username=config.etcd_username,
             password=config.etcd_password,
+            verify=config.tls_context() or True,
         )
         self._prefix = config.prefix.encode()
         self._state = ClusterState.CONNECTING

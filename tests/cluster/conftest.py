@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from .etcd_server import ETCD, EtcdServer
+from .etcd_server import ETCD, EtcdServer, ServerTls
 
 _prefixes = itertools.count()
 
@@ -46,3 +46,32 @@ def own_etcd(tmp_path: Path) -> Iterator[EtcdServer]:
 def prefix() -> str:
     """A key prefix no other test uses."""
     return f"/test-{next(_prefixes)}/"
+
+
+@pytest.fixture
+def tls_etcd(tmp_path: Path) -> Iterator[EtcdServer]:
+    """An etcd of this test alone that speaks only TLS and wants client certificates."""
+    _require_etcd()
+    import trustme
+
+    ca = trustme.CA()
+    server_cert = ca.issue_cert("127.0.0.1")
+    client_cert = ca.issue_cert("spear-node")
+    files = ServerTls(
+        ca=tmp_path / "ca.pem",
+        cert=tmp_path / "server.pem",
+        key=tmp_path / "server.key",
+        client_cert=tmp_path / "client.pem",
+        client_key=tmp_path / "client.key",
+    )
+    ca.cert_pem.write_to_path(str(files.ca))
+    server_cert.cert_chain_pems[0].write_to_path(str(files.cert))
+    server_cert.private_key_pem.write_to_path(str(files.key))
+    client_cert.cert_chain_pems[0].write_to_path(str(files.client_cert))
+    client_cert.private_key_pem.write_to_path(str(files.client_key))
+    server = EtcdServer(tmp_path, tls=files)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

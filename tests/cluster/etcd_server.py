@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import socket
+import ssl
 import subprocess
 import time
 from pathlib import Path
@@ -13,6 +15,23 @@ import httpx
 import trio
 
 ETCD = shutil.which("etcd")
+
+
+@dataclasses.dataclass
+class ServerTls:
+    """Files of a TLS etcd: its certificate and key, and the CA it trusts for clients
+    (which also signed its certificate); ``client_cert`` / ``client_key`` for tests."""
+
+    ca: Path
+    cert: Path
+    key: Path
+    client_cert: Path
+    client_key: Path
+
+    def client_context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=str(self.ca))
+        context.load_cert_chain(str(self.client_cert), str(self.client_key))
+        return context
 
 
 def free_port() -> int:
@@ -27,13 +46,14 @@ class EtcdServer:
     ``astop`` (for tests that take etcd away while trio code runs). The ports stay
     the same across restarts so clients reconnect to the same URL."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, tls: ServerTls | None = None) -> None:
         assert ETCD is not None
         self.root = root
+        self.tls = tls
         self.data_dir = root / "etcd-data"
         self.client_port = free_port()
         self.peer_port = free_port()
-        self.url = f"http://127.0.0.1:{self.client_port}"
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.client_port}"
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path = root / "etcd.log"
 
@@ -56,18 +76,31 @@ class EtcdServer:
                     "--election-timeout=500",
                     "--logger=zap",
                     "--log-level=warn",
+                    *self._tls_flags(),
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=env,
             )
 
+    def _tls_flags(self) -> list[str]:
+        if self.tls is None:
+            return []
+        return [
+            f"--cert-file={self.tls.cert}",
+            f"--key-file={self.tls.key}",
+            f"--trusted-ca-file={self.tls.ca}",
+            "--client-cert-auth",
+        ]
+
     def _healthy(self) -> bool:
         assert self.process is not None
         if self.process.poll() is not None:
             raise RuntimeError(f"etcd exited with {self.process.returncode}; log: {self.log_path.read_text()[-2000:]}")
         try:
-            answer = httpx.get(f"{self.url}/health", timeout=0.5)
+            answer = httpx.get(
+                f"{self.url}/health", timeout=0.5, verify=self.tls.client_context() if self.tls else True
+            )
         except httpx.HTTPError:
             return False
         return answer.status_code == 200 and answer.json().get("health") == "true"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from spear_actors import ErrorCode, SpearError
@@ -54,3 +56,38 @@ async def test_registry_with_etcd_credentials(own_etcd: EtcdServer) -> None:
         assert other.state is ClusterState.CONNECTING
         assert "authentication failed" in (other.status().last_error or "")
         await eventually(registry.list_nodes, lambda nodes: [n.node_id for n in nodes] == ["trusted"])
+
+
+async def test_registry_over_tls_with_a_client_certificate(tls_etcd: EtcdServer) -> None:
+    tls = tls_etcd.tls
+    assert tls is not None and tls_etcd.url.startswith("https://")
+    config = cluster_config(
+        tls_etcd.url,
+        "/tls/",
+        etcd_ca_file=str(tls.ca),
+        etcd_cert_file=str(tls.client_cert),
+        etcd_key_file=str(tls.client_key),
+    )
+    async with open_registry(config, node_info("secure")) as registry:
+        assert registry.state is ClusterState.CONNECTED
+        assert (await registry.claim_task("t", "t-id")).won
+        async with registry.watch_tasks() as events:
+            await registry.release_task("t")
+            assert (await events.__anext__()).kind == "released"
+    # Without the client certificate etcd refuses the handshake: unreachable for us.
+    no_cert = cluster_config(tls_etcd.url, "/tls/", etcd_ca_file=str(tls.ca))
+    async with open_registry(no_cert, node_info("anonymous")) as refused:
+        assert refused.state is ClusterState.CONNECTING
+        assert "unreachable" in (refused.status().last_error or "")
+    # Not trusting etcd's CA: the same.
+    async with EtcdClient([tls_etcd.url]) as untrusting:
+        with pytest.raises(SpearError) as unverified:
+            await untrusting.get("k")
+        assert unverified.value.code is ErrorCode.UNAVAILABLE
+
+
+def test_unreadable_tls_files_are_invalid_argument(tmp_path: Path) -> None:
+    config = cluster_config("https://127.0.0.1:1", "/tls/", etcd_ca_file=str(tmp_path / "missing.pem"))
+    with pytest.raises(SpearError) as bad:
+        config.tls_context()
+    assert bad.value.code is ErrorCode.INVALID_ARGUMENT

@@ -207,7 +207,7 @@ class ClusterRegistry:
                 if trio.current_time() >= next_renewal:
                     await self._renew()
                     next_renewal = trio.current_time() + self.config.keepalive_interval_s
-                elif self._load_dirty:
+                if self._load_dirty and self._state is ClusterState.CONNECTED:
                     await self._publish()
 
     async def _register(self) -> None:
@@ -304,7 +304,14 @@ class ClusterRegistry:
 
     async def _reclaim_owned(self) -> None:
         for name, owned in list(self._owned.items()):
-            claim = await self._claim(owned.entry)
+            try:
+                claim = await self._claim(owned.entry)
+            except SpearError as exc:
+                if exc.code is not ErrorCode.ALREADY_EXISTS:
+                    raise
+                log.warning("task id of %r was claimed under another name while %s was away", name, self.node_id)
+                del self._owned[name]
+                continue
             if claim.won:
                 self._owned[name] = _Owned(claim.entry, claim.entry.to_json())
             else:

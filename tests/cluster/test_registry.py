@@ -254,3 +254,10 @@ async def test_nothing_is_left_behind_after_the_registry_closes(etcd: EtcdServer
         await registry.list_nodes()
     assert open_sockets() == sockets
     assert live_tasks() == tasks
+
+
+async def test_load_rides_on_the_renewal_when_not_published_apart(etcd: EtcdServer, prefix: str) -> None:
+    config = cluster_config(etcd.url, prefix, load_publish_interval_s=0)
+    async with open_registry(config, node_info("quiet", capacity=10)) as registry:
+        registry.set_load(4)
+        await eventually(lambda: registry.get_node("quiet"), lambda n: n is not None and n.load == 4)

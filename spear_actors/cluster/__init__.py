@@ -8,6 +8,7 @@ from __future__ import annotations
 from .config import ClusterConfig
 from .etcd import EtcdClient
 from .ids import execution_owner, id_owner, new_execution_id, new_task_id, validate_node_id
+from .placement import place_task
 from .records import ClusterState, ClusterStatus, NodeEvent, NodeInfo, TaskClaim, TaskEntry, TaskEvent
 from .registry import ClusterRegistry, EventStream, open_registry
 
@@ -28,5 +29,6 @@ __all__ = [
     "new_execution_id",
     "new_task_id",
     "open_registry",
+    "place_task",
     "validate_node_id",
 ]

@@ -18,6 +18,7 @@ from spear_actors.cluster import (
     id_owner,
     new_execution_id,
     new_task_id,
+    place_task,
 )
 from spear_actors.cluster.etcd_types import KeyValue, RangeResult, TxnResult, WatchResponse, prefix_range_end
 from spear_actors.cluster.ids import NODE_ID_PATTERN
@@ -151,3 +152,21 @@ def test_cluster_config_from_a_table() -> None:
         with pytest.raises(SpearError) as refused:
             ClusterConfig.from_mapping(bad)
         assert refused.value.code is ErrorCode.INVALID_ARGUMENT, bad
+
+
+loads = st.builds(
+    lambda i, capacity, load: NodeInfo(f"n{i}", capacity=capacity, load=load),
+    st.integers(0, 20),
+    st.integers(0, 8),
+    st.integers(0, 10),
+)
+
+
+@given(loads, st.lists(loads, max_size=6))
+def test_placement_stays_local_until_full_then_picks_the_least_loaded(local: NodeInfo, others: list[NodeInfo]) -> None:
+    chosen = place_task(local, [local, *others])
+    if local.load < local.capacity or not any(n.load < n.capacity for n in others):
+        assert chosen is local
+    else:
+        assert chosen.load < chosen.capacity
+        assert all(chosen.utilisation <= n.utilisation for n in others if n.load < n.capacity)

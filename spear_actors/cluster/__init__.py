@@ -7,10 +7,11 @@ from __future__ import annotations
 
 from .config import ClusterConfig
 from .etcd import EtcdClient
+from .events import EventStream
 from .ids import execution_owner, id_owner, new_execution_id, new_task_id, validate_node_id
 from .placement import place_task
 from .records import ClusterState, ClusterStatus, NodeEvent, NodeInfo, TaskClaim, TaskEntry, TaskEvent
-from .registry import ClusterRegistry, EventStream, open_registry
+from .registry import ClusterRegistry, open_registry
 
 __all__ = [
     "ClusterConfig",

@@ -27,9 +27,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Generic, NoReturn, TypeVar
+from typing import NoReturn
 
 import trio
 
@@ -37,7 +37,7 @@ from .._nursery import background_nursery
 from ..errors import ErrorCode, SpearError
 from .config import ClusterConfig
 from .etcd import Compare, EtcdClient, KeyValue, Op, RangeResult, WatchStream
-from .etcd_types import WatchEvent
+from .events import NODES, TASK_IDS, TASK_NAMES, EventStream, KeyLayout
 from .ids import validate_node_id
 from .records import (
     MAX_NAME_BYTES,
@@ -45,17 +45,14 @@ from .records import (
     ClusterStatus,
     NodeEvent,
     NodeInfo,
-    RecordError,
     TaskClaim,
     TaskEntry,
     TaskEvent,
 )
 
-__all__ = ["ClusterRegistry", "EventStream", "open_registry"]
+__all__ = ["ClusterRegistry", "open_registry"]
 
 log = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 
 def _check_name(kind: str, value: str) -> bytes:
@@ -105,6 +102,7 @@ class ClusterRegistry:
             verify=config.tls_context() or True,
         )
         self._prefix = config.prefix.encode()
+        self._keys = KeyLayout(self._prefix)
         self._state = ClusterState.CONNECTING
         self._since = time.time()
         self._last_error: str | None = None
@@ -120,13 +118,13 @@ class ClusterRegistry:
     # -- keys -------------------------------------------------------------------------
 
     def _node_key(self, node_id: str) -> bytes:
-        return self._prefix + b"nodes/" + node_id.encode()
+        return self._prefix + NODES + node_id.encode()
 
     def _name_key(self, task_name: str) -> bytes:
-        return self._prefix + b"tasks/name/" + _check_name("task name", task_name)
+        return self._prefix + TASK_NAMES + _check_name("task name", task_name)
 
     def _id_key(self, task_id: str) -> bytes:
-        return self._prefix + b"tasks/id/" + _check_name("task id", task_id)
+        return self._prefix + TASK_IDS + _check_name("task id", task_id)
 
     # -- state ------------------------------------------------------------------------
 
@@ -370,7 +368,7 @@ class ClusterRegistry:
             raise SpearError(ErrorCode.PROTOCOL_ERROR, "etcd: claim transaction answered with the wrong shape")
         name_kv, id_kv, node_kv = (_first(response) for response in result.responses)
         if name_kv is not None:
-            existing = self._parse_task(name_kv)
+            existing = self._keys.parse_task(name_kv)
             if existing is None:
                 raise SpearError(ErrorCode.FAILED_PRECONDITION, f"the claim of {entry.task_name!r} is unreadable")
             if existing.owner != self.node_id or existing.task_id != entry.task_id:
@@ -447,45 +445,31 @@ class ClusterRegistry:
             self._note_failure(exc)
             raise
 
-    def _parse_task(self, kv: KeyValue) -> TaskEntry | None:
-        try:
-            return TaskEntry.from_json(kv.value, revision=kv.create_revision, lease=kv.lease)
-        except RecordError as exc:
-            log.warning("skipping unreadable task claim %r: %s", kv.key[:200], exc)
-            return None
-
-    def _parse_node(self, kv: KeyValue) -> NodeInfo | None:
-        try:
-            return NodeInfo.from_json(kv.value, lease=kv.lease)
-        except RecordError as exc:
-            log.warning("skipping unreadable node record %r: %s", kv.key[:200], exc)
-            return None
-
     async def get_task(self, task_name: str) -> TaskEntry | None:
         """Who owns *task_name*, or None. UNAVAILABLE without etcd."""
         result = await self._range(self._name_key(task_name))
-        return self._parse_task(result.kvs[0]) if result.kvs else None
+        return self._keys.parse_task(result.kvs[0]) if result.kvs else None
 
     async def get_task_by_id(self, task_id: str) -> TaskEntry | None:
         """Who owns the task *task_id*, or None. UNAVAILABLE without etcd."""
         result = await self._range(self._id_key(task_id))
-        return self._parse_task(result.kvs[0]) if result.kvs else None
+        return self._keys.parse_task(result.kvs[0]) if result.kvs else None
 
     async def list_tasks(self) -> list[TaskEntry]:
         """Every claimed task of the cluster, by name."""
-        result = await self._range(self._prefix + b"tasks/name/", prefix=True)
-        return [entry for kv in result.kvs if (entry := self._parse_task(kv)) is not None]
+        result = await self._range(self._prefix + TASK_NAMES, prefix=True)
+        return [entry for kv in result.kvs if (entry := self._keys.parse_task(kv)) is not None]
 
     async def get_node(self, node_id: str) -> NodeInfo | None:
         """A live node's record, or None (never registered, left, or lease expired)."""
         validate_node_id(node_id)
         result = await self._range(self._node_key(node_id))
-        return self._parse_node(result.kvs[0]) if result.kvs else None
+        return self._keys.parse_node(result.kvs[0]) if result.kvs else None
 
     async def list_nodes(self) -> list[NodeInfo]:
         """Every live node of the cluster, by id."""
-        result = await self._range(self._prefix + b"nodes/", prefix=True)
-        return [node for kv in result.kvs if (node := self._parse_node(kv)) is not None]
+        result = await self._range(self._prefix + NODES, prefix=True)
+        return [node for kv in result.kvs if (node := self._keys.parse_node(kv)) is not None]
 
     # -- watches ----------------------------------------------------------------------
 
@@ -494,14 +478,14 @@ class ClusterRegistry:
         """Task claims and releases as they happen (``async for event in stream``);
         from *start_revision* (e.g. a listing's revision + 1) etcd replays what came
         after it first. The stream raises UNAVAILABLE when etcd goes away."""
-        async with self._watch(b"tasks/name/", start_revision) as stream:
-            yield EventStream(stream, self._task_event, self._note_failure)
+        async with self._watch(TASK_NAMES, start_revision) as stream:
+            yield EventStream(stream, self._keys.task_event, self._note_failure)
 
     @asynccontextmanager
     async def watch_nodes(self, start_revision: int = 0) -> AsyncIterator[EventStream[NodeEvent]]:
         """Nodes joining, updating their record, and leaving or expiring."""
-        async with self._watch(b"nodes/", start_revision) as stream:
-            yield EventStream(stream, self._node_event, self._note_failure)
+        async with self._watch(NODES, start_revision) as stream:
+            yield EventStream(stream, self._keys.node_event, self._note_failure)
 
     @asynccontextmanager
     async def _watch(self, under: bytes, start_revision: int) -> AsyncIterator[WatchStream]:
@@ -516,22 +500,6 @@ class ClusterRegistry:
             if not opened:  # errors of the stream itself are noted by EventStream
                 self._note_failure(exc)
             raise
-
-    def _task_event(self, event: WatchEvent, revision: int) -> TaskEvent | None:
-        name = event.kv.key[len(self._prefix) + len(b"tasks/name/") :].decode("utf-8", "replace")
-        if event.type == "PUT":
-            entry = self._parse_task(event.kv)
-            return None if entry is None else TaskEvent("claimed", name, entry, event.kv.mod_revision)
-        previous = None if event.prev_kv is None else self._parse_task(event.prev_kv)
-        return TaskEvent("released", name, previous, event.kv.mod_revision)
-
-    def _node_event(self, event: WatchEvent, revision: int) -> NodeEvent | None:
-        node_id = event.kv.key[len(self._prefix) + len(b"nodes/") :].decode("utf-8", "replace")
-        if event.type == "PUT":
-            node = self._parse_node(event.kv)
-            return None if node is None else NodeEvent("up", node_id, node, event.kv.mod_revision)
-        previous = None if event.prev_kv is None else self._parse_node(event.prev_kv)
-        return NodeEvent("down", node_id, previous, event.kv.mod_revision)
 
     # -- the end ----------------------------------------------------------------------
 
@@ -557,41 +525,6 @@ class ClusterRegistry:
     async def aclose(self) -> None:
         """Close the connections to etcd."""
         await self._etcd.aclose()
-
-
-class EventStream(Generic[T]):
-    """Registry events decoded from one etcd watch (records that do not parse are skipped)."""
-
-    def __init__(
-        self,
-        stream: WatchStream,
-        decode: Callable[[WatchEvent, int], T | None],
-        on_error: Callable[[SpearError], None],
-    ) -> None:
-        self._stream = stream
-        self._decode = decode
-        self._on_error = on_error
-        self._ready: Iterator[T] = iter(())
-
-    @property
-    def revision(self) -> int:
-        """The etcd revision of the last message seen."""
-        return self._stream.revision
-
-    def __aiter__(self) -> EventStream[T]:
-        return self
-
-    async def __anext__(self) -> T:
-        while True:
-            for item in self._ready:
-                return item
-            try:
-                response = await self._stream.__anext__()
-            except SpearError as exc:
-                self._on_error(exc)
-                raise
-            decoded = [self._decode(event, response.revision) for event in response.events]
-            self._ready = iter([item for item in decoded if item is not None])
 
 
 @asynccontextmanager

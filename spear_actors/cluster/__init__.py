@@ -10,14 +10,17 @@ from .etcd import EtcdClient
 from .events import EventStream
 from .ids import execution_owner, id_owner, new_execution_id, new_task_id, validate_node_id
 from .placement import place_task
-from .records import ClusterState, ClusterStatus, NodeEvent, NodeInfo, TaskClaim, TaskEntry, TaskEvent
+from .records import ClusterSnapshot, ClusterState, ClusterStatus, NodeEvent, NodeInfo, TaskClaim, TaskEntry, TaskEvent
 from .registry import ClusterRegistry, open_registry
+from .view import ClusterView
 
 __all__ = [
     "ClusterConfig",
     "ClusterRegistry",
+    "ClusterSnapshot",
     "ClusterState",
     "ClusterStatus",
+    "ClusterView",
     "EtcdClient",
     "EventStream",
     "NodeEvent",

@@ -16,6 +16,7 @@ from .ids import NODE_ID_PATTERN
 
 __all__ = [
     "MAX_RECORD_BYTES",
+    "ClusterSnapshot",
     "ClusterState",
     "ClusterStatus",
     "NodeEvent",
@@ -192,6 +193,15 @@ class TaskClaim:
 
     won: bool
     entry: TaskEntry
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ClusterSnapshot:
+    """Every live node and every task claim, read at one etcd revision."""
+
+    nodes: tuple[NodeInfo, ...]
+    tasks: tuple[TaskEntry, ...]
+    revision: int
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

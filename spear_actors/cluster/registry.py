@@ -41,6 +41,7 @@ from .events import NODES, TASK_IDS, TASK_NAMES, EventStream, KeyLayout
 from .ids import validate_node_id
 from .records import (
     MAX_NAME_BYTES,
+    ClusterSnapshot,
     ClusterState,
     ClusterStatus,
     NodeEvent,
@@ -471,6 +472,25 @@ class ClusterRegistry:
         result = await self._range(self._prefix + NODES, prefix=True)
         return [node for kv in result.kvs if (node := self._keys.parse_node(kv)) is not None]
 
+    async def snapshot(self) -> ClusterSnapshot:
+        """Every live node and every claim at one revision (one read-only transaction);
+        watch from ``revision + 1`` to follow on without a gap."""
+        try:
+            result = await self._etcd.txn(
+                [], [Op.get(self._prefix + NODES, prefix=True), Op.get(self._prefix + TASK_NAMES, prefix=True)]
+            )
+        except SpearError as exc:
+            self._note_failure(exc)
+            raise
+        nodes, tasks = result.responses if len(result.responses) == 2 else (None, None)
+        if not isinstance(nodes, RangeResult) or not isinstance(tasks, RangeResult):
+            raise SpearError(ErrorCode.PROTOCOL_ERROR, "etcd: snapshot transaction answered with the wrong shape")
+        return ClusterSnapshot(
+            nodes=tuple(node for kv in nodes.kvs if (node := self._keys.parse_node(kv)) is not None),
+            tasks=tuple(entry for kv in tasks.kvs if (entry := self._keys.parse_task(kv)) is not None),
+            revision=result.revision,
+        )
+
     # -- watches ----------------------------------------------------------------------
 
     @asynccontextmanager
@@ -486,6 +506,12 @@ class ClusterRegistry:
         """Nodes joining, updating their record, and leaving or expiring."""
         async with self._watch(NODES, start_revision) as stream:
             yield EventStream(stream, self._keys.node_event, self._note_failure)
+
+    @asynccontextmanager
+    async def watch_cluster(self, start_revision: int = 0) -> AsyncIterator[EventStream[NodeEvent | TaskEvent]]:
+        """Node and task events in one stream, in etcd's order (what a cache needs)."""
+        async with self._watch(b"", start_revision) as stream:
+            yield EventStream(stream, self._keys.any_event, self._note_failure)
 
     @asynccontextmanager
     async def _watch(self, under: bytes, start_revision: int) -> AsyncIterator[WatchStream]:

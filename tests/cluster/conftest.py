@@ -18,9 +18,10 @@ def _require_etcd() -> None:
         pytest.skip("etcd is not installed (apt-get install etcd-server; .ci/run does it)")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdServer]:
-    """One etcd for the session; tests keep apart by using their own key prefix."""
+    """One etcd for the cluster tests (stopped when they are done); tests keep apart
+    by using their own key prefix."""
     _require_etcd()
     server = EtcdServer(tmp_path_factory.mktemp("etcd"))
     server.start()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import trio
 
@@ -261,3 +263,26 @@ async def test_load_rides_on_the_renewal_when_not_published_apart(etcd: EtcdServ
     async with open_registry(config, node_info("quiet", capacity=10)) as registry:
         registry.set_load(4)
         await eventually(lambda: registry.get_node("quiet"), lambda n: n is not None and n.load == 4)
+
+
+async def test_records_that_do_not_parse_are_skipped_not_trusted(etcd: EtcdServer, prefix: str) -> None:
+    config = cluster_config(etcd.url, prefix)
+    async with open_registry(config, node_info("honest")) as registry, EtcdClient([etcd.url]) as rogue:
+        async with registry.watch_cluster() as events:
+            # What a broken or hostile peer with etcd access might write.
+            await rogue.put(prefix + "nodes/liar", b"not json")
+            too_many = {"node_id": "big", "endpoints": ["ws://x"] * 100, "version": "", "capacity": 1, "load": 0}
+            await rogue.put(prefix + "nodes/big", json.dumps({**too_many, "started_at": 0}).encode())
+            await rogue.put(prefix + "tasks/name/garbled", b'{"task_name": 7}')
+            await registry.claim_task("fine", "fine-id")
+            with trio.fail_after(WAIT_S):
+                first = await events.__anext__()  # the garbage is skipped, not raised
+            assert isinstance(first, TaskEvent) and first.task_name == "fine"
+        assert [n.node_id for n in await registry.list_nodes()] == ["honest"]
+        assert [t.task_name for t in await registry.list_tasks()] == ["fine"]
+        assert await registry.get_task("garbled") is None
+        snapshot = await registry.snapshot()
+        assert [n.node_id for n in snapshot.nodes] == ["honest"] and [t.task_name for t in snapshot.tasks] == ["fine"]
+        with pytest.raises(SpearError) as unreadable:
+            await registry.claim_task("garbled", "mine")
+        assert unreadable.value.code is ErrorCode.FAILED_PRECONDITION

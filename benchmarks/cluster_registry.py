@@ -10,6 +10,8 @@ Figures, all in the same run:
 * **claim race**: 2 and 3 registries (one etcd client each) claim the same fresh name
   at once; every claim's latency (winners and losers alike), and a check that every
   round had exactly one winner;
+* **view**: a claim made on one node, until it is in another node's ``ClusterView``
+  (the watch's propagation), and a lookup in the view against ``registry.get_task``;
 * **expiry**: a registry in a child process claims a task, is killed with SIGKILL, and
   an observer watching the nodes measures the time from the kill to the node's
   "down" event (the lease expiring) and to its task claim's release; with a graceful
@@ -40,7 +42,7 @@ import trio
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks._timing import p50_p99, timed_calls
-from spear_actors.cluster import ClusterConfig, ClusterRegistry, NodeInfo, open_registry
+from spear_actors.cluster import ClusterConfig, ClusterRegistry, ClusterView, NodeInfo, open_registry
 from spear_actors.cluster.etcd import Compare, EtcdClient, Op
 from tests.cluster.etcd_server import ETCD, EtcdServer
 
@@ -56,13 +58,13 @@ def _node(node_id: str) -> NodeInfo:
     return NodeInfo(node_id=node_id, endpoints=(f"ws://127.0.0.1:1/{node_id}",), version="bench", capacity=8)
 
 
-def _ms(seconds: float) -> str:
-    return f"{seconds * 1000:8.2f}"
+def _us(seconds: float) -> str:
+    return f"{seconds * 1e6:9.1f}"
 
 
 def _row(label: str, samples: list[float]) -> None:
     p50, p99 = p50_p99(samples)
-    print(f"  {label:<44} p50 {_ms(p50)} ms   p99 {_ms(p99)} ms   (n={len(samples)})")
+    print(f"  {label:<46} p50 {_us(p50)} µs   p99 {_us(p99)} µs   (n={len(samples)})")
 
 
 async def bench_baseline(url: str, n: int) -> None:
@@ -115,6 +117,31 @@ async def bench_claims(url: str, n: int) -> None:
         assert all(w == 1 for w in winners_per_round), "a race with other than one winner"
         _row(f"claim race, {racers} nodes (every claim)", samples)
         print(f"    rounds: {len(winners_per_round)}, each with exactly one winner")
+
+
+async def bench_view(url: str, n: int) -> None:
+    async with _registries(url, "/bench-view/", 2) as (here, there), trio.open_nursery() as nursery:
+        view = ClusterView(here)
+        await nursery.start(view.run)
+        propagation: list[float] = []
+        for _ in range(n):
+            name = f"v{next(_names)}"
+            start = time.perf_counter()
+            claim = await there.claim_task(name, f"id-{name}")
+            await view.wait_revision(claim.entry.revision)
+            propagation.append(time.perf_counter() - start)
+            assert view.task(name) is not None
+        _row("claim on B until visible in A's ClusterView", propagation)
+
+        async def from_view() -> None:
+            assert view.task(name) is not None
+
+        async def from_etcd() -> None:
+            assert await here.get_task(name) is not None
+
+        _row("owner lookup: ClusterView.task", await timed_calls(from_view, n))
+        _row("owner lookup: registry.get_task (etcd read)", await timed_calls(from_etcd, n))
+        nursery.cancel_scope.cancel()
 
 
 class _registries:
@@ -223,6 +250,7 @@ async def main(quick: bool, version: str) -> None:
             print("latency (sequential calls, after a warm-up):")
             await bench_baseline(server.url, n)
             await bench_claims(server.url, n)
+            await bench_view(server.url, n)
             print("from a node's death to its disappearance:")
             await bench_expiry(server.url, 3 if quick else 6)
         finally:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import httpx
@@ -268,19 +268,19 @@ class EtcdClient:
         request = {"create_request": create}
         endpoint = await self._resolve_prefix()
         url = f"{endpoint}{self._api_prefix}/watch"
-        # No read timeout: a quiet watch is normal. Opening it is bounded below.
+        # No read timeout: a quiet watch is normal. Opening it (headers and etcd's
+        # confirmation) is bounded by the cancel scope below.
         timeout = httpx.Timeout(self.timeout_s, read=None)
         try:
-            async with self._exchange(url, request, timeout) as response:
-                stream = WatchStream(response, endpoint, self.max_watch_message_bytes)
-                try:
-                    with trio.move_on_after(self.timeout_s) as opening:
-                        await stream.open()
-                    if opening.cancelled_caught:
-                        raise _unreachable(endpoint, None)
-                    yield stream
-                finally:
-                    await stream.aclose()
+            async with AsyncExitStack() as stack:
+                with trio.move_on_after(self.timeout_s) as opening:
+                    response = await stack.enter_async_context(self._exchange(url, request, timeout))
+                    stream = WatchStream(response, endpoint, self.max_watch_message_bytes)
+                    stack.push_async_callback(stream.aclose)
+                    await stream.open()
+                if opening.cancelled_caught:
+                    raise _unreachable(endpoint, None)
+                yield stream
         except httpx.TransportError as exc:
             raise _unreachable(endpoint, exc) from None
         except httpx.HTTPError as exc:

@@ -8,7 +8,7 @@ import pytest
 import trio
 
 from spear_actors import ErrorCode, SpearError
-from spear_actors.cluster import ClusterRegistry, ClusterState, TaskClaim, TaskEvent, open_registry
+from spear_actors.cluster import ClusterRegistry, ClusterState, ClusterView, TaskClaim, TaskEvent, open_registry
 from spear_actors.cluster.etcd import EtcdClient
 from tests.conftest import live_tasks, open_sockets
 
@@ -248,6 +248,11 @@ def _status_of(registry: ClusterRegistry):  # type: ignore[no-untyped-def]
 async def test_nothing_is_left_behind_after_the_registry_closes(etcd: EtcdServer, prefix: str) -> None:
     sockets, tasks = open_sockets(), live_tasks()
     async with open_registry(cluster_config(etcd.url, prefix), node_info("tidy")) as registry:
+        async with trio.open_nursery() as nursery:
+            view = ClusterView(registry)
+            await nursery.start(view.run)
+            assert view.fresh
+            nursery.cancel_scope.cancel()
         await registry.claim_task("t", "t-id")
         async with registry.watch_tasks() as stream:
             await registry.release_task("t")

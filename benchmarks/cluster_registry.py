@@ -17,7 +17,7 @@ Figures, all in the same run:
   "down" event (the lease expiring) and to its task claim's release; with a graceful
   leave (lease revoked) for comparison. TTL 2 s and 5 s.
 
-    python benchmarks/cluster_registry.py            # about 60 s
+    python benchmarks/cluster_registry.py            # about 80 s
     python benchmarks/cluster_registry.py --quick    # about 25 s (or SPEAR_BENCH_QUICK=1)
 
 Expectation: the time from death to disappearance is between 2/3 of the TTL (the last

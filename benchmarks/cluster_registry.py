@@ -18,7 +18,7 @@ Figures, all in the same run:
   leave (lease revoked) for comparison. TTL 2 s and 5 s.
 
     python benchmarks/cluster_registry.py            # about 80 s
-    python benchmarks/cluster_registry.py --quick    # about 25 s (or SPEAR_BENCH_QUICK=1)
+    python benchmarks/cluster_registry.py --quick    # about 40 s (or SPEAR_BENCH_QUICK=1)
 
 Expectation: the time from death to disappearance is between 2/3 of the TTL (the last
 renewal was up to TTL/3 before the kill) and the TTL plus etcd's expiry sweep (500 ms).
@@ -262,6 +262,7 @@ if __name__ == "__main__":
     parser.add_argument("--quick", action="store_true", default=bool(os.environ.get("SPEAR_BENCH_QUICK")))
     args = parser.parse_args()
     if ETCD is None:
-        sys.exit("etcd is not installed (apt-get install etcd-server)")
+        print("skipped: etcd is not installed (apt-get install etcd-server)")
+        sys.exit(0)  # `make bench` goes on with the other harnesses
     version = subprocess.run([ETCD, "--version"], capture_output=True, text=True, check=True).stdout.split("\n")[0]
     trio.run(main, args.quick, version)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from .etcd_server import ETCD, EtcdServer, ServerTls
+from .etcd_server import ETCD, EtcdCluster, EtcdServer, ServerTls
 
 _prefixes = itertools.count()
 
@@ -76,3 +76,15 @@ def tls_etcd(tmp_path: Path) -> Iterator[EtcdServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def etcd_cluster(tmp_path: Path) -> Iterator[EtcdCluster]:
+    """Three etcd members on loopback forming one cluster, for this test alone."""
+    _require_etcd()
+    cluster = EtcdCluster(tmp_path, 3)
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()

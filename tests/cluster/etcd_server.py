@@ -46,32 +46,36 @@ class EtcdServer:
     ``astop`` (for tests that take etcd away while trio code runs). The ports stay
     the same across restarts so clients reconnect to the same URL."""
 
-    def __init__(self, root: Path, tls: ServerTls | None = None) -> None:
+    def __init__(self, root: Path, tls: ServerTls | None = None, name: str = "test") -> None:
         assert ETCD is not None
         self.root = root
         self.tls = tls
-        self.data_dir = root / "etcd-data"
+        self.name = name
+        self.data_dir = root / f"etcd-data-{name}"
         self.client_port = free_port()
         self.peer_port = free_port()
+        self.peer_url = f"http://127.0.0.1:{self.peer_port}"
+        self.initial_cluster = f"{name}={self.peer_url}"
         self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.client_port}"
         self.process: subprocess.Popen[bytes] | None = None
-        self.log_path = root / "etcd.log"
+        self.log_path = root / f"etcd-{name}.log"
 
     def _spawn(self) -> None:
         assert self.process is None, "etcd is running already"
-        peer = f"http://127.0.0.1:{self.peer_port}"
+        peer = self.peer_url
         env = {key: value for key, value in os.environ.items() if not key.startswith("ETCD")}
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 [
                     str(ETCD),
-                    "--name=test",
+                    f"--name={self.name}",
                     f"--data-dir={self.data_dir}",
                     f"--listen-client-urls={self.url}",
                     f"--advertise-client-urls={self.url}",
                     f"--listen-peer-urls={peer}",
                     f"--initial-advertise-peer-urls={peer}",
-                    f"--initial-cluster=test={peer}",
+                    f"--initial-cluster={self.initial_cluster}",
+                    "--initial-cluster-token=spear-tests",
                     "--heartbeat-interval=50",
                     "--election-timeout=500",
                     "--logger=zap",
@@ -107,6 +111,9 @@ class EtcdServer:
 
     def start(self, timeout_s: float = 20.0) -> None:
         self._spawn()
+        self.wait_healthy(timeout_s)
+
+    def wait_healthy(self, timeout_s: float = 20.0) -> None:
         deadline = time.monotonic() + timeout_s
         while not self._healthy():
             if time.monotonic() > deadline:
@@ -138,3 +145,32 @@ class EtcdServer:
         """Forget everything (a brand-new etcd at the same address on next start)."""
         assert self.process is None
         shutil.rmtree(self.data_dir, ignore_errors=True)
+
+
+class EtcdCluster:
+    """Several etcd members forming one cluster (started together: each waits for a
+    quorum before it is healthy)."""
+
+    def __init__(self, root: Path, size: int) -> None:
+        self.members = [EtcdServer(root, name=f"m{i}") for i in range(size)]
+        initial = ",".join(member.initial_cluster for member in self.members)
+        for member in self.members:
+            member.initial_cluster = initial
+
+    @property
+    def urls(self) -> list[str]:
+        return [member.url for member in self.members]
+
+    def start(self) -> None:
+        try:
+            for member in self.members:
+                member._spawn()
+            for member in self.members:
+                member.wait_healthy()
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        for member in self.members:
+            member.stop()

@@ -151,7 +151,7 @@ class ClusterRegistry:
             self._last_error = error
         if state is self._state:
             return
-        if state is ClusterState.LOST:
+        if state is ClusterState.LOST and not self._left:
             log.warning("cluster registry of %s lost etcd: %s", self.node_id, error)
         elif state is ClusterState.CONNECTED and self._state is ClusterState.LOST:
             log.warning("cluster registry of %s is back in touch with etcd", self.node_id)
@@ -254,8 +254,10 @@ class ClusterRegistry:
 
     async def _publish(self) -> None:
         """Rewrite this node's record (its load changed) under the current lease."""
-        self._load_dirty = False
         lease = self._lease
+        if not lease or self._left:
+            return  # never a record without a lease: it would outlive the node
+        self._load_dirty = False
         try:
             await self._etcd.put(self._node_key(self.node_id), self._node.to_json(), lease=lease)
         except SpearError as exc:
@@ -284,7 +286,7 @@ class ClusterRegistry:
             else:
                 self._set_state(ClusterState.LOST, exc.message)
             return
-        if self._state is not ClusterState.CONNECTED:
+        if self._state is not ClusterState.CONNECTED and lease == self._lease and not self._left:
             # Same lease as before the outage: our keys are intact; catch up.
             try:
                 await self._publish_and_release()
@@ -295,6 +297,8 @@ class ClusterRegistry:
             self._set_state(ClusterState.CONNECTED)
 
     async def _publish_and_release(self) -> None:
+        if not self._lease or self._left:
+            return  # never a record without a lease: it would outlive the node
         await self._etcd.put(self._node_key(self.node_id), self._node.to_json(), lease=self._lease)
         self._load_dirty = False
         for name, owned in list(self._pending_release.items()):
@@ -536,6 +540,7 @@ class ClusterRegistry:
         lease, self._lease = self._lease, 0
         self._owned.clear()
         self._pending_release.clear()
+        self._set_state(ClusterState.LOST, "this node left the cluster")
         if lease:
             await self._revoke(lease)
 

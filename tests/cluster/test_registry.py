@@ -36,6 +36,11 @@ async def test_leaving_removes_the_node_and_its_claims_at_once(etcd: EtcdServer,
         async with open_registry(config, node_info("leaver")) as leaver:
             assert (await leaver.claim_task("t1", "id-1")).won
             assert {n.node_id for n in await observer.list_nodes()} == {"observer", "leaver"}
+            await leaver.leave()
+            assert leaver.state is ClusterState.LOST and leaver.status().last_error == "this node left the cluster"
+            with pytest.raises(SpearError) as after_leaving:
+                await leaver.claim_task("t2", "id-2")
+            assert after_leaving.value.code is ErrorCode.UNAVAILABLE
         # revoked on exit: no TTL to wait for
         assert [n.node_id for n in await observer.list_nodes()] == ["observer"]
         assert await observer.get_task("t1") is None

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+import random
 
 import pytest
 import trio
@@ -296,3 +298,35 @@ async def test_records_that_do_not_parse_are_skipped_not_trusted(etcd: EtcdServe
         with pytest.raises(SpearError) as unreadable:
             await registry.claim_task("garbled", "mine")
         assert unreadable.value.code is ErrorCode.FAILED_PRECONDITION
+
+
+async def test_random_concurrent_claims_and_releases_keep_one_owner_per_name(etcd: EtcdServer, prefix: str) -> None:
+    config = cluster_config(etcd.url, prefix)
+    rng = random.Random(17)
+    names = [f"n{i}" for i in range(6)]
+    async with (
+        open_registry(config, node_info("r0")) as r0,
+        open_registry(config, node_info("r1")) as r1,
+        open_registry(config, node_info("r2")) as r2,
+    ):
+        registries = [r0, r1, r2]
+        ids = itertools.count()
+
+        async def step(registry: ClusterRegistry, name: str, claim: bool) -> None:
+            if claim:
+                await registry.claim_task(name, f"{registry.node_id}-{next(ids)}")
+            else:
+                await registry.release_task(name)
+
+        for _ in range(120):
+            async with trio.open_nursery() as nursery:
+                for registry in registries:
+                    nursery.start_soon(step, registry, rng.choice(names), rng.random() < 0.6)
+            # Every name has at most one owner, and etcd agrees with what the owners think.
+            owned = {(e.task_name, e.task_id, e.owner) for r in registries for e in r.owned_tasks()}
+            assert len({name for name, _, _ in owned}) == len(owned)
+            stored = await r0.list_tasks()
+            assert {(e.task_name, e.task_id, e.owner) for e in stored} == owned
+            for entry in stored:
+                by_id = await r0.get_task_by_id(entry.task_id)
+                assert by_id is not None and by_id.task_name == entry.task_name

@@ -79,16 +79,6 @@ async def test_lease_binds_keys_and_revoke_deletes_them(etcd: EtcdServer, prefix
         assert dead_lease.value.code is ErrorCode.NOT_FOUND
 
 
-async def test_lease_expires_without_keepalive(etcd: EtcdServer, prefix: str) -> None:
-    async with EtcdClient([etcd.url]) as client:
-        lease = await client.lease_grant(2)
-        await client.put(prefix + "short", b"x", lease=lease.id)
-        with trio.fail_after(20):
-            while await client.get(prefix + "short") is not None:
-                await trio.sleep(0.1)
-        assert await client.lease_time_to_live(lease.id) == -1
-
-
 async def test_watch_sees_puts_and_deletes_in_order(etcd: EtcdServer, prefix: str) -> None:
     async with EtcdClient([etcd.url]) as client:
         async with client.watch(prefix, prefix=True, prev_kv=True) as stream:

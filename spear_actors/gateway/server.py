@@ -95,8 +95,7 @@ class Gateway:
         self._connections = 0
         self._open: set[Connection] = set()
         self._calls = 0
-        self._no_calls = trio.Event()
-        self._no_calls.set()
+        self._no_calls: trio.Event | None = None  # made by a drain that waits for calls to end
         self._accepting = trio.CancelScope()
         self._closing = trio.Event()
         self._welcome = Welcome(role="node", peer_id=config.node_id, meta={"methods": sorted(methods)})
@@ -135,7 +134,9 @@ class Gateway:
         """Drain, step 2: wait until no call is being served (or *deadline*), then say
         goodbye on every connection and close it."""
         with trio.move_on_at(deadline):
-            await self._no_calls.wait()
+            if self._calls:
+                self._no_calls = trio.Event()
+                await self._no_calls.wait()
         await trio.lowlevel.checkpoint()  # answers of calls that just ended are queued
         with trio.move_on_after(_CLOSE_WAIT):
             async with trio.open_nursery() as nursery:
@@ -219,8 +220,6 @@ class Gateway:
                 "node is draining (shutting down): retry on another node or after it restarts",
                 {"retry_after_ms": _DRAIN_RETRY_MS},
             )
-        if self._calls == 0:
-            self._no_calls = trio.Event()
         self._calls += 1
         try:
             return await isolated_request(
@@ -230,7 +229,7 @@ class Gateway:
             )
         finally:
             self._calls -= 1
-            if self._calls == 0:
+            if self._calls == 0 and self._no_calls is not None:
                 self._no_calls.set()
 
     async def _call(self, method: Method, incoming: IncomingRequest) -> Any:

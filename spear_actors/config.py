@@ -104,6 +104,9 @@ class NodeConfig:
     max_connections: int = 1024
     """Client connections served at once over all gateway listeners; one more is
     refused (RESOURCE_EXHAUSTED error frame, or HTTP 503 on websocket) before its hello."""
+    max_connections_per_address: int = 256
+    """Client connections served at once from one peer address (tcp and ws; unix
+    sockets are exempt): one client cannot take every slot."""
     connection_fd_reserve: int = 256
     """Descriptors kept free of client connections (for agents, artifacts, the node):
     the gateway serves at most RLIMIT_NOFILE minus this many connections."""

@@ -40,11 +40,12 @@ ServeTransport = Callable[[Transport, str], Awaitable[None]]
 class Admission(Protocol):
     """Asked for each accepted socket before anything is read from it."""
 
-    def admit(self) -> Error | None:
-        """None to serve it (it then counts until :meth:`release`), else the error to refuse it with."""
+    def admit(self, address: str) -> Error | None:
+        """None to serve a socket from *address* (it then counts until
+        :meth:`release`), else the error to refuse it with."""
 
-    def release(self) -> None:
-        """An admitted connection has ended."""
+    def release(self, address: str) -> None:
+        """An admitted connection from *address* has ended."""
 
 
 async def listen(
@@ -99,14 +100,16 @@ async def _accept_loop(
             refusals.refused("accept failed", f"{endpoint}: {os.strerror(exc.errno or 0)}")
             await trio.sleep(_ACCEPT_PAUSE)
             continue
-        refusal = admission.admit()
+        peer = _peer(stream)
+        address = peer.rsplit(":", 1)[0] if endpoint.scheme != "unix" else "local"
+        refusal = admission.admit(address)
         if refusal is not None:
             _refuse_now(stream, endpoint, refusal)
             await trio.aclose_forcefully(stream)
             continue
         if endpoint.scheme != "unix":
             stream.setsockopt(stdlib_socket.IPPROTO_TCP, stdlib_socket.TCP_NODELAY, 1)
-        connections.start_soon(_connection, stream, endpoint, serve, admission, refusals)
+        connections.start_soon(_connection, stream, endpoint, peer, address, serve, admission, refusals)
 
 
 def _refuse_now(stream: trio.SocketStream, endpoint: Endpoint, refusal: Error) -> None:
@@ -127,12 +130,12 @@ def _refuse_now(stream: trio.SocketStream, endpoint: Endpoint, refusal: Error) -
 async def _connection(
     stream: trio.SocketStream,
     endpoint: Endpoint,
+    peer: str,
+    address: str,
     serve: ServeTransport,
     admission: Admission,
     refusals: RefusalLog,
 ) -> None:
-    peer = _peer(stream)
-    address = peer.rsplit(":", 1)[0] if endpoint.scheme != "unix" else "local"
     description = f"{endpoint} ({peer})"
     try:
         if endpoint.scheme != "ws":
@@ -154,7 +157,7 @@ async def _connection(
             finally:
                 nursery.cancel_scope.cancel()
     finally:
-        admission.release()
+        admission.release(address)
         await trio.aclose_forcefully(stream)
 
 

@@ -93,6 +93,7 @@ class Gateway:
         self.endpoints: list[Endpoint] = []
         self.draining = False
         self._connections = 0
+        self._by_address: dict[str, int] = {}
         self._open: set[Connection] = set()
         self._calls = 0
         self._no_calls: trio.Event | None = None  # made by a drain that waits for calls to end
@@ -145,23 +146,31 @@ class Gateway:
         self._closing.set()
 
     # -- connections -----------------------------------------------------------------
-    def admit(self) -> Error | None:
-        """A socket was accepted: count it, or the error to refuse it with when the
-        node serves ``max_connections`` already (see :class:`.listeners.Admission`)."""
+    def admit(self, address: str) -> Error | None:
+        """A socket from *address* was accepted: count it, or the error to refuse it
+        with when the node serves ``max_connections`` already, or that address
+        ``max_connections_per_address`` (see :class:`.listeners.Admission`)."""
         if self._connections >= self.max_connections:
             self.refusals.refused("too many connections", f"limit {self.max_connections}")
-            return Error(
-                None,
-                ErrorCode.RESOURCE_EXHAUSTED.value,
-                f"node has too many client connections (limit {self.max_connections}); retry later",
-                {"retry_after_ms": _DRAIN_RETRY_MS},
+            return _too_many(f"node has too many client connections (limit {self.max_connections}); retry later")
+        from_address = self._by_address.get(address, 0)
+        if from_address >= self.node.config.max_connections_per_address and address != "local":
+            self.refusals.refused("too many connections from one address", f"{address!r}")
+            return _too_many(
+                f"too many connections from this address (limit {self.node.config.max_connections_per_address})"
             )
         self._connections += 1
+        self._by_address[address] = from_address + 1
         return None
 
-    def release(self) -> None:
-        """An admitted connection has ended."""
+    def release(self, address: str) -> None:
+        """An admitted connection from *address* has ended."""
         self._connections -= 1
+        left = self._by_address[address] - 1
+        if left:
+            self._by_address[address] = left
+        else:
+            del self._by_address[address]
 
     async def _serve_transport(self, transport: Transport, peer_address: str) -> None:
         listener = transport.description.split(" (", 1)[0]
@@ -248,3 +257,7 @@ class Gateway:
 def _request_context(incoming: IncomingRequest) -> dict[str, object]:
     """What a log line about *incoming* names: method, request id, peer."""
     return {"method": incoming.method, "request_id": incoming.id, "peer": incoming.connection.transport.description}
+
+
+def _too_many(message: str) -> Error:
+    return Error(None, ErrorCode.RESOURCE_EXHAUSTED.value, message, {"retry_after_ms": _DRAIN_RETRY_MS})

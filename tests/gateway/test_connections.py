@@ -114,3 +114,33 @@ async def test_websocket_sockets_count_before_their_upgrade(tmp_path: Path) -> N
         assert b"RESOURCE_EXHAUSTED: node has too many client connections (limit 3)" in answer
         for stream in [*idle, refused]:
             await stream.aclose()
+
+
+async def test_one_address_cannot_take_every_connection(tmp_path: Path) -> None:
+    from spear_actors.serving import open_node
+
+    from ..conftest import fast_config
+
+    config = fast_config(tmp_path, listen=["tcp://127.0.0.1:0"], max_connections_per_address=2)
+    async with open_node(config) as node:
+        url = str(node.endpoints[0])
+        async with connect(url) as first, connect(url) as second:
+            async with open_transport(url) as third:
+                with trio.fail_after(5):
+                    body = await third.receive_body()
+                assert body is not None
+                refusal = decode_message(body)
+                assert isinstance(refusal, Error) and refusal.code == ErrorCode.RESOURCE_EXHAUSTED.value
+                assert refusal.message == "too many connections from this address (limit 2)"
+            assert (await first.get_health())["status"] == "SERVING"
+            assert (await second.get_health())["status"] == "SERVING"
+        with trio.fail_after(5):  # their slots are free again once they close
+            while True:
+                async with open_transport(url) as probe:
+                    with trio.move_on_after(0.2):
+                        if await probe.receive_body() is not None:
+                            await trio.sleep(0.05)
+                            continue
+                    break
+        async with connect(url) as again:
+            assert (await again.get_health())["status"] == "SERVING"

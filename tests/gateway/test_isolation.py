@@ -91,10 +91,10 @@ async def test_a_failing_request_is_internal_and_the_connection_and_node_carry_o
 
 
 class _AdmitAll:
-    def admit(self) -> None:
+    def admit(self, address: str) -> None:
         return None
 
-    def release(self) -> None:
+    def release(self, address: str) -> None:
         pass
 
 

@@ -12,6 +12,7 @@ from rich.live import Live
 from rich.table import Table
 
 from ..client import Client
+from ..errors import SpearError
 
 __all__ = ["run_top"]
 
@@ -24,8 +25,30 @@ def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}"
 
 
-def render(health: dict[str, Any], stats: dict[str, Any], rates: dict[str, float | None]) -> Table:
-    """The table for one refresh; *rates* are calls/s per task id (None: not yet known)."""
+_MAX_ROWS = 50
+"""Tasks shown (and asked for their queues) per refresh."""
+
+
+async def _queues(client: Client, stats: dict[str, Any]) -> dict[str, tuple[int, int]]:
+    """(queued, running) per task id, for the tasks shown."""
+    queues = {}
+    for task_id in list(stats["tasks"])[:_MAX_ROWS]:
+        try:
+            task = await client.get_task(task_id)
+        except SpearError:
+            continue  # deleted meanwhile
+        queues[task_id] = (task["pending"], task["running"])
+    return queues
+
+
+def render(
+    health: dict[str, Any],
+    stats: dict[str, Any],
+    rates: dict[str, float | None],
+    queues: dict[str, tuple[int, int]],
+) -> Table:
+    """The table for one refresh; *rates* are calls/s per task id (None: not yet
+    known), *queues* (queued, running) per task id."""
     table = Table(
         title=(
             f"node {health.get('node_id', '?')}  {health['status']}  up {health['uptime_s']:.0f} s  "
@@ -34,13 +57,17 @@ def render(health: dict[str, Any], stats: dict[str, Any], rates: dict[str, float
         ),
         title_justify="left",
     )
-    for column in ("task", "instances", "finished", "calls/s", "p50 ms", "p99 ms"):
+    for column in ("task", "instances", "queued", "running", "finished", "calls/s", "p50 ms", "p99 ms"):
         table.add_column(column, justify="left" if column == "task" else "right")
-    for task_id, task in sorted(stats["tasks"].items(), key=lambda item: item[1]["task_name"]):
+    shown = sorted(stats["tasks"].items(), key=lambda item: item[1]["task_name"])[:_MAX_ROWS]
+    for task_id, task in shown:
         rate = rates.get(task_id)
+        queued, running = queues.get(task_id, (None, None))
         table.add_row(
             task["task_name"],
             str(task["instances"]),
+            "-" if queued is None else str(queued),
+            "-" if running is None else str(running),
             str(_finished(task["counts"])),
             "-" if rate is None else f"{rate:.1f}",
             _ms(task["latency_ms"]["p50"]),
@@ -52,13 +79,15 @@ def render(health: dict[str, Any], stats: dict[str, Any], rates: dict[str, float
 async def run_top(client: Client, args: argparse.Namespace) -> None:
     """Refresh every ``--interval`` seconds until Ctrl-C; ``--once``: one snapshot."""
     console = Console()
+    if not console.is_terminal:
+        console = Console(width=160)  # a pipe has no width: do not cut task names at 80
     health, stats = await client.get_health(), await client.get_stats()
     if args.once or not console.is_terminal:
-        console.print(render(health, stats, {}))
+        console.print(render(health, stats, {}, await _queues(client, stats)))
         return
     previous = {task_id: _finished(task["counts"]) for task_id, task in stats["tasks"].items()}
     last = trio.current_time()
-    with Live(render(health, stats, {}), console=console, auto_refresh=False) as live:
+    with Live(render(health, stats, {}, await _queues(client, stats)), console=console, auto_refresh=False) as live:
         while True:
             await trio.sleep(args.interval)
             health, stats = await client.get_health(), await client.get_stats()
@@ -70,4 +99,4 @@ async def run_top(client: Client, args: argparse.Namespace) -> None:
                 rates[task_id] = None if before is None else (done - before) / (now - last)
                 previous[task_id] = done
             last = now
-            live.update(render(health, stats, rates), refresh=True)
+            live.update(render(health, stats, rates, await _queues(client, stats)), refresh=True)

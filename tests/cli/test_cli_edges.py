@@ -246,7 +246,7 @@ async def test_top_once_prints_a_snapshot_of_the_tasks(node: Node) -> None:
     done = await spear("top", "--once", "--url", url)
     assert done.returncode == 0, done.stderr
     text = done.stdout.decode()
-    assert "hello_agent" in text and "SERVING" in text and "p99 ms" in text
+    assert "hello_agent" in text and "SERVING" in text and "p99 ms" in text and "queued" in text
 
 
 async def test_on_a_terminal_a_slow_call_shows_a_spinner_with_its_execution_id(node: Node) -> None:

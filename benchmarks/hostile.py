@@ -192,6 +192,23 @@ async def connection_flood(target: Target, seconds: float) -> str:
     return f"{len(streams)} opened, {failed} failed to connect"
 
 
+async def websocket_upgrade_flood(target: Target, seconds: float) -> str:
+    """1,500 TCP connections to the websocket port that never send their HTTP upgrade."""
+    host, port = target.ws_url.removeprefix("ws://").rsplit(":", 1)
+    streams: list[trio.SocketStream] = []
+    failed = 0
+    with trio.move_on_after(seconds):
+        for _ in range(1500):
+            try:
+                streams.append(await trio.open_tcp_stream(host, int(port)))
+            except OSError:
+                failed += 1
+        await trio.sleep_forever()
+    for stream in streams:
+        await trio.aclose_forcefully(stream)
+    return f"{len(streams)} opened, {failed} failed to connect"
+
+
 async def agent_output_flood(target: Target, seconds: float) -> str:
     """An agent writing 200 MiB to stdout without a newline."""
     script = target.workdir / "flood_agent.py"
@@ -253,6 +270,7 @@ ATTACKS: dict[str, Attack] = {
     "echo_unread": echoes_never_read,
     "partial_hello": partial_hello_frames,
     "connection_flood": connection_flood,
+    "ws_upgrade_flood": websocket_upgrade_flood,
     "agent_stdout_flood": agent_output_flood,
     "forced_cancels": forced_cancels,
     "deep_nesting": deep_nesting,

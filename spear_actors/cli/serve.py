@@ -56,8 +56,8 @@ async def run_serve(args: argparse.Namespace) -> None:
             gc.freeze()
             for endpoint in node.endpoints:
                 print(f"spear node {config.node_id} listening on {endpoint}", flush=True)
-            if config.metrics_listen:
-                print(f"metrics on {config.metrics_listen}", flush=True)
+            if node.metrics_url:
+                print(f"metrics on {node.metrics_url}", flush=True)
             for declaration in config.tasks:
                 print(f"  task {declaration.name!r}: {declaration.artifact.location}", flush=True)
             if config.tasks:

@@ -69,7 +69,8 @@ async def test_a_connection_flood_is_refused_and_agents_still_start(tmp_path: Pa
         assert held <= 40
     log = node.stderr.decode()
     assert "Traceback" not in log
-    assert log.count("refused a connection: too many connections") == 1  # rate-limited
+    lines = log.count("refused a connection: too many connections")
+    assert 1 <= lines < len(refusals) // 4  # rate-limited: one line per 10 s
 
 
 async def test_refused_handshakes_are_one_rate_limited_log_line_not_a_traceback(
@@ -92,7 +93,7 @@ async def test_refused_handshakes_are_one_rate_limited_log_line_not_a_traceback(
         async with connect(str(endpoint)) as client:  # still serving
             assert (await client.get_health())["status"] == "SERVING"
     refusals = [r for r in caplog.records if "refused a connection" in r.getMessage()]
-    assert len(refusals) == 1 and "PROTOCOL_ERROR" in refusals[0].getMessage()
+    assert 1 <= len(refusals) <= 2 and "PROTOCOL_ERROR" in refusals[0].getMessage()  # one per 10 s, of 20
     assert not [r for r in caplog.records if r.exc_info]
 
 

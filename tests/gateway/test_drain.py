@@ -27,7 +27,7 @@ async def test_a_sync_call_over_websocket_gets_its_result_during_a_drain(
 
             async def sleeper() -> None:
                 outcome["response"] = await client.invoke(
-                    "sleep", [1.0], task_name="hello", context={"execution_id": "exec-drain"}
+                    "sleep", [3.0], task_name="hello", context={"execution_id": "exec-drain"}
                 )
 
             async with trio.open_nursery() as nursery:
@@ -62,7 +62,7 @@ async def test_a_sync_call_over_websocket_gets_its_result_during_a_drain(
                 assert no_connection.value.code is ErrorCode.UNAVAILABLE
                 with trio.fail_after(20):
                     await drained.wait()
-            assert outcome["response"]["result"] == {"slept": 1.0}
+            assert outcome["response"]["result"] == {"slept": 3.0}
             assert outcome["drained"] is True
             # then the connections are closed by the node
             with pytest.raises(SpearError) as closed:

@@ -128,8 +128,10 @@ GROUPS = [  # first match wins: (where the function is, the part it belongs to)
     ("trio/_core/_io_epoll.py", "trio run loop: epoll"),
     ("select.epoll", "trio run loop: epoll"),
     ("trio/_core/", "trio run loop: scheduling, cancel scopes, checkpoints"),
-    ("outcome/", "trio run loop: scheduling, cancel scopes, checkpoints"),
+    ("outcome", "trio run loop: scheduling, cancel scopes, checkpoints"),
     ("_contextvars", "trio run loop: scheduling, cancel scopes, checkpoints"),
+    # trio's Instruments is a UserDict: `"before_task_step" in instruments` on every step
+    ("collections/__init__.py", "trio run loop: scheduling, cancel scopes, checkpoints"),
     ("trio/_socket.py", "trio sockets and streams"),
     ("trio/_highlevel", "trio sockets and streams"),
     ("trio/", "trio, other"),
@@ -146,6 +148,7 @@ GROUPS = [  # first match wins: (where the function is, the part it belongs to)
     ("spear_actors/", "spear: node, gateway, model"),
     ("uuid", "uuid4"),
     ("dataclasses", "dataclasses (replace, init)"),
+    ("<string>", "dataclasses (replace, init)"),  # generated __init__ of (frozen) dataclasses
     ("enum", "enum"),
     ("contextlib", "contextlib (@contextmanager)"),
     ("~:0(", "builtins (len, isinstance, getattr... called from all of the above)"),

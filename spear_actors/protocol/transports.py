@@ -31,6 +31,7 @@ from .framing import CLOSE_FRAME, DEFAULT_MAX_FRAME_SIZE, FrameDecoder, Protocol
 
 __all__ = [
     "Endpoint",
+    "SocketTransport",
     "StreamTransport",
     "Transport",
     "TransportHandler",
@@ -38,6 +39,7 @@ __all__ = [
     "open_transport",
     "parse_endpoint",
     "serve_endpoint",
+    "stream_transport",
 ]
 
 log = logging.getLogger(__name__)
@@ -55,15 +57,9 @@ class Transport(abc.ABC):
 
     @abc.abstractmethod
     async def send_bodies(self, bodies: list[bytes]) -> None:
-        """Send *bodies* in order; raises :class:`SpearError` UNAVAILABLE if the link is gone."""
+        """Send *bodies* in order; raises :class:`SpearError` UNAVAILABLE if the link is gone.
 
-    @abc.abstractmethod
-    def send_nowait(self, bodies: list[bytes]) -> bool:
-        """Send *bodies* now if the link takes them without waiting.
-
-        True when all of them went; False when the transport kept (some of) them:
-        the next :meth:`send_bodies` call, with or without bodies of its own, sends
-        what was kept first. Raises :class:`SpearError` UNAVAILABLE if the link is gone.
+        Cancelling it part way may leave a body half sent: the link is then unusable.
         """
 
     @abc.abstractmethod
@@ -73,28 +69,6 @@ class Transport(abc.ABC):
         Raises :class:`ProtocolError` for a malformed or oversized frame and
         :class:`SpearError` UNAVAILABLE when the link breaks.
         """
-
-    can_wait_readable: bool = False
-    """Whether :meth:`wait_readable` is supported."""
-
-    async def wait_readable(self) -> None:
-        """Wait until data has arrived, without taking it (where :attr:`can_wait_readable`).
-
-        Cancelling this wait frees the link for another task's read at once.
-        """
-        raise RuntimeError(f"{type(self).__name__} cannot wait for data without reading it")
-
-    @abc.abstractmethod
-    def interrupt_receive(self) -> None:
-        """Make a wait for data in :meth:`receive_body` fail at once (the link is being
-        abandoned; close it next)."""
-
-    def receive_buffered(self) -> bytes | None:
-        """Return a body that has already arrived, without waiting; None if there is none.
-
-        Lets a reader take everything one read brought in before it hands over.
-        """
-        return None
 
     @abc.abstractmethod
     async def aclose(self) -> None:
@@ -106,7 +80,7 @@ def _lost(what: str, exc: BaseException) -> SpearError:
 
 
 class StreamTransport(Transport):
-    """Length-prefixed frames over a trio byte stream."""
+    """Length-prefixed frames over any trio byte stream (a socket, a TLS stream, ...)."""
 
     def __init__(
         self,
@@ -117,10 +91,10 @@ class StreamTransport(Transport):
     ) -> None:
         self.stream = stream
         self.description = description
-        self._decoder = FrameDecoder(max_frame_size)
+        self.decoder = FrameDecoder(max_frame_size)
+        """Cuts the received bytes into bodies (its ``max_frame_size`` is the limit)."""
         self._sent_close = False
         self._unsent = b""
-        self._socket = stream.socket if isinstance(stream, trio.SocketStream) else None
 
     @staticmethod
     def _frames(bodies: list[bytes]) -> bytearray:
@@ -129,26 +103,6 @@ class StreamTransport(Transport):
             out += len(body).to_bytes(8, "little")
             out += body
         return out
-
-    def send_nowait(self, bodies: list[bytes]) -> bool:
-        if len(bodies) == 1 and not self._unsent:  # the common case, without copies
-            out: bytes | bytearray = len(bodies[0]).to_bytes(8, "little") + bodies[0]
-        else:
-            out = self._unsent + self._frames(bodies)
-        sent = 0
-        fd = self._socket.fileno() if self._socket is not None else -1
-        if fd != -1:  # -1: not a socket, or closed (send_bodies then says which)
-            try:
-                sent = os.write(fd, out)  # the socket is non-blocking (trio's)
-            except BlockingIOError:
-                pass
-            except OSError as exc:
-                raise _lost("sending", exc) from None
-        if sent == len(out):
-            self._unsent = b""
-            return True
-        self._unsent = bytes(out[sent:])
-        return False
 
     async def send_bodies(self, bodies: list[bytes]) -> None:
         out = self._unsent + self._frames(bodies)
@@ -159,7 +113,7 @@ class StreamTransport(Transport):
             raise _lost("sending", exc) from None
 
     async def receive_body(self) -> bytes | None:
-        decoder = self._decoder
+        decoder = self.decoder
         while True:
             body = decoder.next_body()
             if body is not None:
@@ -175,37 +129,12 @@ class StreamTransport(Transport):
             decoder.feed(data)
 
     async def _receive_some(self) -> bytes:
-        if self._socket is None:
-            return bytes(await self.stream.receive_some(_RECEIVE_SIZE))
-        # Wait first, then read: a reader almost always comes before its data, and
-        # trying to read first costs a refused read and its exception every time.
-        fd = self._socket.fileno()
-        if fd == -1:
-            raise trio.ClosedResourceError("the socket is closed")
-        while True:
-            await trio.lowlevel.wait_readable(self._socket)
-            try:
-                return os.read(fd, _RECEIVE_SIZE)
-            except BlockingIOError:
-                continue
+        return bytes(await self.stream.receive_some(_RECEIVE_SIZE))
 
     def receive_buffered(self) -> bytes | None:
-        return self._decoder.next_body()
-
-    def interrupt_receive(self) -> None:
-        if self._socket is not None and self._socket.fileno() != -1:
-            trio.lowlevel.notify_closing(self._socket)
-
-    @property
-    def can_wait_readable(self) -> bool:  # type: ignore[override]
-        return self._socket is not None
-
-    async def wait_readable(self) -> None:
-        assert self._socket is not None
-        try:
-            await trio.lowlevel.wait_readable(self._socket)
-        except (trio.ClosedResourceError, OSError, ValueError):
-            pass  # the read that follows reports the lost link
+        """A body that has already arrived, without waiting; None if there is none
+        (lets a reader take everything one read brought in before it hands over)."""
+        return self.decoder.next_body()
 
     async def aclose(self) -> None:
         if not self._sent_close:
@@ -219,24 +148,92 @@ class StreamTransport(Transport):
         await trio.aclose_forcefully(self.stream)
 
 
+class SocketTransport(StreamTransport):
+    """:class:`StreamTransport` over a plain socket, with the fast paths only a socket
+    allows: writing without waiting, and waiting for data without taking it."""
+
+    def __init__(
+        self,
+        stream: trio.SocketStream,
+        *,
+        max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+        description: str = "stream",
+    ) -> None:
+        super().__init__(stream, max_frame_size=max_frame_size, description=description)
+        self._socket = stream.socket
+
+    def send_nowait(self, bodies: list[bytes]) -> bool:
+        """Write *bodies* now if the socket takes them without waiting.
+
+        True when all of them went; False when the socket took only part: the rest is
+        kept and the next :meth:`send_bodies` call sends it first. Raises
+        :class:`SpearError` UNAVAILABLE if the link is gone.
+        """
+        if len(bodies) == 1 and not self._unsent:  # the common case, without copies
+            out: bytes | bytearray = len(bodies[0]).to_bytes(8, "little") + bodies[0]
+        else:
+            out = self._unsent + self._frames(bodies)
+        sent = 0
+        fd = self._socket.fileno()
+        if fd != -1:  # -1: closed (send_bodies then says so)
+            try:
+                sent = os.write(fd, out)  # the socket is non-blocking (trio's)
+            except BlockingIOError:
+                pass
+            except OSError as exc:
+                raise _lost("sending", exc) from None
+        if sent == len(out):
+            self._unsent = b""
+            return True
+        self._unsent = bytes(out[sent:])
+        return False
+
+    async def _receive_some(self) -> bytes:
+        # Wait first, then read: a reader almost always comes before its data, and
+        # trying to read first costs a refused read and its exception every time.
+        fd = self._socket.fileno()
+        if fd == -1:
+            raise trio.ClosedResourceError("the socket is closed")
+        while True:
+            await trio.lowlevel.wait_readable(self._socket)
+            try:
+                return os.read(fd, _RECEIVE_SIZE)
+            except BlockingIOError:
+                continue
+
+    def interrupt_receive(self) -> None:
+        """Make a wait for data in :meth:`receive_body` fail at once (the link is being
+        abandoned; close it next)."""
+        if self._socket.fileno() != -1:
+            trio.lowlevel.notify_closing(self._socket)
+
+    async def wait_readable(self) -> None:
+        """Wait until data has arrived, without taking it. Cancelling this wait frees
+        the link for another task's read at once."""
+        try:
+            await trio.lowlevel.wait_readable(self._socket)
+        except (trio.ClosedResourceError, OSError, ValueError):
+            pass  # the read that follows reports the lost link
+
+
+def stream_transport(
+    stream: trio.abc.Stream, *, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE, description: str = "stream"
+) -> StreamTransport:
+    """The framed transport for *stream*: a :class:`SocketTransport` over a plain
+    socket, a :class:`StreamTransport` over anything else (e.g. ``trio.SSLStream``)."""
+    if isinstance(stream, trio.SocketStream):
+        return SocketTransport(stream, max_frame_size=max_frame_size, description=description)
+    return StreamTransport(stream, max_frame_size=max_frame_size, description=description)
+
+
 class WebsocketTransport(Transport):
     """One binary websocket message per body."""
 
     def __init__(self, ws: trio_websocket.WebSocketConnection, *, description: str = "websocket") -> None:
         self.ws = ws
         self.description = description
-        self._kept: list[bytes] = []
-
-    def interrupt_receive(self) -> None:
-        pass  # callers never read a websocket themselves (see Connection._can_lead)
-
-    def send_nowait(self, bodies: list[bytes]) -> bool:
-        self._kept += bodies  # trio-websocket has no way to send without waiting
-        return False
 
     async def send_bodies(self, bodies: list[bytes]) -> None:
-        if self._kept:
-            bodies, self._kept = self._kept + bodies, []
         try:
             for body in bodies:
                 await self.ws.send_message(body)
@@ -357,7 +354,7 @@ async def open_transport(
                 stream = await trio.open_unix_socket(endpoint.path)
     except (OSError, trio.TooSlowError) as exc:
         raise SpearError(ErrorCode.UNAVAILABLE, f"cannot connect to {endpoint}: {exc}") from None
-    transport_ = StreamTransport(stream, max_frame_size=max_frame_size, description=str(endpoint))
+    transport_ = stream_transport(stream, max_frame_size=max_frame_size, description=str(endpoint))
     try:
         yield transport_
     finally:
@@ -398,7 +395,7 @@ async def serve_endpoint(
     async def on_stream(stream: trio.SocketStream) -> None:
         if is_tcp:
             stream.setsockopt(stdlib_socket.IPPROTO_TCP, stdlib_socket.TCP_NODELAY, 1)
-        transport = StreamTransport(stream, max_frame_size=max_frame_size, description=str(endpoint))
+        transport = stream_transport(stream, max_frame_size=max_frame_size, description=str(endpoint))
         try:
             await _run_handler(handler, transport)
         finally:

@@ -235,7 +235,7 @@ async def test_excess_requests_wait_for_a_handler_slot(url: str) -> None:
                 for i in range(n):
                     nursery.start_soon(_append, results, partial(connection.request, "x", i))
                 # every request has reached the server: 8 run, the rest wait for a slot
-                while not server.connections or len(server.connections[0]._serving) < n:
+                while not server.connections or server.connections[0].in_service < n:
                     await trio.sleep(0.001)
                 await trio.testing.wait_all_tasks_blocked()
                 assert running == limit
@@ -414,7 +414,7 @@ async def test_slow_consumer_bounds_the_producer(url: str) -> None:
                     consumed += 1
                     # a slow consumer: let the producer run as far ahead as it can
                     await trio.testing.wait_all_tasks_blocked(cushion=0.002)
-                    assert len(items._items) <= window
+                    assert items.buffered <= window
             assert items.result == total
     assert consumed == total
     assert lead == window  # the producer did get ahead, and exactly as far as allowed
@@ -505,7 +505,7 @@ async def test_cancel_reaches_the_handler(url: str) -> None:
             assert seen[0].cancel_reason == "caller cancelled"
             assert connection.in_flight == 0
             assert await connection.request("echo", "alive") == "alive"
-            assert server.connections[0]._serving == {}
+            assert server.connections[0].in_service == 0
 
 
 async def test_request_timeout_is_deadline_exceeded_and_cancels_the_handler(url: str) -> None:

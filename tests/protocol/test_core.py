@@ -165,7 +165,7 @@ def test_a_side_that_serves_nothing_refuses_requests_not_found() -> None:
 def test_calls_get_ids_from_1_and_answers_in_any_order(bytewise: bool) -> None:
     core = ProtocolCore(now=0)
     first, body1 = core.request("a", 1, timeout_ms=100)
-    second, body2 = core.request("b")
+    second, _ = core.request("b")
     assert (first, second) == (1, 2)
     assert decode_message(body1) == Request(1, "a", 1, 100)
     events = feed(

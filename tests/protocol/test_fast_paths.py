@@ -19,7 +19,6 @@ import trio.testing
 
 from spear_actors.errors import ErrorCode, SpearError
 from spear_actors.protocol.calls import IncomingRequest
-from spear_actors.protocol.connection import Connection
 from spear_actors.protocol.messages import Cancel, Error, Request, Response, Welcome
 from spear_actors.protocol.transports import SocketTransport, Transport
 

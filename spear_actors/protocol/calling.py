@@ -174,7 +174,7 @@ class Caller(Link):
                 self._check_open()
                 request_id, body = self.core.request(method, params, timeout_ms=_ms(timeout))
                 self._calls[request_id] = call
-                ticket = await self._outbox.send(body)
+                ticket = self._outbox.put(body)
                 await self._outbox.wait_written(ticket)
                 if self._try_lead(call):
                     try:
@@ -233,7 +233,7 @@ class Caller(Link):
                 request_id, body = self.core.request(method, params, timeout_ms=_ms(timeout), window=window)
                 items.request_id = request_id
                 self._calls[request_id] = items
-                ticket = await self._outbox.send(body)
+                ticket = self._outbox.put(body)
                 await self._outbox.wait_written(ticket)
             if scope.cancelled_caught:
                 self._check_open()

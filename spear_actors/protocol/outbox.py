@@ -13,10 +13,9 @@ write. So no sender is ever held by other tasks' data, a sender may stop waiting
 its own body at any time (cancelled, past its deadline: :meth:`Outbox.withdraw` takes
 it back if no byte of it left), and a task that reads never stops reading to write.
 
-Websocket is the one exception: trio-websocket cannot write without waiting, so a
-sender with nothing queued before it writes its own message itself, shielded (a
-message cut by a cancel would break the websocket); the shield covers that one
-message only, and what others queue meanwhile goes to the writer task.
+Over a transport that cannot write without waiting (websocket, TLS), every body
+goes through the writer task: a write cut by a cancel would break the stream, so no
+other task ever writes there, and nobody needs a shield.
 """
 
 from __future__ import annotations
@@ -86,19 +85,6 @@ class Outbox:
             self._ready.set()
         return ticket
 
-    async def send(self, body: bytes, before_waiting: Callable[[], None] | None = None) -> int:
-        """:meth:`put`, except on a transport that cannot write without waiting
-        (websocket): there, with nothing queued before it, this task writes its own
-        body, shielded, calling *before_waiting* first. Returns the ticket."""
-        if self._direct is not None or self._busy or self._kept or self._queue or self.closed:
-            return self.put(body)
-        self._tickets += 1
-        ticket = self._tickets
-        if before_waiting is not None:
-            before_waiting()
-        await self._write([body], ticket, shield=True)
-        return ticket
-
     def withdraw(self, ticket: int) -> bool:
         """Take back a queued body none of which has left; False when (part of) it
         was written already or is being written."""
@@ -134,19 +120,16 @@ class Outbox:
             self._ready = trio.Event()
             if self.closed:
                 return
-            while self._busy:  # a websocket sender is writing its own message
-                await self._progress.wait()
             if not self._queue and not self._kept:
                 continue
-            if not await self._write(self._take(), self._tickets, shield=False):
+            if not await self._write(self._take(), self._tickets):
                 return
 
-    async def _write(self, bodies: list[bytes], upto: int, *, shield: bool) -> bool:
+    async def _write(self, bodies: list[bytes], upto: int) -> bool:
         self._busy = True
         self.write_started = trio.current_time()
         try:
-            with trio.CancelScope(shield=shield):
-                await self._transport.send_bodies(bodies)
+            await self._transport.send_bodies(bodies)
         except SpearError as exc:
             self._on_lost(exc)
             return False

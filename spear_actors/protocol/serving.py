@@ -17,6 +17,7 @@ has its answer written before that spawn; every request still has a task of its 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 from collections.abc import Awaitable, Callable
@@ -251,15 +252,10 @@ class Server(Caller):
             self._serving_room.set()
         if body is None or self.closed:
             return
-        try:
-            if spawned and self._handlers_starting:
-                # more handlers of the same read run in this pass: the last one
-                # writes every answer at once (the writer, a pass later, if it waits)
-                self._outbox.put(body, defer=True)
-            else:
-                await self._outbox.send(body, before_waiting)
-        except SpearError:
-            pass  # the link is gone; _die has run
+        # more handlers of the same read run in this pass: the last one writes
+        # every answer at once (or the writer, a pass later, if it waits)
+        with contextlib.suppress(SpearError):  # a lost link: _die has run
+            self._outbox.put(body, defer=spawned and self._handlers_starting > 0)
 
 
 class _Once:

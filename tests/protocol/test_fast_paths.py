@@ -22,7 +22,7 @@ from spear_actors.protocol.calls import IncomingRequest
 from spear_actors.protocol.messages import Cancel, Error, Request, Response, Welcome
 from spear_actors.protocol.transports import SocketTransport, Transport
 
-from .test_connection import PROMPTLY, Raw, connected, raw_client, serving
+from .peers import PROMPTLY, Raw, connected, raw_client, serving
 
 
 async def echo_or_hang(request: IncomingRequest) -> Any:

@@ -38,9 +38,11 @@ __all__ = ["Caller", "ResponseStream"]
 class _PendingCall:
     """The caller's side of a unary request: an event and its outcome."""
 
-    __slots__ = ("error", "event", "result")
+    __slots__ = ("error", "event", "id", "result", "ticket")
 
     def __init__(self) -> None:
+        self.id = 0  # set once the core numbered the request
+        self.ticket = 0  # the outbox's ticket for its body
         self.event = trio.Event()
         self.result: Any = None
         self.error: SpearError | None = None
@@ -167,40 +169,47 @@ class Caller(Link):
         """
         self._check_open()
         call = _PendingCall()
-        request_id = ticket = 0
+        outbox = self._outbox
         try:
-            with trio.CancelScope(deadline=_deadline(timeout)) as scope:
-                await self._outbox.wait_room()
+            # no cancel scope without a timeout: it would cost every call a little
+            with _NO_SCOPE if timeout is None else trio.move_on_after(timeout):
+                if outbox.queued_bytes > self.config.send_high_water:
+                    await outbox.wait_room()
+                    self._check_open()
+                call.id, body = self.core.request(method, params, timeout_ms=_ms(timeout))
+                self._calls[call.id] = call
+                call.ticket = outbox.put(body)
+                if self._lead_socket is not None:
+                    # lead only once the request is out: while it waits to be
+                    # written, the reader task reads whatever the peer sends
+                    if outbox.written < call.ticket:
+                        await outbox.wait_written(call.ticket)
+                    if self._try_lead(call):
+                        try:
+                            await self._read_until(call)
+                        finally:
+                            self._end_lead()
+                if not call.event.is_set():
+                    await call.event.wait()
+            if not call.event.is_set():  # the timeout passed
                 self._check_open()
-                request_id, body = self.core.request(method, params, timeout_ms=_ms(timeout))
-                self._calls[request_id] = call
-                ticket = self._outbox.put(body)
-                await self._outbox.wait_written(ticket)
-                if self._try_lead(call):
-                    try:
-                        await self._read_until(call)
-                    finally:
-                        self._end_lead()
-                await call.event.wait()
-            if not call.event.is_set():
-                self._check_open()
-                assert scope.cancelled_caught
-                self._give_up(request_id, ticket, "deadline exceeded")
+                self._give_up(call.id, call.ticket, "deadline exceeded")
                 raise SpearError(ErrorCode.DEADLINE_EXCEEDED, f"{method}: no answer within {timeout:g}s")
         except trio.Cancelled:
-            if request_id and not call.event.is_set():
-                sent_cancel = self._give_up(request_id, ticket, "caller cancelled")
+            if call.id and not call.event.is_set():
+                sent_cancel = self._give_up(call.id, call.ticket, "caller cancelled")
                 if sent_cancel and cancel_grace is not None:
                     with trio.CancelScope(shield=True) as grace:
                         grace.deadline = trio.current_time() + cancel_grace
                         await call.event.wait()
                     if not call.event.is_set() and not self.closed and self.on_unconfirmed_cancel is not None:
-                        self.on_unconfirmed_cancel(method, request_id)
+                        self.on_unconfirmed_cancel(method, call.id)
             raise
         finally:
-            if request_id:
-                self._calls.pop(request_id, None)
-                self.core.forget(request_id)
+            if call.id:
+                del self._calls[call.id]
+                if not call.event.is_set():  # else the core has forgotten it already
+                    self.core.forget(call.id)
         if call.error is not None:
             raise call.error
         return call.result
@@ -265,23 +274,17 @@ class Caller(Link):
         return body is not None
 
     # -- answers -------------------------------------------------------------------------
-    def _on_answer(self, event: Event) -> None:
+    def _on_answer(self, event: ResponseReceived | ErrorReceived | ItemReceived) -> None:
+        waiter = self._calls.get(event.id)
+        if waiter is None:
+            return
         kind = type(event)
         if kind is ResponseReceived:
-            assert isinstance(event, ResponseReceived)
-            waiter = self._calls.get(event.id)
-            if waiter is not None:
-                waiter.end(event.result)
+            waiter.end(event.result)  # type: ignore[union-attr]
         elif kind is ErrorReceived:
-            assert isinstance(event, ErrorReceived)
-            waiter = self._calls.get(event.id)
-            if waiter is not None:
-                waiter.fail(event.error)
-        elif kind is ItemReceived:
-            assert isinstance(event, ItemReceived)
-            waiter = self._calls.get(event.id)
-            if isinstance(waiter, ResponseStream):
-                waiter.push(event.data)
+            waiter.fail(event.error)  # type: ignore[union-attr]
+        elif isinstance(waiter, ResponseStream):
+            waiter.push(event.data)  # type: ignore[union-attr]
 
     def _fail_calls(self, reason: SpearError) -> None:
         for waiter in self._calls.values():
@@ -313,35 +316,41 @@ class Caller(Link):
         core = self.core
         try:
             while not call.event.is_set():
-                event = core.next_event()
-                if event is None:
+                body = await socket.receive_body()
+                if body is None:
+                    core.receive_body(None, trio.current_time())
+                    event = core.next_event()
+                else:
+                    event = core.event_for(body, trio.current_time())
+                if core.has_data_to_send:
                     self._flush_core()
-                    core.receive_body(await socket.receive_body(), trio.current_time())
-                elif type(event) is ConnectionClosed:
-                    assert isinstance(event, ConnectionClosed)
-                    await self._closing(event)
+                if event is not None and not self._on_event(event):
                     return
-                else:
-                    self._dispatch(event)
             # what the same read brought in for other callers is theirs now
-            while not self.closed:
-                event = core.next_event()
-                if event is None:
-                    body = socket.receive_buffered()
-                    if body is None:
-                        break
-                    core.receive_body(body, trio.current_time())
-                elif type(event) is ConnectionClosed:
-                    assert isinstance(event, ConnectionClosed)
-                    await self._closing(event)
+            while not self.closed and (body := socket.receive_buffered()) is not None:
+                event = core.event_for(body, trio.current_time())
+                if core.has_data_to_send:
+                    self._flush_core()
+                if event is not None and not self._on_event(event):
                     return
-                else:
-                    self._dispatch(event)
-            self._flush_core()
         except ProtocolError as exc:
             await self._protocol_error(exc)
         except SpearError as exc:
             self._die(exc)
+
+    def _on_event(self, event: Event) -> bool:
+        """Act on an event read by a leader; False when the connection closed."""
+        kind = type(event)
+        if kind is ResponseReceived or kind is ErrorReceived or kind is ItemReceived:
+            self._on_answer(event)  # type: ignore[arg-type]
+        elif kind is ConnectionClosed:
+            assert isinstance(event, ConnectionClosed)
+            self._flush_core()
+            self._die(event.error)
+            return False
+        else:
+            self._dispatch(event)
+        return True
 
     async def _receive_as_reader(self) -> bytes | None:
         """The reader task's next body (None: the peer closed), never while a caller leads."""
@@ -364,6 +373,19 @@ class Caller(Link):
                     return await socket.receive_body()
                 finally:
                     self._reader_busy = False
+
+
+class _NoScope:
+    """A do-nothing ``with`` block, where a call has no timeout."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc_info: object) -> None:
+        return None
+
+
+_NO_SCOPE = _NoScope()
 
 
 def _deadline(timeout: float | None) -> float:

@@ -324,6 +324,19 @@ class ProtocolCore:
         else:
             self._bodies.append(body)
 
+    def event_for(self, body: bytes, now: float) -> Event | None:
+        """:meth:`receive_body` then :meth:`next_event`, in one call: the event of one
+        whole body (None when it makes none, e.g. a pong). A driver that feeds bodies
+        one at a time calls this and nothing else on its hot path."""
+        if self._bodies or self.closed or self._eof:
+            self.receive_body(body, now)
+            return self.next_event()
+        self.last_received = now
+        try:
+            return self._handle(decode_message(body))
+        except ProtocolError as exc:
+            return self.protocol_error(exc)
+
     def next_event(self) -> Event | None:
         """The next event from what was received, or None when more input is needed."""
         bodies = self._bodies

@@ -121,8 +121,9 @@ class Link:
 
     def _flush_core(self) -> None:
         """Send what the core produced on its own (pongs, pings, refusals)."""
-        for body in self.core.data_to_send():
-            self._put(body)
+        if self.core.has_data_to_send:
+            for body in self.core.data_to_send():
+                self._put(body)
 
     # -- events ------------------------------------------------------------------------
     def _dispatch(self, event: Event) -> None:
@@ -130,12 +131,12 @@ class Link:
         raise NotImplementedError
 
     async def _closing(self, event: ConnectionClosed) -> None:
-        """The core closed: send its last words (the fatal error) briefly, then die."""
-        if self.core.has_data_to_send:
-            with trio.move_on_after(_CLOSE_GRACE) as scope:
-                scope.shield = True
-                self._flush_core()
-                await self._outbox.flush()
+        """The core closed: send what is queued (its last words: the fatal error)
+        briefly, then die."""
+        with trio.move_on_after(_CLOSE_GRACE) as scope:
+            scope.shield = True
+            self._flush_core()
+            await self._outbox.flush()
         self._die(event.error)
 
     async def _protocol_error(self, exc: ProtocolError) -> None:

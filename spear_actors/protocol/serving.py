@@ -17,7 +17,6 @@ has its answer written before that spawn; every request still has a task of its 
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 from collections.abc import Awaitable, Callable
@@ -27,7 +26,16 @@ import trio
 
 from ..errors import ErrorCode, SpearError
 from .calling import Caller
-from .core import CancelReceived, ConnectionClosed, CreditReceived, Event, RequestReceived
+from .core import (
+    CancelReceived,
+    ConnectionClosed,
+    CreditReceived,
+    ErrorReceived,
+    Event,
+    ItemReceived,
+    RequestReceived,
+    ResponseReceived,
+)
 from .framing import ProtocolError
 from .inline import run_inline
 from .transports import StreamTransport
@@ -91,6 +99,7 @@ class Server(Caller):
         # slot, and its acquire_nowait is several times cheaper on this hot path.
         self._handler_slots = trio.Semaphore(self.config.max_inflight_handlers)
         self._serving_room = trio.Event()
+        self._max_handlers = self.config.max_inflight_handlers + self.config.max_queued_handlers
         buffered = self.transport if isinstance(self.transport, StreamTransport) else None
         self._buffered = buffered
 
@@ -101,7 +110,9 @@ class Server(Caller):
 
     def _dispatch(self, event: Event) -> None:
         kind = type(event)
-        if kind is CancelReceived:
+        if kind is ResponseReceived or kind is ErrorReceived or kind is ItemReceived:
+            self._on_answer(event)  # type: ignore[arg-type]
+        elif kind is CancelReceived:
             assert isinstance(event, CancelReceived)
             incoming = self._handlers.get(event.id)
             if incoming is not None:
@@ -112,8 +123,6 @@ class Server(Caller):
             incoming = self._handlers.get(event.id)
             if incoming is not None:
                 incoming._credit_arrived()
-        else:
-            self._on_answer(event)
 
     def _cancel_handlers(self) -> None:
         for incoming in self._handlers.values():
@@ -126,7 +135,7 @@ class Server(Caller):
             self._nursery.start_soon(self._reader)
 
     def _has_room(self) -> bool:
-        return len(self._handlers) < self.config.max_inflight_handlers + self.config.max_queued_handlers
+        return len(self._handlers) < self._max_handlers
 
     async def _wait_for_room(self) -> None:
         """Stop reading while too many requests are served or waiting for a slot."""
@@ -141,23 +150,27 @@ class Server(Caller):
         first: IncomingRequest | None = None
         try:
             while True:
-                event = core.next_event()
-                if event is None:
+                if first is not None:
+                    body = self._buffered.receive_buffered() if self._buffered is not None else None
+                    if body is None:
+                        break
+                else:
+                    if outbox.queued_bytes > self.config.send_high_water and self._handler is not None:
+                        await outbox.wait_room()  # the peer does not read: stop reading it
+                    body = await self._receive_as_reader()
+                if body is None:
+                    core.receive_body(None, trio.current_time())
+                    event = core.next_event()
+                else:
+                    event = core.event_for(body, trio.current_time())
+                if core.has_data_to_send:
                     self._flush_core()
-                    if first is not None:
-                        body = self._buffered.receive_buffered() if self._buffered is not None else None
-                        if body is None:
-                            break
-                    else:
-                        if outbox.queued_bytes > self.config.send_high_water and self._handler is not None:
-                            await outbox.wait_room()  # the peer does not read: stop reading it
-                        body = await self._receive_as_reader()
-                    core.receive_body(body, trio.current_time())
+                if event is None:
                     continue
                 kind = type(event)
                 if kind is RequestReceived:
                     assert isinstance(event, RequestReceived)
-                    if not self._has_room():
+                    if len(self._handlers) >= self._max_handlers:
                         if first is not None:
                             self._spawn_server(first)
                             first = None
@@ -254,8 +267,10 @@ class Server(Caller):
             return
         # more handlers of the same read run in this pass: the last one writes
         # every answer at once (or the writer, a pass later, if it waits)
-        with contextlib.suppress(SpearError):  # a lost link: _die has run
+        try:
             self._outbox.put(body, defer=spawned and self._handlers_starting > 0)
+        except SpearError:
+            pass  # a lost link: _die has run
 
 
 class _Once:

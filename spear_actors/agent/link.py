@@ -24,7 +24,7 @@ from collections import deque
 
 from ..errors import ErrorCode, SpearError
 from ..protocol.core import ConnectionClosed, Event, ProtocolCore, check_welcome
-from ..protocol.framing import DEFAULT_MAX_FRAME_SIZE, HEADER_SIZE, encode_frame
+from ..protocol.framing import AGENT_LINK_MAX_FRAME_SIZE, HEADER_SIZE, encode_frame
 from ..protocol.messages import Hello, Message, decode_message, encode_message
 
 TYPE_CHECKING = False
@@ -54,7 +54,7 @@ class AgentLink:
     def handshake(self, hello: Hello) -> None:
         """Say hello and wait for the welcome; exits the process (status 2) when the
         node refuses the agent."""
-        hello.max_frame_size = DEFAULT_MAX_FRAME_SIZE
+        hello.max_frame_size = AGENT_LINK_MAX_FRAME_SIZE
         self._sock.sendall(encode_frame(encode_message(hello)))
         reply, rest = self._receive_welcome()
         try:
@@ -64,6 +64,7 @@ class AgentLink:
             raise SystemExit(2) from None
         self.core = ProtocolCore(
             now=time.monotonic(),
+            max_frame_size=AGENT_LINK_MAX_FRAME_SIZE,
             heartbeat_interval=max(welcome.heartbeat_interval_ms, 10) / 1000,
             heartbeat_timeout=max(welcome.heartbeat_timeout_ms, 10) / 1000,
             peer_max_frame_size=welcome.max_frame_size,
@@ -77,7 +78,7 @@ class AgentLink:
         while True:
             if len(buffer) >= HEADER_SIZE:
                 length = int.from_bytes(buffer[:HEADER_SIZE], "little")
-                if not 0 < length <= DEFAULT_MAX_FRAME_SIZE:
+                if not 0 < length <= AGENT_LINK_MAX_FRAME_SIZE:
                     raise SystemExit(f"spear agent: bad first frame from the node ({length} bytes)")
                 end = HEADER_SIZE + length
                 if len(buffer) >= end:

@@ -22,11 +22,15 @@ import pytest
 import trio
 import trio.testing
 
+from spear_actors import open_node
 from spear_actors.errors import ErrorCode, SpearError
 from spear_actors.protocol.connection import Connection, ConnectionConfig
+from spear_actors.protocol.framing import DEFAULT_MAX_FRAME_SIZE
 from spear_actors.protocol.handshake import accept_connection, token_authenticator
 from spear_actors.protocol.messages import Hello, Ping, Request, Response, Welcome, decode_message, encode_message
 from spear_actors.protocol.transports import Transport, serve_endpoint
+
+from ..conftest import agent_spec, fast_config
 
 AGENT = Path(__file__).resolve().parent / "bulky_agent.py"
 MIB = 1024 * 1024
@@ -126,3 +130,26 @@ def test_importing_the_sdk_stays_light() -> None:
     code = f"import sys, spear_actors.agent; print(sorted(m for m in sys.modules if m.split('.')[0] in {heavy}))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+async def test_an_invoke_that_fits_a_client_frame_fits_the_agent_link(tmp_path: Path) -> None:
+    """The usable payload of an invoke is what fits in the client's frame: the node's
+    execute request to the agent (the payload plus its envelope) fits the agent link."""
+
+    def invoke_body(payload: bytes) -> bytes:
+        params = {
+            "task_name": "big",
+            "function_name": "size",
+            "parameters": [payload],
+            "context": {"timeout_ms": 60_000},
+        }
+        return encode_message(Request(1, "invoke", params))
+
+    overhead = len(invoke_body(b"p" * 100_000)) - 100_000
+    payload = b"p" * (DEFAULT_MAX_FRAME_SIZE - overhead)
+    assert len(invoke_body(payload)) == DEFAULT_MAX_FRAME_SIZE  # the largest invoke a client may send
+    async with open_node(fast_config(tmp_path)) as node:
+        response = await node.invoke(
+            "size", [payload], task_name="big", artifact_spec=agent_spec(AGENT), context={"timeout_ms": 60_000}
+        )
+    assert response["result"] == len(payload)

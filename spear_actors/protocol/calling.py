@@ -345,6 +345,8 @@ class Caller(Link):
             self._on_answer(event)  # type: ignore[arg-type]
         elif kind is ConnectionClosed:
             assert isinstance(event, ConnectionClosed)
+            if event.cause is not None:
+                self.transport.closing_because(event.cause)
             self._flush_core()
             self._die(event.error)
             return False

@@ -193,13 +193,15 @@ class CreditReceived(_Event):
 
 class ConnectionClosed(_Event):
     """The connection is over (reported once). ``error`` is what every request still
-    in flight fails with; ``failed`` lists those requests of ours."""
+    in flight fails with; ``failed`` lists those requests of ours; ``cause`` is the
+    protocol error the peer was told about, if that is why."""
 
-    __slots__ = ("error", "failed")
+    __slots__ = ("cause", "error", "failed")
 
-    def __init__(self, error: SpearError, failed: list[int]) -> None:
+    def __init__(self, error: SpearError, failed: list[int], cause: ProtocolError | None = None) -> None:
         self.error = error
         self.failed = failed
+        self.cause = cause
 
 
 Event: TypeAlias = (
@@ -586,9 +588,9 @@ class ProtocolCore:
         if self.closed:
             return None
         self._out.append(encode_message(Error.from_exception(None, exc)))
-        return self._close(SpearError(ErrorCode.UNAVAILABLE, f"protocol error: {exc.message}"))
+        return self._close(SpearError(ErrorCode.UNAVAILABLE, f"protocol error: {exc.message}"), exc)
 
-    def _close(self, error: SpearError) -> ConnectionClosed | None:
+    def _close(self, error: SpearError, cause: ProtocolError | None = None) -> ConnectionClosed | None:
         if self.closed:
             return None
         self.close_reason = error
@@ -596,7 +598,7 @@ class ProtocolCore:
         self.pending.clear()
         self.serving.clear()
         self._bodies.clear()
-        return ConnectionClosed(error, failed)
+        return ConnectionClosed(error, failed, cause)
 
     # -- output -------------------------------------------------------------------------
     def data_to_send(self) -> list[bytes]:

@@ -129,6 +129,7 @@ async def accept_connection(
         hello = check_hello(await _receive_hello(transport, config))
         identity = await authenticator(hello) if authenticator is not None else None
     except SpearError as exc:
+        transport.closing_because(exc)
         with trio.move_on_after(_REFUSAL_GRACE):
             try:
                 await transport.send_bodies([encode_message(Error.from_exception(None, exc))])

@@ -45,6 +45,9 @@ class ConnectionConfig:
     """Incoming requests served at once; more wait for a slot (they do not fail)."""
     max_queued_handlers: int = 4096
     """Incoming requests waiting for a slot before the reader stops reading (backpressure)."""
+    max_bytes_in_service: int = 64 * 1024 * 1024
+    """Bytes of incoming requests (their bodies) being served or waiting for a slot
+    above which the reader stops reading until some are answered (backpressure)."""
     stream_window: int = 16
     """Default credit granted for an outgoing stream request."""
     max_frame_size: int = DEFAULT_MAX_FRAME_SIZE
@@ -133,6 +136,8 @@ class Link:
     async def _closing(self, event: ConnectionClosed) -> None:
         """The core closed: send what is queued (its last words: the fatal error)
         briefly, then die."""
+        if event.cause is not None:
+            self.transport.closing_because(event.cause)
         with trio.move_on_after(_CLOSE_GRACE) as scope:
             scope.shield = True
             self._flush_core()

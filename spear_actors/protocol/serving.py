@@ -51,8 +51,10 @@ Handler = Callable[["IncomingRequest"], Awaitable[Any]]
 class IncomingRequest:
     """A request from the peer, as seen by the handler serving it."""
 
-    def __init__(self, connection: Server, event: RequestReceived) -> None:
+    def __init__(self, connection: Server, event: RequestReceived, size: int = 0) -> None:
         self.connection = connection
+        self.size = size
+        """Bytes of the request's body (counted against the connection's budget)."""
         self.id = event.id
         self.method = event.method
         self.params = event.params
@@ -100,6 +102,7 @@ class Server(Caller):
         self._handler_slots = trio.Semaphore(self.config.max_inflight_handlers)
         self._serving_room = trio.Event()
         self._max_handlers = self.config.max_inflight_handlers + self.config.max_queued_handlers
+        self._bytes_in_service = 0
         buffered = self.transport if isinstance(self.transport, StreamTransport) else None
         self._buffered = buffered
 
@@ -107,6 +110,11 @@ class Server(Caller):
     def in_service(self) -> int:
         """The peer's requests being served or waiting for a handler slot."""
         return len(self._handlers)
+
+    @property
+    def bytes_in_service(self) -> int:
+        """Bytes of the requests counted by :attr:`in_service`."""
+        return self._bytes_in_service
 
     def _dispatch(self, event: Event) -> None:
         kind = type(event)
@@ -155,8 +163,14 @@ class Server(Caller):
                     if body is None:
                         break
                 else:
-                    if outbox.queued_bytes > self.config.send_high_water and self._handler is not None:
-                        await outbox.wait_room()  # the peer does not read: stop reading it
+                    if self._handler is not None:
+                        # the peer sent more than we hold for it, or does not read
+                        # what we answered: stop reading it until that drains
+                        while self._bytes_in_service > self.config.max_bytes_in_service:
+                            self._serving_room = trio.Event()
+                            await self._serving_room.wait()
+                        if outbox.queued_bytes > self.config.send_high_water:
+                            await outbox.wait_room()
                     body = await self._receive_as_reader()
                 if body is None:
                     core.receive_body(None, trio.current_time())
@@ -175,7 +189,8 @@ class Server(Caller):
                             self._spawn_server(first)
                             first = None
                         await self._wait_for_room()
-                    incoming = IncomingRequest(self, event)
+                    incoming = IncomingRequest(self, event, len(body) if body is not None else 0)
+                    self._bytes_in_service += incoming.size
                     self._handlers[event.id] = incoming
                     if first is None:
                         first = incoming
@@ -262,6 +277,7 @@ class Server(Caller):
             body = core.fail(incoming.id, SpearError(ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}"))
         finally:
             del self._handlers[incoming.id]
+            self._bytes_in_service -= incoming.size
             self._serving_room.set()
         if body is None or self.closed:
             return

@@ -74,6 +74,24 @@ class Transport(abc.ABC):
     async def aclose(self) -> None:
         """Close the link (best effort, orderly where the transport has a close)."""
 
+    def closing_because(self, error: SpearError) -> None:  # noqa: B027 (optional hook)
+        """Say why the link is about to close, for a transport whose close carries a
+        reason (websocket close codes); others ignore it."""
+
+
+# RFC 6455 §7.4.1 close codes for why a node closes a websocket (docs/protocol.md §1.2).
+WS_NORMAL: Final = 1000
+WS_PROTOCOL_ERROR: Final = 1002
+WS_POLICY_VIOLATION: Final = 1008
+WS_TOO_BIG: Final = 1009
+_WS_CLOSE_CODES: Final = {
+    ErrorCode.PROTOCOL_ERROR: WS_PROTOCOL_ERROR,
+    ErrorCode.UNAUTHENTICATED: WS_POLICY_VIOLATION,
+    ErrorCode.PERMISSION_DENIED: WS_POLICY_VIOLATION,
+    ErrorCode.DEADLINE_EXCEEDED: WS_POLICY_VIOLATION,
+    ErrorCode.RESOURCE_EXHAUSTED: WS_TOO_BIG,
+}
+
 
 def _lost(what: str, exc: BaseException) -> SpearError:
     return SpearError(ErrorCode.UNAVAILABLE, f"connection lost while {what}: {type(exc).__name__}")
@@ -232,6 +250,13 @@ class WebsocketTransport(Transport):
     def __init__(self, ws: trio_websocket.WebSocketConnection, *, description: str = "websocket") -> None:
         self.ws = ws
         self.description = description
+        self._close_code = WS_NORMAL
+        self._close_reason = ""
+
+    def closing_because(self, error: SpearError) -> None:
+        if self._close_code == WS_NORMAL:
+            self._close_code = _WS_CLOSE_CODES.get(error.code, WS_NORMAL)
+            self._close_reason = error.message[:120]  # a close frame carries 123 bytes at most
 
     async def send_bodies(self, bodies: list[bytes]) -> None:
         try:
@@ -255,7 +280,7 @@ class WebsocketTransport(Transport):
         with trio.move_on_after(0.5) as scope:
             scope.shield = True
             try:
-                await self.ws.aclose()
+                await self.ws.aclose(self._close_code, self._close_reason.encode()[:120].decode(errors="ignore"))
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                 pass
         # trio-websocket does not close a client's TCP stream when the server closed

@@ -34,6 +34,7 @@ class Server:
         self.endpoint: Endpoint | None = None
         self.connections: list[Connection] = []
         self.accepted = 0
+        self.finished = 0  # connections whose handler has returned (all its tasks ended)
 
 
 @asynccontextmanager
@@ -56,6 +57,7 @@ async def serving(
         ) as connection:
             server.connections.append(connection)
             await connection.wait_closed()
+        server.finished += 1
 
     kwargs = {} if max_frame_size is None else {"max_frame_size": max_frame_size}
     async with trio.open_nursery() as nursery:

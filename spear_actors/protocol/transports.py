@@ -18,6 +18,7 @@ import dataclasses
 import logging
 import os
 import socket as stdlib_socket
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Final
@@ -39,6 +40,7 @@ __all__ = [
     "open_transport",
     "parse_endpoint",
     "serve_endpoint",
+    "server_ssl_context",
     "stream_transport",
 ]
 
@@ -293,7 +295,7 @@ class WebsocketTransport(Transport):
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Endpoint:
-    """A parsed endpoint URL: ``scheme`` is tcp, unix or ws; ``path`` is for unix only."""
+    """A parsed endpoint URL: ``scheme`` is tcp, tls, unix, ws or wss; ``path`` is for unix only."""
 
     scheme: str
     host: str = ""
@@ -308,7 +310,8 @@ class Endpoint:
 
 
 def parse_endpoint(url: str) -> Endpoint:
-    """Parse ``tcp://host:port``, ``ws://host:port[/path]`` or ``unix:///abs/path``.
+    """Parse ``tcp://host:port``, ``tls://host:port``, ``ws://host:port[/path]``,
+    ``wss://host:port[/path]`` or ``unix:///abs/path``.
 
     Raises :class:`SpearError` INVALID_ARGUMENT naming what is wrong.
     """
@@ -319,10 +322,10 @@ def parse_endpoint(url: str) -> Endpoint:
         if not path:
             raise SpearError(ErrorCode.INVALID_ARGUMENT, f"unix endpoint {url!r} has no path")
         return Endpoint("unix", path=path)
-    if scheme not in ("tcp", "ws"):
+    if scheme not in ("tcp", "tls", "ws", "wss"):
         raise SpearError(
             ErrorCode.INVALID_ARGUMENT,
-            f"endpoint {url!r}: scheme must be ws, tcp or unix (wss is not supported)",
+            f"endpoint {url!r}: scheme must be ws, wss, tcp, tls or unix",
         )
     try:
         port = parts.port
@@ -339,19 +342,25 @@ async def open_transport(
     *,
     max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
     connect_timeout: float = 10.0,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> AsyncIterator[Transport]:
     """Connect to *url* and yield a transport; closes it on exit.
 
-    A refused or unreachable endpoint is :class:`SpearError` UNAVAILABLE.
+    ``tls://`` and ``wss://`` verify the server with *ssl_context* (default: the
+    system's trusted CAs, ``ssl.create_default_context()``). A refused or unreachable
+    endpoint, or a failed TLS handshake, is :class:`SpearError` UNAVAILABLE.
     """
     endpoint = url if isinstance(url, Endpoint) else parse_endpoint(url)
-    if endpoint.scheme == "ws":
+    if endpoint.scheme in ("tls", "wss") and ssl_context is None:
+        ssl_context = ssl.create_default_context()
+    if endpoint.scheme in ("ws", "wss"):
         # connect_timeout bounds the connect and handshake only (trio-websocket applies
         # it); errors raised by the caller's block pass through unchanged.
         connected = False
         try:
             async with trio_websocket.open_websocket_url(
-                f"ws://{endpoint.host}:{endpoint.port}/",
+                f"{endpoint.scheme}://{_host(endpoint.host)}:{endpoint.port}/",
+                ssl_context=ssl_context,
                 message_queue_size=_WS_QUEUE,
                 max_message_size=max_frame_size,
                 connect_timeout=connect_timeout,
@@ -363,7 +372,7 @@ async def open_transport(
                     yield transport
                 finally:
                     await transport.aclose()
-        except (OSError, trio_websocket.HandshakeError, trio.TooSlowError) as exc:
+        except (OSError, trio_websocket.HandshakeError, trio.TooSlowError, trio.BrokenResourceError) as exc:
             if connected:
                 raise
             raise SpearError(ErrorCode.UNAVAILABLE, f"cannot connect to {endpoint}: {exc!r}") from None
@@ -371,13 +380,21 @@ async def open_transport(
     stream: trio.abc.Stream
     try:
         with trio.fail_after(connect_timeout):
-            if endpoint.scheme == "tcp":
+            if endpoint.scheme in ("tcp", "tls"):
                 tcp = await trio.open_tcp_stream(endpoint.host, endpoint.port)
                 tcp.setsockopt(stdlib_socket.IPPROTO_TCP, stdlib_socket.TCP_NODELAY, 1)
                 stream = tcp
+                if ssl_context is not None:
+                    tls = trio.SSLStream(tcp, ssl_context, server_hostname=endpoint.host)
+                    try:
+                        await tls.do_handshake()
+                    except BaseException:
+                        await trio.aclose_forcefully(tcp)
+                        raise
+                    stream = tls
             else:
                 stream = await trio.open_unix_socket(endpoint.path)
-    except (OSError, trio.TooSlowError) as exc:
+    except (OSError, trio.TooSlowError, trio.BrokenResourceError) as exc:
         raise SpearError(ErrorCode.UNAVAILABLE, f"cannot connect to {endpoint}: {exc}") from None
     transport_ = stream_transport(stream, max_frame_size=max_frame_size, description=str(endpoint))
     try:
@@ -394,9 +411,13 @@ async def serve_endpoint(
     handler: TransportHandler,
     *,
     max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+    ssl_context: ssl.SSLContext | None = None,
     task_status: trio.TaskStatus[Endpoint] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Listen on *url* and run *handler* for each accepted transport, until cancelled.
+
+    ``tls://`` and ``wss://`` need *ssl_context*, holding the server's certificate
+    and key (see :func:`server_ssl_context`); without one they are INVALID_ARGUMENT.
 
     ``task_status.started`` gets the bound endpoint (with the real port when the
     URL asked for port 0). A unix socket path is replaced if stale and removed on exit.
@@ -405,21 +426,31 @@ async def serve_endpoint(
     ends that connection only.
     """
     endpoint = url if isinstance(url, Endpoint) else parse_endpoint(url)
-    if endpoint.scheme == "ws":
-        await _serve_websocket(endpoint, handler, max_frame_size, task_status)
+    secure = endpoint.scheme in ("tls", "wss")
+    if secure and ssl_context is None:
+        raise SpearError(
+            ErrorCode.INVALID_ARGUMENT, f"{endpoint.scheme}:// listener {endpoint} needs a certificate and key"
+        )
+    if endpoint.scheme in ("ws", "wss"):
+        await _serve_websocket(endpoint, handler, max_frame_size, ssl_context, task_status)
         return
     listeners: list[trio.SocketListener]
-    if endpoint.scheme == "tcp":
+    if endpoint.scheme in ("tcp", "tls"):
         listeners = await trio.open_tcp_listeners(endpoint.port, host=endpoint.host)
         bound = listeners[0].socket.getsockname()
-        endpoint = Endpoint("tcp", host=endpoint.host, port=bound[1])
+        endpoint = Endpoint(endpoint.scheme, host=endpoint.host, port=bound[1])
     else:
         listeners = [await _open_unix_listener(endpoint.path)]
-    is_tcp = endpoint.scheme == "tcp"
+    is_tcp = endpoint.scheme in ("tcp", "tls")
 
-    async def on_stream(stream: trio.SocketStream) -> None:
+    async def on_stream(socket_stream: trio.SocketStream) -> None:
         if is_tcp:
-            stream.setsockopt(stdlib_socket.IPPROTO_TCP, stdlib_socket.TCP_NODELAY, 1)
+            socket_stream.setsockopt(stdlib_socket.IPPROTO_TCP, stdlib_socket.TCP_NODELAY, 1)
+        stream: trio.abc.Stream = socket_stream
+        if ssl_context is not None:
+            # the TLS handshake happens on the first read, inside the protocol's own
+            # handshake timeout
+            stream = trio.SSLStream(socket_stream, ssl_context, server_side=True)
         transport = stream_transport(stream, max_frame_size=max_frame_size, description=str(endpoint))
         try:
             await _run_handler(handler, transport)
@@ -463,6 +494,7 @@ async def _serve_websocket(
     endpoint: Endpoint,
     handler: TransportHandler,
     max_frame_size: int,
+    ssl_context: ssl.SSLContext | None,
     task_status: trio.TaskStatus[Endpoint],
 ) -> None:
     async def on_request(request: trio_websocket.WebSocketRequest) -> None:
@@ -482,7 +514,7 @@ async def _serve_websocket(
                 on_request,
                 endpoint.host,
                 endpoint.port,
-                None,
+                ssl_context,
                 handler_nursery=nursery,
                 message_queue_size=_WS_QUEUE,
                 max_message_size=max_frame_size,
@@ -491,4 +523,17 @@ async def _serve_websocket(
                 task_status=task_status,
             )
         )
-        task_status.started(Endpoint("ws", host=endpoint.host, port=server.port))
+        task_status.started(Endpoint(endpoint.scheme, host=endpoint.host, port=server.port))
+
+
+def server_ssl_context(cert_file: str, key_file: str) -> ssl.SSLContext:
+    """A TLS server context from a PEM certificate (chain) and its private key, for
+    ``tls://`` and ``wss://`` listeners (TLS 1.2 at least)."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(cert_file, key_file)
+    return context
+
+
+def _host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host

@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import logging
+import math
 import time
 import uuid
 from typing import Any
@@ -14,6 +15,7 @@ import trio
 from ..artifacts import ArtifactStore, describe_artifact, same_artifact
 from ..errors import ErrorCode, SpearError
 from ..model import ExecutionMode, ExecutionStatus, InstancePolicy, InvocationType, TaskStatus
+from ..policy import OperatorPolicy
 from ..runtimes.base import Call, Runtime
 from .admission import AdmissionGate, queue_full_error
 from .budget import InstanceBudget
@@ -57,6 +59,10 @@ class TaskSeed:
     artifact: Any
     policy: InstancePolicy
     task_id: str = ""
+    trusted: bool = False
+    """From the operator (the config file): not checked against the operator policy."""
+    deadline: float = math.inf
+    """Trio time by which the artifact must be resolved (the creating call's deadline)."""
 
 
 @dataclasses.dataclass(slots=True, eq=False)
@@ -100,8 +106,10 @@ class ManagerActor(ManagerQueries, Actor[ManagerMessage]):
         admission: AdmissionGate | None = None,
         backoff: tuple[float, float] = (0.5, 30.0),
         max_running_executions: int = 100_000,
+        policy: OperatorPolicy | None = None,
     ) -> None:
         super().__init__("manager")
+        self._policy = policy
         self._runtimes = runtimes
         self._artifacts = artifacts
         self._defaults = defaults
@@ -221,12 +229,14 @@ class ManagerActor(ManagerQueries, Actor[ManagerMessage]):
                 )
             )
             return
+        timeout = request.context.timeout_ms / 1000 if request.context.timeout_ms else self._default_timeout
         seed = TaskSeed(
             task_name=request.task_name or request.task_id,
             description=request.task_description,
             artifact=request.artifact_spec,
             policy=request.policy,
             task_id=request.task_id if request.invocation_type is InvocationType.EXISTING_TASK else "",
+            deadline=trio.current_time() + timeout,
         )
         self._create_once(key, seed, message)
 
@@ -354,7 +364,9 @@ class ManagerActor(ManagerQueries, Actor[ManagerMessage]):
                 ErrorCode.INVALID_ARGUMENT,
                 f"artifact_type {artifact.artifact_type!r} is not one of {sorted(self._runtimes)}",
             )
-        resolved = await self._artifacts.resolve(artifact, pin=True)
+        if self._policy is not None and not seed.trusted:
+            self._policy.admit(artifact)
+        resolved = await self._artifacts.resolve(artifact, pin=True, deadline=seed.deadline)
         try:
             policy = seed.policy.merged_over(InstancePolicy.from_dict(artifact.config.get("policy")))
             return TaskDefinition(

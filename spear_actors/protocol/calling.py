@@ -242,8 +242,7 @@ class Caller(Link):
                 request_id, body = self.core.request(method, params, timeout_ms=_ms(timeout), window=window)
                 items.request_id = request_id
                 self._calls[request_id] = items
-                ticket = self._outbox.put(body)
-                await self._outbox.wait_written(ticket)
+                ticket = self._outbox.put(body)  # its deadline now runs in the iteration
             if scope.cancelled_caught:
                 self._check_open()
                 if not items.finished:

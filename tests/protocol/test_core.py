@@ -437,3 +437,29 @@ def test_event_equality_and_repr() -> None:
     event: Any = RequestReceived(1, "m", None, None, None)
     assert "RequestReceived(id=1" in repr(event)
     assert event != ResponseReceived(1, None)
+
+
+def test_one_body_in_one_event_out() -> None:
+    core = ProtocolCore(now=0)
+    request_id, _ = core.request("m")
+    assert core.event_for(encode_message(Response(request_id, "r")), 1.0) == ResponseReceived(1, "r")
+    assert core.event_for(encode_message(Ping(1)), 2.0) is None
+    assert sent(core) == [Pong(1)]
+    assert core.next_deadline() == min(5.0, 2.0 + 15.0)
+    # with bodies still queued, the new one waits its turn
+    core.receive_body(encode_message(Request(1, "first")), 3.0)
+    assert core.event_for(encode_message(Request(2, "second")), 3.0) == RequestReceived(1, "first", None, None, None)
+    assert core.next_event() == RequestReceived(2, "second", None, None, None)
+    event = core.event_for(b"\xc1", 4.0)
+    assert isinstance(event, ConnectionClosed) and "invalid msgpack" in fatal(core).message
+    assert core.event_for(encode_message(Request(3, "late")), 5.0) is None
+
+
+def test_stream_answers_for_a_forgotten_or_cancelled_consumer_are_ignored() -> None:
+    core = ProtocolCore(now=0)
+    request_id, _ = core.request("count", window=4)
+    core.cancel(request_id, "left")
+    assert core.item_taken(request_id) is None  # no credit for a stream being cancelled
+    core.withdraw(request_id)
+    assert feed(core, frames(StreamItem(1, 0, "x"), StreamEnd(1, 1))) == []
+    assert core.item_taken(request_id) is None

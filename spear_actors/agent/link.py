@@ -102,6 +102,8 @@ class AgentLink:
                 with self.lock:
                     event = core.next_event()
                     if event is None:
+                        if core.closed:  # closed by the heartbeat thread
+                            return
                         self._flush_core()
                 if event is None:
                     try:
@@ -192,7 +194,7 @@ class AgentLink:
         assert core is not None
         while True:
             with self.lock:
-                if self.closed:
+                if self.closed or core.closed:
                     return
                 delay = core.next_deadline() - time.monotonic()
             if delay > 0:

@@ -153,3 +153,24 @@ async def test_an_invoke_that_fits_a_client_frame_fits_the_agent_link(tmp_path: 
             "size", [payload], task_name="big", artifact_spec=agent_spec(AGENT), context={"timeout_ms": 60_000}
         )
     assert response["result"] == len(payload)
+
+
+async def test_the_agent_exits_when_the_node_falls_silent(tmp_path: Path) -> None:
+    welcomed = trio.Event()
+
+    async def silent_node(transport: Transport) -> None:
+        hello = decode_message(await transport.receive_body() or b"")
+        assert isinstance(hello, Hello)
+        welcome = Welcome(heartbeat_interval_ms=100, heartbeat_timeout_ms=500)
+        await transport.send_bodies([encode_message(welcome)])
+        welcomed.set()
+        await trio.sleep_forever()  # reads nothing more, sends nothing more
+
+    async with trio.open_nursery() as nursery:
+        endpoint = await nursery.start(partial(serve_endpoint, f"unix://{tmp_path}/c.sock", silent_node))
+        async with agent_process(str(endpoint)) as process:
+            with trio.fail_after(30):  # generous: a real process on a busy machine
+                await welcomed.wait()
+                await process.wait()
+            assert process.returncode == 0
+        nursery.cancel_scope.cancel()

@@ -29,6 +29,7 @@ import trio_websocket
 
 from ..errors import ErrorCode, SpearError
 from .framing import CLOSE_FRAME, DEFAULT_MAX_FRAME_SIZE, FrameDecoder, ProtocolError
+from .wsguard import GuardedListener
 
 __all__ = [
     "Endpoint",
@@ -508,22 +509,27 @@ async def _serve_websocket(
         finally:
             await transport.aclose()
 
+    sockets = await trio.open_tcp_listeners(endpoint.port, host=endpoint.host)
+    port = sockets[0].socket.getsockname()[1]
+    listeners: list[trio.abc.Listener[trio.abc.Stream]] = []
+    for listener in sockets:
+        inner: trio.abc.Listener[trio.abc.Stream] = listener
+        if ssl_context is not None:
+            inner = trio.SSLListener(listener, ssl_context, https_compatible=True)
+        # an oversized frame is refused from its header (wsguard.py)
+        listeners.append(GuardedListener(inner, max_frame_size))
     async with trio.open_nursery() as nursery:
-        server = await nursery.start(
-            lambda task_status: trio_websocket.serve_websocket(
-                on_request,
-                endpoint.host,
-                endpoint.port,
-                ssl_context,
-                handler_nursery=nursery,
-                message_queue_size=_WS_QUEUE,
-                max_message_size=max_frame_size,
-                connect_timeout=10.0,
-                disconnect_timeout=1.0,
-                task_status=task_status,
-            )
+        server = trio_websocket.WebSocketServer(
+            on_request,
+            listeners,  # type: ignore[arg-type]  # typed for socket listeners; it only calls accept()
+            handler_nursery=nursery,
+            message_queue_size=_WS_QUEUE,
+            max_message_size=max_frame_size,
+            connect_timeout=10.0,
+            disconnect_timeout=1.0,
         )
-        task_status.started(Endpoint(endpoint.scheme, host=endpoint.host, port=server.port))
+        await nursery.start(server.run)
+        task_status.started(Endpoint(endpoint.scheme, host=endpoint.host, port=port))
 
 
 def server_ssl_context(cert_file: str, key_file: str) -> ssl.SSLContext:

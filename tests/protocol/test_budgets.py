@@ -99,3 +99,35 @@ async def _first_error(raw: Raw) -> Error:
     answer = await raw.receive_skipping_pings()
     assert isinstance(answer, Error), answer
     return answer
+
+
+@pytest.mark.parametrize("announced", [17 * MIB, 2**63 - 1])
+async def test_an_oversized_websocket_frame_is_refused_from_its_header(announced: int) -> None:
+    async def handler(request: IncomingRequest) -> Any:
+        return None
+
+    async with serving("ws://127.0.0.1:0", handler) as server:
+        assert server.endpoint is not None
+        stream = await trio.open_tcp_stream("127.0.0.1", server.endpoint.port)
+        async with stream:
+            upgrade = (
+                "GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            )
+            await stream.send_all(upgrade.encode())
+            received = b""
+            with trio.fail_after(PROMPTLY):
+                while b"\r\n\r\n" not in received:
+                    received += await stream.receive_some()
+                assert received.startswith(b"HTTP/1.1 101")
+                # a binary frame announcing `announced` bytes (masked, 64-bit length),
+                # and only 3 bytes of it
+                await stream.send_all(b"\x82\xff" + announced.to_bytes(8, "big") + b"mask" + b"abc")
+                rest = received.split(b"\r\n\r\n", 1)[1]
+                while (data := await stream.receive_some()) != b"":
+                    rest += data
+        assert rest == b"\x88\x02\x03\xf1"  # close, code 1009 (message too big)
+        # the listener still serves others
+        async with raw_client(server) as raw:
+            with trio.fail_after(PROMPTLY):
+                await raw.hello()

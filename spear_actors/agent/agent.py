@@ -9,8 +9,8 @@ import types
 from _queue import SimpleQueue
 
 from ..errors import ErrorCode, SpearError
-from ..protocol.core import CancelReceived, CreditReceived, Event, ProtocolCore, RequestReceived
-from ..protocol.messages import PROTOCOL_VERSION, Cancel, Hello
+from ..protocol.core import MAX_HELLO_SIZE, CancelReceived, CreditReceived, Event, ProtocolCore, RequestReceived
+from ..protocol.messages import PROTOCOL_VERSION, Cancel, Hello, encode_message
 from .calls import CallState, current
 from .link import AgentLink, dial
 
@@ -91,21 +91,23 @@ class Agent:
         if not address:
             raise SystemExit("spear agent: SERVICE_ADDR is not set (the node starts agents with it)")
         link = AgentLink(dial(address))
-        link.handshake(
-            Hello(
-                version=PROTOCOL_VERSION,
-                role="agent",
-                auth=secret,
-                peer_id=os.environ.get("SPEAR_INSTANCE_ID"),
-                meta={"functions": sorted(self.functions), "pid": os.getpid(), "sdk": "python"},
-            )
-        )
+        link.handshake(self._hello(secret))
         self._link = link
         link.serve(self._on_event)
         with link.lock:  # what is still running is abandoned: wake generators waiting for credit
             for state in self._calls.values():
                 state.cancelled = True
             link.lock.notify_all()
+
+    def _hello(self, secret: str) -> Hello:
+        """The hello: it must fit the node's pre-authentication limit (8 KiB), so the
+        list of functions (informational) is left out when it would not."""
+        meta: dict[str, Any] = {"functions": sorted(self.functions), "pid": os.getpid(), "sdk": "python"}
+        hello = Hello(PROTOCOL_VERSION, "agent", secret, os.environ.get("SPEAR_INSTANCE_ID"), meta)
+        if len(encode_message(hello)) > MAX_HELLO_SIZE - 64:  # room for max_frame_size
+            meta["functions"] = []
+            meta["function_count"] = len(self.functions)
+        return hello
 
     def _on_event(self, event: Event) -> None:
         if type(event) is RequestReceived:

@@ -38,9 +38,9 @@ SECRET = "s3cret"
 
 
 @asynccontextmanager
-async def agent_process(address: str) -> AsyncIterator[trio.Process]:
+async def agent_process(address: str, script: Path = AGENT) -> AsyncIterator[trio.Process]:
     env = {**os.environ, "SERVICE_ADDR": address, "SECRET": SECRET}
-    process = await trio.lowlevel.open_process([sys.executable, str(AGENT)], env=env)
+    process = await trio.lowlevel.open_process([sys.executable, str(script)], env=env)
     try:
         yield process
     finally:
@@ -173,4 +173,26 @@ async def test_the_agent_exits_when_the_node_falls_silent(tmp_path: Path) -> Non
                 await welcomed.wait()
                 await process.wait()
             assert process.returncode == 0
+        nursery.cancel_scope.cancel()
+
+
+async def test_an_agent_with_a_thousand_functions_is_welcomed(tmp_path: Path) -> None:
+    connections: list[Connection] = []
+    ready = trio.Event()
+
+    async def node(transport: Transport) -> None:
+        async with accept_connection(transport, authenticator=token_authenticator(SECRET)) as connection:
+            connections.append(connection)
+            ready.set()
+            await connection.wait_closed()
+
+    script = Path(__file__).resolve().parent / "many_functions_agent.py"
+    async with trio.open_nursery() as nursery:
+        endpoint = await nursery.start(partial(serve_endpoint, f"unix://{tmp_path}/d.sock", node))
+        async with agent_process(str(endpoint), script) as process:
+            with trio.fail_after(30):
+                await ready.wait()
+                answer = await connections[0].request("execute", {"function": "function_number_0999"})
+            assert answer["value"] == 999
+            assert process.returncode is None
         nursery.cancel_scope.cancel()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, Final
@@ -38,11 +39,12 @@ from .actors.messages import (
 from .artifacts import ArtifactStore
 from .config import NodeConfig
 from .errors import ErrorCode, SpearError
-from .model import ExecutionMode, ExecutionStatus, InvokeRequest, build_invoke_request
+from .model import ArtifactSpec, ExecutionMode, ExecutionStatus, InstancePolicy, InvokeRequest, build_invoke_request
 from .protocol.transports import Endpoint
 from .runtimes.base import Runtime, StreamSink
 from .runtimes.process import ProcessRuntime
 from .runtimes.wasm import WasmRuntime
+from .store import ExecutionStore, MemoryStore, Retention, SqliteStore, StoredTask
 
 __all__ = ["Node", "open_node"]
 
@@ -63,8 +65,10 @@ class Node:
         manager: ActorRef[ManagerMessage],
         nursery: trio.Nursery,
         admission: AdmissionGate | None = None,
+        store: ExecutionStore | None = None,
     ) -> None:
         self.config = config
+        self._store = store or MemoryStore()
         self._manager = manager
         self._admission = admission or AdmissionGate()
         self._nursery = nursery
@@ -97,6 +101,10 @@ class Node:
             raise refusal
         routed: Routed = await self._manager.ask(lambda reply: Invoke(request, reply, sink))
         if request.execution_mode is ExecutionMode.ASYNC:
+            if routed.write_seq:
+                # Acknowledged only once its record is durable: an accepted id
+                # always has a record, even after a crash (docs/execution-modes.md).
+                await self._store.committed(routed.write_seq)
             return _accepted(routed)
         try:
             with trio.move_on_at(routed.deadline + _DEADLINE_GRACE):
@@ -331,6 +339,82 @@ async def open_node(config: NodeConfig | None = None) -> AsyncIterator[Node]:
     the node is left running.
     """
     config = config or NodeConfig()
+    store = _store(config)
+    explicit_id = config.node_id
+    state = await store.open(explicit_id or f"node-{uuid.uuid4().hex[:8]}", config.max_execution_records)
+    if explicit_id and explicit_id != state.node_id and isinstance(store, SqliteStore):
+        store.set_identity(explicit_id)
+    config.node_id = explicit_id or state.node_id
+    if state.aborted:
+        log.warning(
+            "node %s: %d executions were unfinished when the node last stopped: now FAILED (node_restarted)",
+            config.node_id,
+            state.aborted,
+        )
+    registry = ExecutionRegistry(
+        config.max_execution_records,
+        config.execution_record_ttl_s,
+        store=store,
+        max_result_bytes=config.max_result_bytes,
+        max_result_bytes_total=config.max_retained_result_bytes,
+        max_log_bytes=config.max_log_bytes_per_record,
+    )
+    for row in state.recent:
+        registry.restore(row)
+    try:
+        async with _serving(config, store, registry, state.tasks) as node:
+            yield node
+    finally:
+        await store.aclose()
+
+
+def _store(config: NodeConfig) -> ExecutionStore:
+    if config.store == "memory":
+        return MemoryStore()
+    if config.store != "sqlite":
+        raise SpearError(
+            ErrorCode.INVALID_ARGUMENT, f"config: store must be 'sqlite' or 'memory', not {config.store!r}"
+        )
+    synchronous = config.store_synchronous.upper()
+    if synchronous not in ("OFF", "NORMAL", "FULL", "EXTRA"):
+        raise SpearError(ErrorCode.INVALID_ARGUMENT, "config: store_synchronous must be OFF, NORMAL, FULL or EXTRA")
+    retention = Retention(config.execution_record_ttl_s, config.store_max_records, config.store_max_bytes)
+    return SqliteStore(config.data_dir, retention, synchronous=synchronous, max_backlog=config.store_max_backlog)
+
+
+async def _restore_tasks(node: Node, tasks: list[StoredTask]) -> None:
+    """Create the client-created tasks the store kept (their instances start on demand,
+    or at once up to min_instances)."""
+    for stored in tasks:
+        try:
+            artifact = ArtifactSpec(**stored.artifact)
+            policy = InstancePolicy(**stored.policy)
+            seed = TaskSeed(
+                stored.task_name,
+                stored.description,
+                artifact,
+                policy,
+                stored.task_id,
+                persist=True,
+                expect_digest=stored.artifact_digest,
+            )
+            task_id = await node.declare_task(seed)
+        except (SpearError, TypeError) as exc:
+            log.warning("node: stored task %r (%s) could not be restored: %s", stored.task_name, stored.task_id, exc)
+            continue
+        if task_id != stored.task_id:
+            log.warning(
+                "node: stored task %r (%s) not restored: the name belongs to task %s",
+                stored.task_name,
+                stored.task_id,
+                task_id,
+            )
+
+
+@asynccontextmanager
+async def _serving(
+    config: NodeConfig, store: ExecutionStore, registry: ExecutionRegistry, stored_tasks: list[StoredTask]
+) -> AsyncIterator[Node]:
     async with background_nursery() as nursery:
         runtimes = _runtimes(config)
         for runtime in runtimes.values():
@@ -340,7 +424,7 @@ async def open_node(config: NodeConfig | None = None) -> AsyncIterator[Node]:
             artifacts=ArtifactStore(config.data_dir),
             defaults=config.defaults,
             default_timeout_ms=config.default_timeout_ms,
-            registry=ExecutionRegistry(config.max_execution_records, config.execution_record_ttl_s),
+            registry=registry,
             budget=InstanceBudget(config.max_total_instances),
             backoff=(config.start_backoff_s, config.start_backoff_max_s),
             max_running_executions=config.max_running_executions,
@@ -354,11 +438,12 @@ async def open_node(config: NodeConfig | None = None) -> AsyncIterator[Node]:
                 manager_done.set()
 
         await nursery.start(run_manager)
-        node = Node(config, manager.ref, nursery, manager.admission)
+        node = Node(config, manager.ref, nursery, manager.admission, store)
         for declaration in config.tasks:
             await node.declare_task(
                 TaskSeed(declaration.name, declaration.description, declaration.artifact, declaration.policy)
             )
+        await _restore_tasks(node, stored_tasks)
         for url in config.listen:
             await node.listen(url)
         try:

@@ -61,6 +61,9 @@ class TaskDefinition:
     artifact_digest: str
     policy: InstancePolicy
     created_at: float = dataclasses.field(default_factory=time.time)
+    origin_policy: InstancePolicy | None = None
+    """For a client-created task, the policy its request gave (what the store keeps
+    so the task exists again after a restart); None for a task of the node's config."""
 
     def describe(self, status: TaskStatus) -> dict[str, Any]:
         """The task's identity fields as a status map (shared by list and get views)."""

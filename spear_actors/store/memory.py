@@ -1,0 +1,46 @@
+"""The in-memory store: nothing outlives the process.
+
+The default without ``store = "sqlite"``-capable data dir, and for tests that want
+it; the registry's memory retention is then the only retention.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+from .base import ExecutionRow, ExecutionStore, RecoveredState, StoredTask
+
+__all__ = ["MemoryStore"]
+
+
+class MemoryStore(ExecutionStore):
+    """Keeps nothing beyond the registry: writes are acknowledged at once."""
+
+    persistent = False
+
+    def __init__(self) -> None:
+        self._seq = itertools.count(1)
+
+    async def open(self, node_id: str, recent: int) -> RecoveredState:
+        return RecoveredState(node_id)
+
+    async def aclose(self) -> None:
+        return None
+
+    def save(self, row: ExecutionRow) -> int:
+        return next(self._seq)
+
+    async def committed(self, seq: int) -> None:
+        return None
+
+    def backlogged(self) -> bool:
+        return False
+
+    async def load(self, execution_id: str) -> ExecutionRow | None:
+        return None
+
+    def save_task(self, task: StoredTask) -> None:
+        return None
+
+    def delete_task(self, task_id: str) -> None:
+        return None

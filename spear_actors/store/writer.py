@@ -1,0 +1,331 @@
+"""The SQLite side of the store: schema, recovery, the writer thread and pruning.
+
+Nothing here touches trio. The writer thread takes every queued write at once,
+applies it in one transaction (group commit) and reports the last sequence number
+committed; between batches it prunes by age, count and bytes in small transactions
+so a prune never holds up writes for long.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import fcntl
+import logging
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from .base import ExecutionRow, RecoveredState, StoredTask, node_restarted_error, pack, unpack
+
+__all__ = ["Retention", "SqliteFile"]
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+
+_COLUMNS = (
+    "execution_id",
+    "task_id",
+    "function_name",
+    "mode",
+    "status",
+    "instance_id",
+    "created_at",
+    "started_at",
+    "completed_at",
+    "execution_time_ms",
+    "error",
+    "result",
+    "result_dropped_bytes",
+    "logs",
+    "size",
+)
+_UPSERT = (
+    f"INSERT INTO executions({', '.join(_COLUMNS)}) VALUES({', '.join('?' * len(_COLUMNS))}) "
+    f"ON CONFLICT(execution_id) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in _COLUMNS if c != "execution_id")
+)
+_SELECT = f"SELECT {', '.join(_COLUMNS[:-1])} FROM executions"
+_LIVE = ("PENDING", "RUNNING")
+_PRUNE_ROUND = 2000
+_PRUNE_ROUNDS_PER_BATCH = 10
+_MAX_BATCH = 20_000
+
+
+@dataclasses.dataclass(slots=True)
+class Retention:
+    """How long finished records stay on disk: all three limits apply."""
+
+    max_age_s: float = 3600.0
+    max_records: int = 5_000_000
+    max_bytes: int = 4 * 1024**3
+    prune_interval_s: float = 1.0
+
+
+def _row_values(row: ExecutionRow) -> tuple[Any, ...]:
+    return (
+        row.execution_id,
+        row.task_id,
+        row.function_name,
+        row.mode,
+        row.status,
+        row.instance_id,
+        row.created_at,
+        row.started_at,
+        row.completed_at,
+        row.execution_time_ms,
+        row.error,
+        row.result,
+        row.result_dropped_bytes,
+        row.logs,
+        row.size,
+    )
+
+
+def _row(values: Any) -> ExecutionRow:
+    return ExecutionRow(*values)
+
+
+class SqliteFile:
+    """One SQLite database under ``<data_dir>/state``, held exclusively by one node."""
+
+    def __init__(self, directory: Path, retention: Retention, synchronous: str = "NORMAL") -> None:
+        self.directory = directory
+        self.path = directory / "spear.sqlite3"
+        self.retention = retention
+        self.synchronous = synchronous
+        self._lock_fd: int | None = None
+        self._db: sqlite3.Connection | None = None
+        self._reader: sqlite3.Connection | None = None
+        self._reader_lock = threading.Lock()
+        self._queue: collections.deque[tuple[str, Any]] = collections.deque()
+        self._wake = threading.Condition()
+        self._closing = False
+        self._thread: threading.Thread | None = None
+        self._notify: Callable[[int, BaseException | None], None] = lambda seq, error: None
+        self._next_seq = 0
+        self._live_sizes: dict[str, int] = {}
+        self.rows = 0
+        self.bytes = 0
+        self.commits = 0
+        self.written = 0
+        self.pruned = 0
+        self._last_prune = 0.0
+
+    # -- open / recover (in a worker thread) -------------------------------------------
+    def open(self, node_id: str, recent: int) -> RecoveredState:
+        """Lock the directory, open or create the database, fail what was left
+        unfinished by a dead node, and return what is needed to start."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.directory / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            from ..errors import ErrorCode, SpearError
+
+            raise SpearError(
+                ErrorCode.FAILED_PRECONDITION,
+                f"data dir {str(self.directory.parent)!r} is in use by another running node",
+            ) from None
+        self._lock_fd = fd
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self._db = db
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute(f"PRAGMA synchronous={self.synchronous}")
+        db.execute(
+            "CREATE TABLE IF NOT EXISTS executions (seq INTEGER PRIMARY KEY, execution_id TEXT NOT NULL UNIQUE, "
+            "task_id TEXT, function_name TEXT, mode TEXT, status TEXT, instance_id TEXT, created_at REAL, "
+            "started_at REAL, completed_at REAL, execution_time_ms REAL, error BLOB, result BLOB, "
+            "result_dropped_bytes INTEGER, logs BLOB, size INTEGER)"
+        )
+        db.execute("CREATE TABLE IF NOT EXISTS tasks (task_id TEXT PRIMARY KEY, body BLOB)")
+        db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
+        db.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+        db.execute("INSERT OR IGNORE INTO meta VALUES ('node_id', ?)", (node_id,))
+        stored_id = db.execute("SELECT value FROM meta WHERE key = 'node_id'").fetchone()[0]
+        aborted = db.execute(
+            "UPDATE executions SET status = 'FAILED', error = ?, completed_at = ? WHERE status IN (?, ?)",
+            (pack(node_restarted_error().to_dict()), time.time(), *_LIVE),
+        ).rowcount
+        tasks = []
+        for (body,) in db.execute("SELECT body FROM tasks ORDER BY rowid"):
+            try:
+                tasks.append(StoredTask(**unpack(body)))
+            except (TypeError, ValueError) as exc:
+                log.warning("store: a stored task could not be read (%s); skipped", exc)
+        rows = db.execute(f"{_SELECT} ORDER BY seq DESC LIMIT ?", (recent,)).fetchall()
+        self.rows, self.bytes = db.execute("SELECT count(*), total(size) FROM executions").fetchone()
+        self.bytes = int(self.bytes)
+        self._reader = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        return RecoveredState(stored_id, tasks, [_row(values) for values in reversed(rows)], aborted)
+
+    def set_identity(self, node_id: str) -> None:
+        """Store *node_id* as the node's identity (an explicit config id)."""
+        self._submit("meta", ("node_id", node_id))
+
+    # -- the writer thread ---------------------------------------------------------------
+    def start(self, notify: Callable[[int, BaseException | None], None]) -> None:
+        """Start the writer thread; *notify(seq, error)* is called (in the writer
+        thread) after each commit, or once with the error that stopped it."""
+        self._notify = notify
+        self._thread = threading.Thread(target=self._run, name=f"spear-store {self.path}", daemon=True)
+        self._thread.start()
+
+    def _submit(self, kind: str, payload: Any) -> int:
+        with self._wake:
+            self._next_seq += 1
+            self._queue.append((kind, payload))
+            self._wake.notify()
+            return self._next_seq
+
+    def save(self, row: ExecutionRow) -> int:
+        """Queue *row*; returns its write sequence number (never blocks for I/O)."""
+        return self._submit("row", row)
+
+    def save_task(self, task: StoredTask) -> int:
+        return self._submit("task", task)
+
+    def delete_task(self, task_id: str) -> int:
+        return self._submit("untask", task_id)
+
+    @property
+    def backlog(self) -> int:
+        """Writes queued and not yet taken by the writer."""
+        return len(self._queue)
+
+    def close(self) -> None:
+        """Stop the writer after it has written everything queued (blocking)."""
+        with self._wake:
+            self._closing = True
+            self._wake.notify()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        for db in (self._db, self._reader):
+            if db is not None:
+                db.close()
+        self._db = self._reader = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def _run(self) -> None:
+        try:
+            while True:
+                with self._wake:
+                    while not self._queue and not self._closing:
+                        timeout = self.retention.prune_interval_s
+                        if not self._wake.wait(timeout):
+                            break
+                    batch: list[tuple[str, Any]] = []
+                    while self._queue and len(batch) < _MAX_BATCH:
+                        batch.append(self._queue.popleft())
+                    upto = self._next_seq - len(self._queue)
+                    closing = self._closing and not self._queue
+                if batch:
+                    self._write(batch)
+                    self._notify(upto, None)
+                self._maybe_prune()
+                if closing:
+                    return
+        except BaseException as exc:  # disk full, I/O error: callers must learn it
+            log.exception("store: the writer stopped")
+            self._notify(-1, exc)
+
+    def _write(self, batch: list[tuple[str, Any]]) -> None:
+        assert self._db is not None
+        rows: dict[str, ExecutionRow] = {}
+        other: list[tuple[str, Any]] = []
+        for kind, payload in batch:
+            if kind == "row":
+                rows[payload.execution_id] = payload  # full rows: the last write wins
+            else:
+                other.append((kind, payload))
+        db = self._db
+        db.execute("BEGIN")
+        try:
+            values = []
+            for row in rows.values():
+                size = row.size
+                old = self._live_sizes.pop(row.execution_id, None)
+                if old is None:
+                    self.rows += 1
+                    old = 0
+                if row.status in _LIVE:
+                    self._live_sizes[row.execution_id] = size
+                self.bytes += size - old
+                values.append(_row_values(row))
+            db.executemany(_UPSERT, values)
+            for kind, payload in other:
+                if kind == "task":
+                    db.execute(
+                        "INSERT OR REPLACE INTO tasks VALUES (?, ?)",
+                        (payload.task_id, pack(dataclasses.asdict(payload))),
+                    )
+                elif kind == "untask":
+                    db.execute("DELETE FROM tasks WHERE task_id = ?", (payload,))
+                elif kind == "meta":
+                    db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", payload)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        self.commits += 1
+        self.written += len(rows)
+
+    def _maybe_prune(self) -> None:
+        retention = self.retention
+        now = time.time()
+        over = self.rows > retention.max_records or self.bytes > retention.max_bytes
+        if not over and now - self._last_prune < retention.prune_interval_s:
+            return
+        self._last_prune = now
+        for _ in range(_PRUNE_ROUNDS_PER_BATCH):
+            if self._prune_round(now) < _PRUNE_ROUND:
+                return
+
+    def _prune_round(self, now: float) -> int:
+        """Delete the oldest finished rows past a limit; returns how many rows were looked at."""
+        assert self._db is not None
+        retention = self.retention
+        cutoff = now - retention.max_age_s
+        excess_rows = self.rows - retention.max_records
+        excess_bytes = self.bytes - retention.max_bytes
+        scanned = self._db.execute(
+            "SELECT seq, status, completed_at, size FROM executions ORDER BY seq LIMIT ?", (_PRUNE_ROUND,)
+        ).fetchall()
+        doomed: list[tuple[int]] = []
+        freed = 0
+        for seq, status, completed_at, size in scanned:
+            if status in _LIVE:
+                continue
+            if excess_rows > 0 or excess_bytes > 0 or (completed_at or 0) < cutoff:
+                doomed.append((seq,))
+                excess_rows -= 1
+                excess_bytes -= size or 0
+                freed += size or 0
+            else:
+                return 0  # everything after this is newer and within every limit
+        if doomed:
+            self._db.execute("BEGIN")
+            self._db.executemany("DELETE FROM executions WHERE seq = ?", doomed)
+            self._db.execute("COMMIT")
+            self.rows -= len(doomed)
+            self.bytes -= freed
+            self.pruned += len(doomed)
+        return len(scanned) if doomed else 0
+
+    # -- reads (in a worker thread) -----------------------------------------------------
+    def load(self, execution_id: str) -> ExecutionRow | None:
+        """The record of *execution_id* from disk."""
+        with self._reader_lock:
+            if self._reader is None:
+                return None
+            found = self._reader.execute(f"{_SELECT} WHERE execution_id = ?", (execution_id,)).fetchone()
+        return None if found is None else _row(found)

@@ -431,9 +431,11 @@ class TaskActor(Actor[TaskMessage]):
                 self.status = TaskStatus.DEGRADED
                 self._report_instances()
             self._wake_timer_by(self._backoff_until)
-            if not any(s.ready for s in self._slots.values()):
-                # Nothing can serve the waiting calls: give them the start error now.
-                self._fail_pending(message.reason)
+            if self._degraded() and not any(s.ready for s in self._slots.values()):
+                # A crash loop and nothing can serve the waiting calls: fail them fast.
+                # Before that, a failed start is the instance's failure, not the
+                # calls': they wait for the next start, up to their deadline.
+                self._fail_pending(self._degraded_error())
                 return
         self._replenish()
 
@@ -476,10 +478,13 @@ class TaskActor(Actor[TaskMessage]):
                 deadline = entry.submit.deadline
                 if deadline <= now:
                     self._pending.remove(entry)
+                    last = self._last_start_error
                     entry.submit.reply.fail(
                         SpearError(
                             ErrorCode.DEADLINE_EXCEEDED,
-                            f"task {self.definition.task_name}: no instance was free before the deadline",
+                            f"task {self.definition.task_name}: no instance was free before the deadline"
+                            + (f" (last start error: {last.message})" if last is not None else ""),
+                            dict(last.details) if last is not None else {},
                         )
                     )
                 else:

@@ -207,6 +207,11 @@ class ProcessRuntime(Runtime):
             self._arrivals.pop(digest, None)
             with trio.CancelScope(shield=True):
                 await instance._stop(self.stop_grace)
+                # The pipes are closed now, not whenever the garbage collector
+                # gets to the process object (forced kills leaked them: issue 12).
+                for pipe in (process.stdout, process.stderr):
+                    if pipe is not None:
+                        await pipe.aclose()
 
 
 class ProcessInstance(RuntimeInstance):

@@ -7,7 +7,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from busy_agent import agent  # noqa: E402
+from busy_agent import agent
 
 if __name__ == "__main__":
     gate = os.environ.get("START_GATE", "")

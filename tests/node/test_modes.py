@@ -3,6 +3,7 @@ end to end over websocket against real agent processes."""
 
 from __future__ import annotations
 
+import gc
 import os
 from pathlib import Path
 from typing import Any
@@ -361,3 +362,40 @@ def _state(pid: int) -> str:
             return stat.read().rsplit(")", 1)[1].split()[0]
     except OSError:
         return "gone"
+
+
+def _open_descriptors() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+async def test_forced_cancels_close_the_killed_instances_descriptors_and_refill_the_pool(
+    tmp_path: Path, no_leaked_processes: None
+) -> None:
+    policy = {"min_instances": 4, "max_instances": 4, "max_concurrency": 1}
+    gc.disable()  # descriptors must be closed when the instance ends, not by a collection
+    try:
+        async with open_node(fast_config(tmp_path, store="memory")) as node:
+            task_id = (await node.invoke("pid", None, task_name="fk4", artifact_spec=BUSY, policy=policy))["task_id"]
+
+            async def ready_instances() -> int:
+                instances = (await node.get_task(task_id))["instances"]
+                return sum(1 for i in instances if i["status"] in ("READY", "RUNNING"))
+
+            async def pool_full() -> None:
+                with trio.fail_after(30):
+                    while await ready_instances() != 4 or len((await node.get_task(task_id))["instances"]) != 4:
+                        await trio.sleep(0.02)
+
+            await pool_full()
+            baseline = _open_descriptors()
+            for i in range(5):
+                accepted = await node.invoke(
+                    "wait", [30], task_id=task_id, execution_mode="ASYNC", context={"execution_id": f"fk4-{i}"}
+                )
+                await until_running(node, accepted["execution_id"])
+                record = await node.cancel_execution(accepted["execution_id"], force=True)
+                assert record["status"] == "CANCELLED", (i, record)
+                await pool_full()  # the killed instance was replaced
+            assert _open_descriptors() == baseline
+    finally:
+        gc.enable()

@@ -302,6 +302,7 @@ class SqliteFile:
         ).fetchall()
         doomed: list[tuple[int]] = []
         freed = 0
+        within = False
         for seq, status, completed_at, size in scanned:
             if status in _LIVE:
                 continue
@@ -311,7 +312,8 @@ class SqliteFile:
                 excess_bytes -= size or 0
                 freed += size or 0
             else:
-                return 0  # everything after this is newer and within every limit
+                within = True  # everything after this is newer and within every limit
+                break
         if doomed:
             self._db.execute("BEGIN")
             self._db.executemany("DELETE FROM executions WHERE seq = ?", doomed)
@@ -319,7 +321,7 @@ class SqliteFile:
             self.rows -= len(doomed)
             self.bytes -= freed
             self.pruned += len(doomed)
-        return len(scanned) if doomed else 0
+        return 0 if within or not doomed else len(scanned)
 
     # -- reads (in a worker thread) -----------------------------------------------------
     def load(self, execution_id: str) -> ExecutionRow | None:

@@ -17,6 +17,19 @@ def run(path, value):
 
 
 @agent.function
+def chatty(lines, width):
+    """Log *lines* lines of *width* characters."""
+    for i in range(lines):
+        log(f"{i:06d}" + "x" * (width - 6))
+    return lines
+
+
+@agent.function
+def blob(n_bytes):
+    return b"x" * n_bytes
+
+
+@agent.function
 def wait(seconds):
     time.sleep(seconds)
     return "waited"

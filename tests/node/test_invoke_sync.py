@@ -147,8 +147,9 @@ async def test_agent_killed_mid_call_fails_the_call_and_the_next_call_works(node
 
 
 async def test_wrong_secret_is_never_ready(node: Node) -> None:
+    # Three failed starts in a row (the call waits through them): DEGRADED.
     error = await expect_error(
-        ErrorCode.INSTANCE_FAILED,
+        ErrorCode.UNAVAILABLE,
         node.invoke("add", [1, 2], task_name="liar", artifact_spec=agent_spec(AGENTS / "wrong_secret_agent.py")),
     )
     assert "UNAUTHENTICATED" in error.details["stderr_tail"]
@@ -167,9 +168,9 @@ async def test_raw_connection_with_a_wrong_secret_is_refused(node: Node) -> None
 async def test_agent_that_never_dials_back_fails_with_the_stderr_tail(
     tmp_path: Path, no_leaked_processes: None
 ) -> None:
-    async with open_node(fast_config(tmp_path, start_timeout_s=1.0)) as node:
+    async with open_node(fast_config(tmp_path, start_timeout_s=1.0, start_backoff_s=0.1)) as node:
         error = await expect_error(
-            ErrorCode.INSTANCE_FAILED,
+            ErrorCode.UNAVAILABLE,  # DEGRADED after three such starts; the call waited for them
             node.invoke("x", None, task_name="mute", artifact_spec=agent_spec(AGENTS / "silent_agent.py")),
         )
     assert "did not dial back within 1s" in error.message

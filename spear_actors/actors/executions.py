@@ -251,6 +251,8 @@ class ExecutionRegistry:
             self._move(record, ExecutionStatus.RUNNING)
             record.instance_id = instance_id
             record.started_at = time.time()
+        elif record.status is ExecutionStatus.RUNNING:
+            record.instance_id = instance_id  # moved: its first instance died before starting it
 
     def finish(self, record: ExecutionRecord, outcome: Outcome | None, error: SpearError | None) -> bool:
         """Record the end (first one wins); answer the watchers; queue the write.

@@ -143,6 +143,9 @@ class TaskActor(Actor[TaskMessage]):
         self._queued_deadline = math.inf
         self._ids = itertools.count(1)
         self._last_start_error: SpearError | None = None
+        self._cancels: dict[str, str] = {}
+        """Running executions asked to cancel (id → reason) until their attempt ends: one
+        that comes back unstarted from a dying instance is cancelled, not run elsewhere."""
 
     @property
     def _max_concurrency(self) -> int:
@@ -160,7 +163,8 @@ class TaskActor(Actor[TaskMessage]):
             self._submit(message)
         elif isinstance(message, ExecutionFinished):
             slot = self._slots.get(message.instance_id)
-            self._forget_attempt(message.execution_id, message.execute)
+            if self._forget_attempt(message.execution_id, message.execute) is not None:
+                self._cancels.pop(message.execution_id, None)
             if slot is not None:
                 slot.inflight -= 1
                 slot.last_used = trio.current_time()
@@ -284,6 +288,7 @@ class TaskActor(Actor[TaskMessage]):
             and submit.retries > 0
             and submit.deadline > trio.current_time()
             and self._stop_reason is None
+            and submit.call.execution_id not in self._cancels
         ):
             log.info("%s: retrying %s after: %s", self.name, submit.call.execution_id, error.message)
             running = self._running.get(submit.call.execution_id)
@@ -415,7 +420,11 @@ class TaskActor(Actor[TaskMessage]):
                 submit.reply.fail(self._stop_reason)
             return
         for submit in reversed(unstarted):
-            self._pending.appendleft(_Pending(submit))
+            reason = self._cancels.pop(submit.call.execution_id, None)
+            if reason is not None:
+                submit.reply.fail(SpearError(ErrorCode.CANCELLED, reason))
+            else:
+                self._pending.appendleft(_Pending(submit))
         if slot is None:
             return
         if message.reason is not None:
@@ -459,6 +468,7 @@ class TaskActor(Actor[TaskMessage]):
         running = self._running.get(message.execution_id)
         slot = self._slots.get(running[0]) if running else None
         if slot is not None:
+            self._cancels[message.execution_id] = message.reason
             slot.ref.post(message)
 
     def _set_queue_full(self, full: bool) -> None:

@@ -364,8 +364,17 @@ def _state(pid: int) -> str:
         return "gone"
 
 
-def _open_descriptors() -> int:
-    return len(os.listdir("/proc/self/fd"))
+def _open_descriptors() -> dict[str, int]:
+    """Open descriptors of this process by kind (pipe, socket, anon_inode, file)."""
+    kinds: dict[str, int] = {}
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        kind = target.split(":", 1)[0] if ":" in target else "file"
+        kinds[kind] = kinds.get(kind, 0) + 1
+    return kinds
 
 
 async def test_forced_cancels_close_the_killed_instances_descriptors_and_refill_the_pool(
@@ -396,6 +405,10 @@ async def test_forced_cancels_close_the_killed_instances_descriptors_and_refill_
                 record = await node.cancel_execution(accepted["execution_id"], force=True)
                 assert record["status"] == "CANCELLED", (i, record)
                 await pool_full()  # the killed instance was replaced
-            assert _open_descriptors() == baseline
+            # With the collector off, only an explicit close brings the count back
+            # (agent sockets close as their connection sees EOF, a moment after the kill).
+            with trio.fail_after(10):
+                while _open_descriptors() != baseline:
+                    await trio.sleep(0.02)
     finally:
         gc.enable()

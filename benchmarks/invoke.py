@@ -360,6 +360,37 @@ async def main(quick: bool) -> None:
                 note = f"{rate / ws_rate:.2f}x raw ws echo (target ≥ 0.5x)" if label == "websocket" else ""
                 row(f"{label} invoke, 64 in flight / 8 conns", rate=rate, note=note)
                 nursery.cancel_scope.cancel()
+    await store_comparison(total // 2, 2 if quick else 3)
+
+
+# -- execution store: SQLite next to memory (issue 14) ------------------------------------------
+async def store_comparison(total: int, rounds: int = 3) -> None:
+    """Websocket invoke at 64 in flight / 8 conns on a node with each store, rounds
+    alternated in one run; prints the medians and the SQLite / memory ratio."""
+    print(f"\nexecution store (websocket invoke, 64 in flight / 8 conns; median of {rounds} rounds):")
+    rates: dict[str, list[float]] = {"memory": [], "sqlite": []}
+    for _ in range(rounds):
+        for store in ("memory", "sqlite"):
+            config = NodeConfig(listen=["ws://127.0.0.1:0"], data_dir=Path(tempfile.mkdtemp()), store=store)
+            async with open_node(config) as node:
+                spec = {"location": str(AGENT)}
+                await node.invoke(
+                    "echo",
+                    PAYLOAD,
+                    task_name="bench",
+                    artifact_spec=spec,
+                    policy={"max_instances": 4, "max_concurrency": 16},
+                )
+                async with trio.open_nursery() as nursery:
+                    clients = [await nursery.start(_client, str(node.endpoints[0])) for _ in range(8)]
+                    calls = [lambda c=c: c.invoke("echo", PAYLOAD, task_name="bench") for c in clients]
+                    rates[store].append(await throughput(calls, 64, total))
+                    nursery.cancel_scope.cancel()
+    medians = {store: sorted(r)[len(r) // 2] for store, r in rates.items()}
+    for store, r in rates.items():
+        row(f"{store} store", rate=medians[store], note=f"range {min(r):.0f}-{max(r):.0f}")
+    ratio = medians["sqlite"] / medians["memory"]
+    row("sqlite / memory", note=f"{ratio:.2f}x (target ≥ 0.9x: {'met' if ratio >= 0.9 else 'MISSED'})")
 
 
 async def _client(url: str, task_status: trio.TaskStatus[Any]) -> None:

@@ -115,5 +115,6 @@ class SqliteStore(ExecutionStore):
             "commits": file.commits,
             "written": file.written,
             "pruned": file.pruned,
+            "writer_cpu_s": round(file.cpu_s, 3),
             "failed": None if self._failed is None else repr(self._failed),
         }

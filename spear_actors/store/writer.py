@@ -55,6 +55,8 @@ _LIVE = ("PENDING", "RUNNING")
 _PRUNE_ROUND = 2000
 _PRUNE_ROUNDS_PER_BATCH = 10
 _MAX_BATCH = 20_000
+_GROUP_MIN = 256
+_GROUP_DELAY_S = 0.003
 
 
 @dataclasses.dataclass(slots=True)
@@ -103,8 +105,9 @@ class SqliteFile:
         self._db: sqlite3.Connection | None = None
         self._reader: sqlite3.Connection | None = None
         self._reader_lock = threading.Lock()
-        self._queue: collections.deque[tuple[str, Any]] = collections.deque()
+        self._queue: collections.deque[tuple[int, str, Any]] = collections.deque()
         self._wake = threading.Condition()
+        self._idle = False
         self._closing = False
         self._thread: threading.Thread | None = None
         self._notify: Callable[[int, BaseException | None], None] = lambda seq, error: None
@@ -115,6 +118,8 @@ class SqliteFile:
         self.commits = 0
         self.written = 0
         self.pruned = 0
+        self.cpu_s = 0.0
+        """CPU seconds the writer thread spent writing and pruning."""
         self._last_prune = 0.0
 
     # -- open / recover (in a worker thread) -------------------------------------------
@@ -178,11 +183,14 @@ class SqliteFile:
         self._thread.start()
 
     def _submit(self, kind: str, payload: Any) -> int:
-        with self._wake:
-            self._next_seq += 1
-            self._queue.append((kind, payload))
-            self._wake.notify()
-            return self._next_seq
+        # One producer (the trio thread): no lock to queue, only to wake an idle writer.
+        self._next_seq += 1
+        seq = self._next_seq
+        self._queue.append((seq, kind, payload))
+        if self._idle:
+            with self._wake:
+                self._wake.notify()
+        return seq
 
     def save(self, row: ExecutionRow) -> int:
         """Queue *row*; returns its write sequence number (never blocks for I/O)."""
@@ -216,23 +224,32 @@ class SqliteFile:
             self._lock_fd = None
 
     def _run(self) -> None:
+        queue = self._queue
         try:
             while True:
                 with self._wake:
-                    while not self._queue and not self._closing:
-                        timeout = self.retention.prune_interval_s
-                        if not self._wake.wait(timeout):
+                    self._idle = True
+                    while not queue and not self._closing:
+                        if not self._wake.wait(self.retention.prune_interval_s):
                             break
-                    batch: list[tuple[str, Any]] = []
-                    while self._queue and len(batch) < _MAX_BATCH:
-                        batch.append(self._queue.popleft())
-                    upto = self._next_seq - len(self._queue)
-                    closing = self._closing and not self._queue
+                    self._idle = False
+                    closing = self._closing
+                if queue and len(queue) < _GROUP_MIN and not closing:
+                    # Group commit: a moment for the writes of other calls to join
+                    # this transaction (one commit per write would cost more than the call).
+                    time.sleep(_GROUP_DELAY_S)
+                batch: list[tuple[str, Any]] = []
+                upto = 0
+                while queue and len(batch) < _MAX_BATCH:
+                    upto, kind, payload = queue.popleft()
+                    batch.append((kind, payload))
+                began = time.thread_time()
                 if batch:
                     self._write(batch)
                     self._notify(upto, None)
                 self._maybe_prune()
-                if closing:
+                self.cpu_s += time.thread_time() - began
+                if closing and not queue:
                     return
         except BaseException as exc:  # disk full, I/O error: callers must learn it
             log.exception("store: the writer stopped")

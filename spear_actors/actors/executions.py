@@ -223,7 +223,8 @@ class ExecutionRegistry:
         self._records[execution_id] = record
         self.counts[ExecutionStatus.PENDING] += 1
         if self.store.persistent:
-            record.write_seq = self.store.save(_row(record, None, None))
+            # An ASYNC call is acknowledged once this is durable: commit it promptly.
+            record.write_seq = self.store.save(_row(record, None, None), urgent=mode is ExecutionMode.ASYNC)
         return record
 
     def forget(self, execution_id: str) -> None:

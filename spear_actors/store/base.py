@@ -163,9 +163,10 @@ class ExecutionStore(abc.ABC):
         """Write everything queued, then close. Safe to call twice."""
 
     @abc.abstractmethod
-    def save(self, row: ExecutionRow) -> int:
+    def save(self, row: ExecutionRow, urgent: bool = False) -> int:
         """Queue an insert-or-replace of *row*; returns its write sequence number.
-        Never blocks."""
+        Never blocks. *urgent*: a caller will wait for it (:meth:`committed`), so it
+        is not held back to gather a larger batch."""
 
     @abc.abstractmethod
     async def committed(self, seq: int) -> None:

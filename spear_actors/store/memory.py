@@ -27,7 +27,7 @@ class MemoryStore(ExecutionStore):
     async def aclose(self) -> None:
         return None
 
-    def save(self, row: ExecutionRow) -> int:
+    def save(self, row: ExecutionRow, urgent: bool = False) -> int:
         return next(self._seq)
 
     async def committed(self, seq: int) -> None:

@@ -81,8 +81,8 @@ class SqliteStore(ExecutionStore):
         while waiters and (everything or waiters[0][0] <= self._committed):
             heapq.heappop(waiters)[2].set()
 
-    def save(self, row: ExecutionRow) -> int:
-        return self.file.save(row)
+    def save(self, row: ExecutionRow, urgent: bool = False) -> int:
+        return self.file.save(row, urgent)
 
     async def committed(self, seq: int) -> None:
         if seq > self._committed and self._failed is None and self._open:

@@ -56,7 +56,8 @@ _PRUNE_ROUND = 2000
 _PRUNE_ROUNDS_PER_BATCH = 10
 _MAX_BATCH = 20_000
 _GROUP_MIN = 256
-_GROUP_DELAY_S = 0.003
+_GROUP_DELAY_S = 0.005
+_URGENT_DELAY_S = 0.002
 
 
 @dataclasses.dataclass(slots=True)
@@ -105,9 +106,11 @@ class SqliteFile:
         self._db: sqlite3.Connection | None = None
         self._reader: sqlite3.Connection | None = None
         self._reader_lock = threading.Lock()
-        self._queue: collections.deque[tuple[int, str, Any]] = collections.deque()
+        self._queue: collections.deque[tuple[int, str, Any, bool]] = collections.deque()
         self._wake = threading.Condition()
         self._idle = False
+        self._gathering = False
+        self._urgent_seq = 0
         self._closing = False
         self._thread: threading.Thread | None = None
         self._notify: Callable[[int, BaseException | None], None] = lambda seq, error: None
@@ -182,19 +185,23 @@ class SqliteFile:
         self._thread = threading.Thread(target=self._run, name=f"spear-store {self.path}", daemon=True)
         self._thread.start()
 
-    def _submit(self, kind: str, payload: Any) -> int:
-        # One producer (the trio thread): no lock to queue, only to wake an idle writer.
+    def _submit(self, kind: str, payload: Any, urgent: bool = False) -> int:
+        # One producer (the trio thread): no lock to queue, only to wake a writer that
+        # sleeps (idle) or gathers a batch while someone now waits for a commit.
         self._next_seq += 1
         seq = self._next_seq
-        self._queue.append((seq, kind, payload))
-        if self._idle:
+        self._queue.append((seq, kind, payload, urgent))
+        if urgent:
+            self._urgent_seq = seq
+        if self._idle or (urgent and self._gathering):
             with self._wake:
                 self._wake.notify()
         return seq
 
-    def save(self, row: ExecutionRow) -> int:
-        """Queue *row*; returns its write sequence number (never blocks for I/O)."""
-        return self._submit("row", row)
+    def save(self, row: ExecutionRow, urgent: bool = False) -> int:
+        """Queue *row*; returns its write sequence number (never blocks for I/O).
+        *urgent*: a caller waits for its commit, so it is committed without gathering."""
+        return self._submit("row", row, urgent)
 
     def save_task(self, task: StoredTask) -> int:
         return self._submit("task", task)
@@ -225,6 +232,8 @@ class SqliteFile:
 
     def _run(self) -> None:
         queue = self._queue
+        committed = 0
+        waited_for = 0  # writes in the last batch that a caller waited for
         try:
             while True:
                 with self._wake:
@@ -234,18 +243,31 @@ class SqliteFile:
                             break
                     self._idle = False
                     closing = self._closing
-                if queue and len(queue) < _GROUP_MIN and not closing:
-                    # Group commit: a moment for the writes of other calls to join
-                    # this transaction (one commit per write would cost more than the call).
-                    time.sleep(_GROUP_DELAY_S)
+                if queue and not closing:
+                    # Group commit: writes nobody waits for (records ending, SYNC
+                    # calls starting) gather for a moment, so one transaction carries
+                    # many (one commit per write would cost more than the call); a write
+                    # whose caller waits (an ASYNC acknowledgement) ends the gathering.
+                    with self._wake:
+                        self._gathering = True
+                        if self._urgent_seq <= committed and len(queue) < _GROUP_MIN:
+                            self._wake.wait(_GROUP_DELAY_S)
+                        self._gathering = False
+                    if waited_for > 1 and len(queue) < _GROUP_MIN:
+                        # Callers waited for several writes last time: under load, a
+                        # little latency buys far fewer commits.
+                        time.sleep(_URGENT_DELAY_S)
                 batch: list[tuple[str, Any]] = []
                 upto = 0
+                waited_for = 0
                 while queue and len(batch) < _MAX_BATCH:
-                    upto, kind, payload = queue.popleft()
+                    upto, kind, payload, urgent = queue.popleft()
                     batch.append((kind, payload))
+                    waited_for += urgent
                 began = time.thread_time()
                 if batch:
                     self._write(batch)
+                    committed = upto
                     self._notify(upto, None)
                 self._maybe_prune()
                 self.cpu_s += time.thread_time() - began

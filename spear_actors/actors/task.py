@@ -492,7 +492,8 @@ class TaskActor(Actor[TaskMessage]):
                     entry.submit.reply.fail(
                         SpearError(
                             ErrorCode.DEADLINE_EXCEEDED,
-                            f"task {self.definition.task_name}: no instance was free before the deadline"
+                            f"{entry.submit.call.function_name}: no instance of task "
+                            f"{self.definition.task_name!r} was free before the deadline"
                             + (f" (last start error: {last.message})" if last is not None else ""),
                             dict(last.details) if last is not None else {},
                         )

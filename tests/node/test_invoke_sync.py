@@ -309,11 +309,25 @@ async def test_functions_see_their_call_context(node: Node) -> None:
 
 
 async def test_deadline_message_names_the_function(node: Node) -> None:
+    # The instance is READY first, so the deadline is spent running, not starting.
+    await node.invoke("pid", None, task_name="dl", artifact_spec=agent_spec(BUSY))
     error = await expect_error(
         ErrorCode.DEADLINE_EXCEEDED,
-        node.invoke("wait", [5], task_name="dl", artifact_spec=agent_spec(BUSY), context={"timeout_ms": 100}),
+        node.invoke("wait", [30], task_name="dl", context={"timeout_ms": 1000}),
     )
     assert error.message == "wait did not finish before its deadline"
+
+
+async def test_a_deadline_passed_in_the_queue_names_the_function_too(node: Node) -> None:
+    policy = {"max_instances": 1, "max_concurrency": 1}
+    held = await node.invoke(
+        "wait", [30], task_name="dlq", artifact_spec=agent_spec(BUSY), policy=policy, execution_mode="ASYNC"
+    )
+    error = await expect_error(
+        ErrorCode.DEADLINE_EXCEEDED, node.invoke("double", 1, task_name="dlq", context={"timeout_ms": 200})
+    )
+    assert error.message.startswith("double: no instance of task 'dlq' was free before the deadline")
+    await node.cancel_execution(held["execution_id"])
 
 
 async def test_a_new_artifact_version_under_a_taken_name(node: Node) -> None:

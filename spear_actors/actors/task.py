@@ -46,7 +46,11 @@ __all__ = ["TaskActor", "TaskDefinition"]
 log = logging.getLogger(__name__)
 
 DEGRADED_AFTER = 3
-"""Failed starts in a row after which a task is DEGRADED and fails calls fast."""
+"""Failed starts in a row after which a task is DEGRADED and fails calls fast (starts
+killed from outside by SIGKILL or SIGTERM excepted: they say nothing about the artifact)."""
+
+_KILLED_FROM_OUTSIDE = (-9, -15)
+"""Exit codes of an agent killed by SIGKILL or SIGTERM (it did not exit by itself)."""
 
 
 @dataclasses.dataclass(slots=True)
@@ -126,6 +130,8 @@ class TaskActor(Actor[TaskMessage]):
         self._budget = budget or InstanceBudget(10**9)
         self._backoff_base, self._backoff_max = backoff
         self._start_failures = 0
+        self._crash_starts = 0
+        """Failed starts in a row the artifact may be to blame for (what DEGRADED counts)."""
         self._backoff_until = -math.inf
         self._round_robin = 0
         self._queue_full = False
@@ -175,6 +181,7 @@ class TaskActor(Actor[TaskMessage]):
                 slot.last_used = trio.current_time()
                 self._last_start_error = None
                 self._start_failures = 0
+                self._crash_starts = 0
                 self._backoff_until = -math.inf
                 if self.status is TaskStatus.DEGRADED:
                     self.status = TaskStatus.ACTIVE
@@ -349,14 +356,14 @@ class TaskActor(Actor[TaskMessage]):
 
     def _degraded(self) -> bool:
         """Backing off after several failed starts in a row: calls fail fast then."""
-        return self._start_failures >= DEGRADED_AFTER and self._in_backoff()
+        return self._crash_starts >= DEGRADED_AFTER and self._in_backoff()
 
     def _degraded_error(self) -> SpearError:
         last = self._last_start_error
         wait_ms = max(1, math.ceil((self._backoff_until - trio.current_time()) * 1000))
         return SpearError(
             ErrorCode.UNAVAILABLE,
-            f"task {self.definition.task_name} is DEGRADED after {self._start_failures} failed starts; "
+            f"task {self.definition.task_name} is DEGRADED after {self._crash_starts} failed starts; "
             f"last error: {last.message if last else 'unknown'}",
             {**(last.details if last else {}), "retry_after_ms": wait_ms},
         )
@@ -434,9 +441,11 @@ class TaskActor(Actor[TaskMessage]):
             # spawned in a loop; meanwhile the task is DEGRADED and fails fast.
             self._last_start_error = message.reason
             self._start_failures += 1
+            if message.reason.details.get("exit_code") not in _KILLED_FROM_OUTSIDE:
+                self._crash_starts += 1
             delay = min(self._backoff_max, self._backoff_base * 2 ** (self._start_failures - 1))
             self._backoff_until = trio.current_time() + delay
-            if self._start_failures >= DEGRADED_AFTER:
+            if self._crash_starts >= DEGRADED_AFTER:
                 self.status = TaskStatus.DEGRADED
                 self._report_instances()
             self._wake_timer_by(self._backoff_until)

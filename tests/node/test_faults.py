@@ -60,13 +60,14 @@ async def test_2000_calls_while_agents_are_killed_at_random(tmp_path: Path, no_l
             nursery.start_soon(killer)
             for i in range(2000):
                 nursery.start_soon(call, i)
-        # Exactly one terminal answer each: a result, or a clear error code (the
-        # instance died under the call, or a run of kills during start-ups made
-        # the task DEGRADED for a moment).
+        # Exactly one terminal answer each. A kill fails only the calls running on
+        # that instance (at most max_concurrency = 8 of them, fewer if they had a
+        # retry left); a killed start fails no call (they wait for the next start),
+        # and kills from outside never make the task DEGRADED.
         assert len(answers) == 2000
         codes = {a for a in answers if isinstance(a, ErrorCode)}
-        assert codes <= {ErrorCode.INSTANCE_FAILED, ErrorCode.UNAVAILABLE}, codes
-        assert answers.count("waited") >= 1000
+        assert codes <= {ErrorCode.INSTANCE_FAILED}, codes
+        assert answers.count("waited") >= 2000 - 8 * 8
 
         async def recovered() -> bool:
             ready = [i for i in await _instances(node, task_id) if i["status"] in ("READY", "RUNNING")]

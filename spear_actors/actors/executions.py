@@ -330,10 +330,15 @@ class ExecutionRegistry:
         limit, oldest first (a persistent store still has them)."""
         now = time.time() if now is None else now
         finished = self._finished
-        while finished and (
-            len(finished) > self.max_records
-            or self.result_bytes > self.max_result_bytes_total
-            or now - (finished[0].completed_at or 0) > self.max_age_s
+        durable = self.store.durable_seq
+        while (
+            finished
+            and (
+                len(finished) > self.max_records
+                or self.result_bytes > self.max_result_bytes_total
+                or now - (finished[0].completed_at or 0) > self.max_age_s
+            )
+            and finished[0].write_seq <= durable  # else the disk has not got its end yet
         ):
             old = finished.popleft()
             self.result_bytes -= old.result_bytes

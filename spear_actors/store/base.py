@@ -173,6 +173,12 @@ class ExecutionStore(abc.ABC):
         """Return once write *seq* is durable (at once for a memory store).
         Raises UNAVAILABLE if the store failed."""
 
+    @property
+    @abc.abstractmethod
+    def durable_seq(self) -> int | float:
+        """The write sequence number up to which everything is durable: a record whose
+        last write is past it must stay in memory (the disk does not have it yet)."""
+
     @abc.abstractmethod
     def backlogged(self) -> bool:
         """True while the write queue is over its limit: new calls must be refused."""

@@ -7,6 +7,7 @@ it; the registry's memory retention is then the only retention.
 from __future__ import annotations
 
 import itertools
+import math
 
 from .base import ExecutionRow, ExecutionStore, RecoveredState, StoredTask
 
@@ -32,6 +33,10 @@ class MemoryStore(ExecutionStore):
 
     async def committed(self, seq: int) -> None:
         return None
+
+    @property
+    def durable_seq(self) -> float:
+        return math.inf
 
     def backlogged(self) -> bool:
         return False

@@ -93,6 +93,10 @@ class SqliteStore(ExecutionStore):
             reason = f"{type(self._failed).__name__}: {self._failed}" if self._failed else "store closed"
             raise SpearError(ErrorCode.UNAVAILABLE, f"execution store could not record the call ({reason})")
 
+    @property
+    def durable_seq(self) -> int:
+        return self._committed
+
     def backlogged(self) -> bool:
         return self._failed is not None or self.file.backlog > self.max_backlog
 

@@ -378,6 +378,9 @@ def _store(config: NodeConfig) -> ExecutionStore:
     synchronous = config.store_synchronous.upper()
     if synchronous not in ("OFF", "NORMAL", "FULL", "EXTRA"):
         raise SpearError(ErrorCode.INVALID_ARGUMENT, "config: store_synchronous must be OFF, NORMAL, FULL or EXTRA")
+    for name in ("store_max_records", "store_max_bytes", "store_max_backlog"):
+        if getattr(config, name) < 1:
+            raise SpearError(ErrorCode.INVALID_ARGUMENT, f"config: {name} must be >= 1")
     retention = Retention(config.execution_record_ttl_s, config.store_max_records, config.store_max_bytes)
     return SqliteStore(config.data_dir, retention, synchronous=synchronous, max_backlog=config.store_max_backlog)
 

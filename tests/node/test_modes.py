@@ -285,8 +285,10 @@ async def test_forced_cancel_kills_the_instance_at_once(node: Node) -> None:
 async def test_client_disconnect_cancels_its_sync_call(node: Node) -> None:
     async with spear_actors.connect(str(node.endpoints[0])) as client:
         await client.invoke("pid", None, task_name="dc", artifact_spec=BUSY)
-        with trio.move_on_after(0.3):
-            await client.invoke("wait", [30], task_name="dc", context={"execution_id": "exec-dc"})
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(lambda: client.invoke("wait", [30], task_name="dc", context={"execution_id": "exec-dc"}))
+            await until_running(node, "exec-dc")
+            nursery.cancel_scope.cancel()
         # leaving the block closes the connection with the call abandoned
     with trio.fail_after(5):
         while (await node.get_execution("exec-dc"))["status"] != "CANCELLED":

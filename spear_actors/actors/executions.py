@@ -222,9 +222,12 @@ class ExecutionRegistry:
         record = ExecutionRecord(next(self._seq), execution_id, task_id, function_name, mode)
         self._records[execution_id] = record
         self.counts[ExecutionStatus.PENDING] += 1
-        if self.store.persistent:
+        if self.store.persistent and mode is ExecutionMode.ASYNC:
             # An ASYNC call is acknowledged once this is durable: commit it promptly.
-            record.write_seq = self.store.save(_row(record, None, None), urgent=mode is ExecutionMode.ASYNC)
+            # (A SYNC or STREAM caller holds the answer itself: its record is written
+            # when it ends; one the node's death cuts short leaves no record, and the
+            # caller, whose connection dropped, may submit its id again.)
+            record.write_seq = self.store.save(_row(record, None, None), urgent=True)
         return record
 
     def forget(self, execution_id: str) -> None:

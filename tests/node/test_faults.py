@@ -254,13 +254,21 @@ async def test_killing_the_replacement_before_it_dials_back_fails_no_queued_call
             gate.touch()  # the replacement will not dial back until the gate opens
             os.kill(first["result"], signal.SIGKILL)
 
-            async def replacement_started() -> bool:
-                return bool(child_pids() - {first["result"]})
+            # Three replacements in a row are killed before they dial back: three
+            # failed starts, which back off but, killed from outside, never make the
+            # task DEGRADED; the queued calls wait for the fourth.
+            killed = {first["result"]}
+            for attempt in range(3):
 
-            await _until(replacement_started)
-            (replacement,) = child_pids() - {first["result"]}
-            gate.unlink()
-            os.kill(replacement, signal.SIGKILL)  # killed before it dialed back: a failed start
+                async def replacement_started() -> bool:
+                    return bool(child_pids() - killed)
+
+                await _until(replacement_started)
+                (replacement,) = child_pids() - killed
+                if attempt == 2:
+                    gate.unlink()
+                os.kill(replacement, signal.SIGKILL)  # killed before it dialed back: a failed start
+                killed.add(replacement)
         assert answers == ["waited"] * 200, [a for a in answers if a != "waited"][:3]
         info = await node.get_task(task_id)
         assert info["start_failures"] == 0 and info["status"] == "ACTIVE"  # a later start succeeded

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -386,7 +387,7 @@ async def store_comparison(total: int, rounds: int = 3) -> None:
                     calls = [lambda c=c: c.invoke("echo", PAYLOAD, task_name="bench") for c in clients]
                     rates[store].append(await throughput(calls, 64, total))
                     nursery.cancel_scope.cancel()
-    medians = {store: sorted(r)[len(r) // 2] for store, r in rates.items()}
+    medians = {store: statistics.median(r) for store, r in rates.items()}
     for store, r in rates.items():
         row(f"{store} store", rate=medians[store], note=f"range {min(r):.0f}-{max(r):.0f}")
     ratio = medians["sqlite"] / medians["memory"]

@@ -57,7 +57,7 @@ _PRUNE_ROUNDS_PER_BATCH = 10
 _MAX_BATCH = 20_000
 _GROUP_MIN = 256
 _GROUP_DELAY_S = 0.005
-_URGENT_DELAY_S = 0.002
+_URGENT_DELAY_S = 0.003
 
 
 @dataclasses.dataclass(slots=True)

@@ -93,7 +93,7 @@ class NodeConfig:
     store: str = "sqlite"
     """``sqlite``: records, idempotency keys, client-created tasks and the node id in
     ``<data_dir>/state/spear.sqlite3``; ``memory``: nothing outlives the process."""
-    store_max_records: int = 5_000_000
+    store_max_records: int = 12_000_000
     """Finished records kept on disk (SQLite store), oldest pruned first."""
     store_max_bytes: int = 4 * 1024**3
     """Bytes of finished records kept on disk (SQLite store): the disk bound."""

@@ -65,7 +65,7 @@ class Retention:
     """How long finished records stay on disk: all three limits apply."""
 
     max_age_s: float = 3600.0
-    max_records: int = 5_000_000
+    max_records: int = 12_000_000
     max_bytes: int = 4 * 1024**3
     prune_interval_s: float = 1.0
 

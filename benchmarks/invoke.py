@@ -9,7 +9,9 @@ Measures:
   * cold start: spawn → READY of one agent process;
 and the floors: a raw trio-websocket echo, a raw trio unix-socket echo (same
 8-byte framing + msgpack, no correlation layer), a bare python+msgpack dial-back,
-and Ray's local actor call when ``ray`` is importable. Two reference lines show
+and Ray's local actor call when ``ray`` is importable. Last, the execution store
+(issue 14): websocket invoke at 64 in flight with the memory and the SQLite store,
+rounds alternated, and their ratio. Two reference lines show
 where the floor stands against the design: the cheapest round trip to a real agent
 process (a bare python+msgpack echo child, no threads, no protocol), and the
 runtime's ``execute`` straight to the agent (the protocol on the agent link and the

@@ -19,6 +19,10 @@ Measures, in one run:
   (``Connection.stream`` between two in-process trio endpoints on websocket, whose
   handler ``send_item()``s the same chunks). ``node.stream`` in process (agent →
   node, no client hop) is shown between them.
+* **Execution store** (issue 14): ASYNC over websocket at 64 in flight on a fresh node
+  with the memory store and one with the SQLite store, rounds alternated in one run:
+  medians, the ratio (target ≥ 0.9x) and the node's CPU per call; then the SQLite store
+  alone: records/s sustained and disk per 100k records.
 * **Memory per retained ExecutionRecord** without the result payload: tracemalloc
   over N records created, started and finished (small result) in an
   ``ExecutionRegistry``, divided by N. Target ≤ 2 KB.

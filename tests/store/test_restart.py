@@ -12,6 +12,7 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import trio
 
@@ -56,6 +57,45 @@ async def serving(data_dir: Path) -> AsyncIterator[tuple[trio.Process, Client]]:
                 process.kill()
 
 
+async def load_until_killed(
+    client: Client, process: trio.Process, spec: dict[str, Any], path: Path, accepted: list[str]
+) -> None:
+    """ASYNC calls from 16 submitters (their acknowledged ids go to *accepted*); the
+    node is killed with SIGKILL at a random moment once 50 more were acknowledged."""
+    goal = len(accepted) + 50
+
+    async def submit() -> None:
+        while True:
+            try:
+                answer = await client.invoke(
+                    "run", [str(path), 0], task_name="load", artifact_spec=spec, execution_mode="ASYNC"
+                )
+            except SpearError:
+                return  # the node died under the call: it was never acknowledged
+            accepted.append(answer["execution_id"])
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(16):
+            nursery.start_soon(submit)
+        with trio.fail_after(60):
+            while len(accepted) < goal:
+                await trio.sleep(0.01)
+        await trio.sleep(random.uniform(0, 0.3))
+        process.kill()  # SIGKILL: no drain, no flush
+        with trio.fail_after(30):
+            await process.wait()
+    assert process.returncode == -signal.SIGKILL
+
+
+async def expect_records(client: Client, accepted: list[str]) -> None:
+    """Every acknowledged ASYNC call has a record: finished, or failed by a restart."""
+    for execution_id in accepted:
+        record = await client.get_execution(execution_id)
+        if record["status"] != "COMPLETED":
+            assert record["status"] == "FAILED", record
+            assert record["error"]["details"]["reason"] == "node_restarted"
+
+
 async def test_sigkill_under_load_loses_no_accepted_call(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     runs = tmp_path / "runs"
@@ -92,30 +132,12 @@ async def test_sigkill_under_load_loses_no_accepted_call(tmp_path: Path) -> None
                 )["status"] != "RUNNING":
                     await trio.sleep(0.05)
 
-            # Load: ASYNC calls from 16 submitters; the node dies at a random moment.
-            async def submit() -> None:
-                while True:
-                    try:
-                        answer = await client.invoke(
-                            "run",
-                            [str(tmp_path / "load"), 0],
-                            task_name="load",
-                            artifact_spec=spec,
-                            execution_mode="ASYNC",
-                        )
-                    except SpearError:
-                        return  # the node died under the call: it was never acknowledged
-                    accepted.append(answer["execution_id"])
-
-            async with trio.open_nursery() as nursery:
-                for _ in range(16):
-                    nursery.start_soon(submit)
-                with trio.fail_after(60):
-                    while len(accepted) < 50:
-                        await trio.sleep(0.01)
-                await trio.sleep(random.uniform(0, 0.3))
-                process.kill()  # SIGKILL: no drain, no flush
-        assert process.returncode == -signal.SIGKILL
+            await load_until_killed(client, process, spec, tmp_path / "load", accepted)
+        # Twice more: restart, check what was acknowledged so far, load, kill at random.
+        for _ in range(2):
+            async with serving(data_dir) as (process, client):
+                await expect_records(client, accepted)
+                await load_until_killed(client, process, spec, tmp_path / "load", accepted)
 
         async with serving(data_dir) as (process, client):
             for i in range(5):
@@ -127,11 +149,7 @@ async def test_sigkill_under_load_loses_no_accepted_call(tmp_path: Path) -> None
                     record = await client.wait_execution(execution_id)
                 assert record["status"] == "FAILED", record
                 assert record["error"]["details"]["reason"] == "node_restarted"
-            # Every acknowledged ASYNC call has a record: finished, or failed by the restart.
-            for execution_id in accepted:
-                record = await client.get_execution(execution_id)
-                if record["status"] != "COMPLETED":
-                    assert record["status"] == "FAILED" and record["error"]["details"]["reason"] == "node_restarted"
+            await expect_records(client, accepted)
             # A finished execution_id is never run again: the stored result comes back.
             before = runs.read_text().splitlines()
             again = await client.invoke("run", [str(runs), 3], task_id=task_id, context={"execution_id": "done-3"})

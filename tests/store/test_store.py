@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 
 from spear_actors import ErrorCode, SpearError
+from spear_actors.actors.manager import TaskSeed
+from spear_actors.model import ArtifactSpec, InstancePolicy
 from spear_actors.node import open_node
 from spear_actors.store import ExecutionRow, Retention, SqliteStore
 
@@ -159,3 +161,23 @@ async def test_an_async_call_is_acknowledged_once_its_record_is_on_disk(tmp_path
             ).fetchone()
         assert found is not None
         await node.wait_execution(accepted["execution_id"])
+
+
+async def test_a_stored_task_whose_artifact_changed_is_not_restored(tmp_path: Path) -> None:
+    same = tmp_path / "same.py"
+    changed = tmp_path / "changed.py"
+    for path in (same, changed):
+        path.write_text((AGENTS / "counting_agent.py").read_text())
+    async with open_node(fast_config(tmp_path)) as node:
+        for name, path in (("same", same), ("changed", changed)):
+            await node.declare_task(
+                TaskSeed(name, "", ArtifactSpec(location=str(path)), InstancePolicy(), persist=True)
+            )
+        await node.declare_task(TaskSeed("declared", "", ArtifactSpec(location=str(same)), InstancePolicy()))
+        before = {t["task_name"]: t["task_id"] for t in (await node.list_tasks())["tasks"]}
+    changed.write_text(changed.read_text() + "\n# another version\n")
+    async with open_node(fast_config(tmp_path)) as node:
+        after = {t["task_name"]: t["task_id"] for t in (await node.list_tasks())["tasks"]}
+    # The unchanged one is back under its id; the changed one would run other bytes
+    # than it was created with, so it is not; a task not created by a client is not stored.
+    assert after == {"same": before["same"]}

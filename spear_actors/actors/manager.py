@@ -237,8 +237,11 @@ class ManagerActor(ManagerQueries, Actor[ManagerMessage]):
             message.reply.fail(SpearError(ErrorCode.UNAVAILABLE, self.draining))
             return
         if self.registry.store.backlogged():
+            failed = self.registry.store.stats().get("failed")
             message.reply.fail(
-                SpearError(
+                SpearError(ErrorCode.UNAVAILABLE, f"the execution store failed: {failed}")
+                if failed
+                else SpearError(
                     ErrorCode.RESOURCE_EXHAUSTED,
                     "the execution store is behind on writes; retry shortly",
                     {"retry_after_ms": 100},

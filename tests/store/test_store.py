@@ -181,3 +181,21 @@ async def test_a_stored_task_whose_artifact_changed_is_not_restored(tmp_path: Pa
     # The unchanged one is back under its id; the changed one would run other bytes
     # than it was created with, so it is not; a task not created by a client is not stored.
     assert after == {"same": before["same"]}
+
+
+async def test_a_store_that_fails_answers_every_call(tmp_path: Path) -> None:
+    async with open_node(fast_config(tmp_path)) as node:
+        await node.invoke("run", [str(tmp_path / "runs"), 0], task_name="c", artifact_spec=COUNTING)
+        db = sqlite3.connect(tmp_path / "data" / "state" / "spear.sqlite3")
+        db.execute("DROP TABLE executions")  # the writer's next transaction fails
+        db.commit()
+        db.close()
+        # The ASYNC call cannot be recorded: its caller hears so (not accepted, no hang).
+        with pytest.raises(SpearError) as info:
+            await node.invoke("wait", [0.01], task_name="c", execution_mode="ASYNC")
+        assert info.value.code is ErrorCode.UNAVAILABLE and "execution store" in info.value.message
+        # From then on, calls are refused at once, naming the failure.
+        with pytest.raises(SpearError) as again:
+            await node.invoke("wait", [0.01], task_name="c")
+        assert again.value.code is ErrorCode.UNAVAILABLE and "execution store failed" in again.value.message
+        assert (await node.get_stats())["node"]["store"]["failed"]

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..errors import ErrorCode, SpearError
 from .base import ExecutionRow, RecoveredState, StoredTask, node_restarted_error, pack, unpack
 
 __all__ = ["Retention", "SqliteFile"]
@@ -129,14 +130,21 @@ class SqliteFile:
     def open(self, node_id: str, recent: int) -> RecoveredState:
         """Lock the directory, open or create the database, fail what was left
         unfinished by a dead node, and return what is needed to start."""
+        try:
+            return self._open(node_id, recent)
+        except (OSError, sqlite3.Error) as exc:
+            self.close()
+            raise SpearError(
+                ErrorCode.FAILED_PRECONDITION, f"cannot open the execution store {str(self.path)!r}: {exc}"
+            ) from None
+
+    def _open(self, node_id: str, recent: int) -> RecoveredState:
         self.directory.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.directory / "lock", os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            from ..errors import ErrorCode, SpearError
-
             raise SpearError(
                 ErrorCode.FAILED_PRECONDITION,
                 f"data dir {str(self.directory.parent)!r} is in use by another running node",

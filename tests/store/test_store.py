@@ -199,3 +199,13 @@ async def test_a_store_that_fails_answers_every_call(tmp_path: Path) -> None:
             await node.invoke("wait", [0.01], task_name="c")
         assert again.value.code is ErrorCode.UNAVAILABLE and "execution store failed" in again.value.message
         assert (await node.get_stats())["node"]["store"]["failed"]
+
+
+async def test_an_unusable_data_dir_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "state").write_text("a file where the store's directory should be")
+    with pytest.raises(SpearError) as info:
+        async with open_node(fast_config(tmp_path)):
+            pass
+    assert info.value.code is ErrorCode.FAILED_PRECONDITION
+    assert "cannot open the execution store" in info.value.message

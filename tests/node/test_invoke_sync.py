@@ -244,7 +244,7 @@ async def test_shutdown_leaves_no_agent_process_and_no_task(tmp_path: Path) -> N
 
 async def test_shutdown_answers_in_flight_calls_unavailable(tmp_path: Path, no_leaked_processes: None) -> None:
     outcome: dict[str, Any] = {}
-    async with open_node(fast_config(tmp_path)) as node:
+    async with trio.open_nursery() as outer, open_node(fast_config(tmp_path)) as node:
         await node.invoke("pid", None, task_name="slow", artifact_spec=agent_spec(BUSY))
 
         async def long_call() -> None:
@@ -253,7 +253,7 @@ async def test_shutdown_answers_in_flight_calls_unavailable(tmp_path: Path, no_l
             except SpearError as exc:
                 outcome["error"] = exc
 
-        node._nursery.start_soon(long_call)
+        outer.start_soon(long_call)  # outlives the node: it hears how the node ended it
         await until_running(node, "exec-slow")
     assert outcome["error"].code is ErrorCode.UNAVAILABLE
 

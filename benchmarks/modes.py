@@ -58,6 +58,7 @@ from spear_actors.actors.messages import Outcome  # noqa: E402
 from spear_actors.config import NodeConfig  # noqa: E402
 from spear_actors.model import ExecutionMode, InstancePolicy  # noqa: E402
 from spear_actors.node import Node  # noqa: E402
+from spear_actors.policy import OperatorPolicy  # noqa: E402
 from spear_actors.protocol.calls import IncomingRequest  # noqa: E402
 from spear_actors.protocol.handshake import accept_connection, open_connection  # noqa: E402
 from spear_actors.protocol.messages import Hello  # noqa: E402
@@ -278,7 +279,10 @@ async def bench_stream(node: Node, quick: bool) -> None:
 # -- the execution store ------------------------------------------------------------------------
 def _store_config(workdir: Path, store: str) -> NodeConfig:
     config = NodeConfig(
-        listen=["ws://127.0.0.1:0"], data_dir=workdir / f"data-{store}-{uuid.uuid4().hex[:6]}", store=store
+        listen=["ws://127.0.0.1:0"],
+        data_dir=workdir / f"data-{store}-{uuid.uuid4().hex[:6]}",
+        store=store,
+        policy=OperatorPolicy(artifact_roots=[workdir]),  # the agent is written there
     )
     config.defaults = InstancePolicy(
         min_instances=0, max_instances=4, max_concurrency=16, idle_timeout_s=300.0, max_pending=1_000_000
@@ -440,7 +444,12 @@ async def main(quick: bool) -> None:
     agent.write_text(AGENT_SOURCE)
     AGENT_SPEC["location"] = str(agent)
     await bench_store(workdir, quick)
-    config = NodeConfig(listen=["ws://127.0.0.1:0"], data_dir=workdir / "data", max_execution_records=200_000)
+    config = NodeConfig(
+        listen=["ws://127.0.0.1:0"],
+        data_dir=workdir / "data",
+        max_execution_records=200_000,
+        policy=OperatorPolicy(artifact_roots=[workdir]),  # the agent is written there
+    )
     config.defaults = InstancePolicy(
         min_instances=0, max_instances=4, max_concurrency=16, idle_timeout_s=300.0, max_pending=1_000_000
     )

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import tempfile
 import tomllib
@@ -27,6 +28,7 @@ from typing import Any
 
 from .errors import ErrorCode, SpearError
 from .model import ArtifactSpec, InstancePolicy
+from .policy import OperatorPolicy
 
 __all__ = ["DEFAULT_LISTEN", "NodeConfig", "TaskDeclaration"]
 
@@ -126,6 +128,8 @@ class NodeConfig:
     wasm_workers: int = 4
     """Worker threads running WASM executions (per node)."""
     tasks: list[TaskDeclaration] = dataclasses.field(default_factory=list)
+    policy: OperatorPolicy = dataclasses.field(default_factory=OperatorPolicy)
+    """What clients may run (the ``[policy]`` table; docs/security.md)."""
 
     def agent_endpoint(self) -> str:
         """The agent listener URL, choosing a private temp unix socket if unset."""
@@ -157,6 +161,8 @@ class NodeConfig:
                 raise SpearError(ErrorCode.INVALID_ARGUMENT, f"config: unknown setting {key!r}")
             if key == "tasks":
                 config.tasks = [_task(name, spec, base) for name, spec in _mapping(value, "tasks").items()]
+            elif key == "policy":
+                config.policy = OperatorPolicy.from_dict(value, base)
             elif key == "defaults":
                 config.defaults = InstancePolicy.from_dict(value, "defaults.").merged_over(config.defaults)
             elif key == "data_dir":
@@ -173,8 +179,19 @@ class NodeConfig:
                     value = float(value)
                 if value is not None and getattr(config, key) is not None and not isinstance(value, expected):
                     raise SpearError(ErrorCode.INVALID_ARGUMENT, f"config: {key} must be {expected.__name__}")
+                if isinstance(value, int | float) and not isinstance(value, bool):
+                    _check_number(key, value)
                 setattr(config, key, value)
         return config
+
+
+def _check_number(key: str, value: float) -> None:
+    # Durations, sizes and counts: finite, not negative, and a worker count of at least 1.
+    low = 1 if key == "wasm_workers" else 0
+    if not math.isfinite(value) or value < low or value > 2**53:
+        raise SpearError(
+            ErrorCode.INVALID_ARGUMENT, f"config: {key} must be a finite number in [{low}, 2**53], got {value!r}"
+        )
 
 
 def _mapping(value: object, where: str) -> Mapping[str, Any]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import math
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
@@ -174,6 +175,12 @@ class ArtifactSpec:
 SCHEDULING_POLICIES = ("least_loaded", "round_robin")
 
 
+_MAX_INSTANCES = 100_000
+_MAX_CONCURRENCY = 100_000
+_MAX_PENDING = 10_000_000
+_MAX_IDLE_S = 365 * 86400.0
+
+
 @dataclasses.dataclass(slots=True)
 class InstancePolicy:
     """How many instances a task runs and how they are used. None = the node's default."""
@@ -202,14 +209,20 @@ class InstancePolicy:
         )
         if policy.scheduling is not None and policy.scheduling not in SCHEDULING_POLICIES:
             raise _invalid(f"{where}scheduling must be one of {', '.join(SCHEDULING_POLICIES)}")
-        for name in ("min_instances", "max_pending"):
+        for name, low, high in (
+            ("min_instances", 0, _MAX_INSTANCES),
+            ("max_pending", 0, _MAX_PENDING),
+            ("max_instances", 1, _MAX_INSTANCES),
+            ("max_concurrency", 1, _MAX_CONCURRENCY),
+        ):
             value = getattr(policy, name)
-            if value is not None and value < 0:
-                raise _invalid(f"{where}{name} must be >= 0")
-        for name in ("max_instances", "max_concurrency"):
-            value = getattr(policy, name)
-            if value is not None and value < 1:
-                raise _invalid(f"{where}{name} must be >= 1")
+            if value is not None and not low <= value <= high:
+                raise _invalid(f"{where}{name} must be >= {low} and <= {high}, got {value!r}")
+        idle = policy.idle_timeout_s
+        if idle is not None and (not math.isfinite(idle) or not 0 < idle <= _MAX_IDLE_S):
+            raise _invalid(
+                f"{where}idle_timeout_s must be a finite number of seconds in (0, {_MAX_IDLE_S:g}], got {idle!r}"
+            )
         if (
             policy.min_instances is not None
             and policy.max_instances is not None

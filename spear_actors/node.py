@@ -40,6 +40,7 @@ from .artifacts import ArtifactStore
 from .config import NodeConfig
 from .errors import ErrorCode, SpearError
 from .model import ArtifactSpec, ExecutionMode, ExecutionStatus, InstancePolicy, InvokeRequest, build_invoke_request
+from .policy import OperatorPolicy, listens_beyond_loopback
 from .protocol.transports import Endpoint
 from .runtimes.base import Runtime, StreamSink
 from .runtimes.process import ProcessRuntime
@@ -245,6 +246,13 @@ class Node:
 
         endpoint: Endpoint = await self._nursery.start(serve)
         self.endpoints.append(endpoint)
+        if url not in self.config.listen and listens_beyond_loopback([url]):
+            log.warning(
+                "listening beyond loopback on %s, but the policy's defaults were decided for the start-up "
+                "listeners %s (set artifact_roots, sources and fetch_block_private explicitly)",
+                endpoint,
+                self.config.listen,
+            )
         log.info("node %s listening on %s", self.config.node_id, endpoint)
         return endpoint
 
@@ -312,7 +320,7 @@ def _response(routed: Routed, outcome: Outcome) -> dict[str, Any]:
     }
 
 
-def _runtimes(config: NodeConfig) -> dict[str, Runtime]:
+def _runtimes(config: NodeConfig, policy: OperatorPolicy) -> dict[str, Runtime]:
     runtimes: dict[str, Runtime] = {
         "process": ProcessRuntime(
             config.agent_endpoint(),
@@ -322,10 +330,14 @@ def _runtimes(config: NodeConfig) -> dict[str, Runtime]:
             heartbeat_timeout=config.agent_heartbeat_timeout_s,
             cancel_grace=config.cancel_grace_s,
             node_id=config.node_id,
+            sandbox=policy.sandbox(),
         )
     }
     runtimes["wasm"] = WasmRuntime(
-        config.data_dir, max_workers=config.wasm_workers, default_timeout_s=config.default_timeout_ms / 1000
+        config.data_dir,
+        max_workers=config.wasm_workers,
+        default_timeout_s=config.default_timeout_ms / 1000,
+        ceilings=policy.wasm_ceilings(config.wasm_workers),
     )
     return runtimes
 
@@ -418,19 +430,23 @@ async def _restore_tasks(node: Node, tasks: list[StoredTask]) -> None:
 async def _serving(
     config: NodeConfig, store: ExecutionStore, registry: ExecutionRegistry, stored_tasks: list[StoredTask]
 ) -> AsyncIterator[Node]:
+    # The exposure-dependent defaults (artifact roots, private fetch targets) are
+    # decided once, from the listeners the node starts with.
+    policy = config.policy.resolved(config.listen)
     async with background_nursery() as nursery:
-        runtimes = _runtimes(config)
+        runtimes = _runtimes(config, policy)
         for runtime in runtimes.values():
             await nursery.start(runtime.run)
         manager = ManagerActor(
             runtimes=runtimes,
-            artifacts=ArtifactStore(config.data_dir),
+            artifacts=ArtifactStore(config.data_dir, fetch_rules=policy.fetch_rules()),
             defaults=config.defaults,
             default_timeout_ms=config.default_timeout_ms,
             registry=registry,
             budget=InstanceBudget(config.max_total_instances),
             backoff=(config.start_backoff_s, config.start_backoff_max_s),
             max_running_executions=config.max_running_executions,
+            policy=policy,
         )
         manager_done = trio.Event()
 
@@ -444,7 +460,9 @@ async def _serving(
         node = Node(config, manager.ref, nursery, manager.admission, store)
         for declaration in config.tasks:
             await node.declare_task(
-                TaskSeed(declaration.name, declaration.description, declaration.artifact, declaration.policy)
+                TaskSeed(
+                    declaration.name, declaration.description, declaration.artifact, declaration.policy, trusted=True
+                )
             )
         await _restore_tasks(node, stored_tasks)
         for url in config.listen:

@@ -12,6 +12,7 @@ import pytest
 from spear_actors.config import NodeConfig
 from spear_actors.model import InstancePolicy
 from spear_actors.node import Node, open_node
+from spear_actors.policy import OperatorPolicy
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE_AGENT = ROOT / "examples" / "hello_agent.py"
@@ -87,8 +88,10 @@ def no_leaked_processes() -> Iterator[None]:
 
 
 def fast_config(tmp_path: Path, **overrides: object) -> NodeConfig:
-    """A node config with short timeouts for tests."""
+    """A node config with short timeouts for tests; clients may use artifacts under
+    the repository and *tmp_path*, whatever the working directory."""
     config = NodeConfig(
+        policy=OperatorPolicy(artifact_roots=[ROOT, tmp_path]),
         data_dir=tmp_path / "data",
         agent_listen=f"unix://{tmp_path}/agents.sock",
         start_timeout_s=10.0,

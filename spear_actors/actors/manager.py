@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import logging
+import math
 import time
 import uuid
 from collections.abc import Callable
@@ -15,6 +16,7 @@ import trio
 from ..artifacts import ArtifactStore, describe_artifact, same_artifact
 from ..errors import ErrorCode, SpearError
 from ..model import ExecutionMode, ExecutionStatus, InstancePolicy, InvocationType, TaskStatus
+from ..policy import OperatorPolicy
 from ..runtimes.base import Call, Runtime
 from ..store import NODE_RESTARTED, ExecutionRow, StoredTask
 from .admission import AdmissionGate, queue_full_error
@@ -60,6 +62,10 @@ class TaskSeed:
     artifact: Any
     policy: InstancePolicy
     task_id: str = ""
+    trusted: bool = False
+    """From the operator (the config file): not checked against the operator policy."""
+    deadline: float = math.inf
+    """Trio time by which the artifact must be resolved (the creating call's deadline)."""
     persist: bool = False
     """Keep the task in the store (a client created it): it exists again after a restart."""
     expect_digest: str = ""
@@ -108,8 +114,10 @@ class ManagerActor(ManagerQueries, Actor[ManagerMessage]):
         admission: AdmissionGate | None = None,
         backoff: tuple[float, float] = (0.5, 30.0),
         max_running_executions: int = 100_000,
+        policy: OperatorPolicy | None = None,
     ) -> None:
         super().__init__("manager")
+        self._policy = policy
         self._runtimes = runtimes
         self._artifacts = artifacts
         self._defaults = defaults
@@ -298,12 +306,14 @@ class ManagerActor(ManagerQueries, Actor[ManagerMessage]):
                 )
             )
             return
+        timeout = request.context.timeout_ms / 1000 if request.context.timeout_ms else self._default_timeout
         seed = TaskSeed(
             task_name=request.task_name or request.task_id,
             description=request.task_description,
             artifact=request.artifact_spec,
             policy=request.policy,
             task_id=request.task_id if request.invocation_type is InvocationType.EXISTING_TASK else "",
+            deadline=trio.current_time() + timeout,
             persist=True,
         )
         self._create_once(key, seed, message)
@@ -436,7 +446,9 @@ class ManagerActor(ManagerQueries, Actor[ManagerMessage]):
                 ErrorCode.INVALID_ARGUMENT,
                 f"artifact_type {artifact.artifact_type!r} is not one of {sorted(self._runtimes)}",
             )
-        resolved = await self._artifacts.resolve(artifact, pin=True)
+        if self._policy is not None and not seed.trusted:
+            self._policy.admit(artifact)
+        resolved = await self._artifacts.resolve(artifact, pin=True, deadline=seed.deadline)
         try:
             if seed.expect_digest and resolved.digest != seed.expect_digest:
                 raise SpearError(

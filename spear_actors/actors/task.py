@@ -123,7 +123,7 @@ class TaskActor(Actor[TaskMessage]):
         assert policy.max_instances is not None and policy.max_concurrency is not None
         # Room for the queue limit plus a notification per possible in-flight call.
         self.inbox_size = (policy.max_pending or 0) + 2 * policy.max_instances * (policy.max_concurrency + 2) + 64
-        super().__init__(f"task {definition.task_name}")
+        super().__init__(f"task {definition.task_name!r}")
         self.definition = definition
         self.status = TaskStatus.ACTIVE
         self._parent = parent

@@ -13,26 +13,143 @@ Failure policy (every error names the location and the reason):
   cap); when the retries run out → UNAVAILABLE with the last reason.
 - TLS certificate failures are not transient → UNAVAILABLE at once.
 - A body over the cap (by ``Content-Length`` or by counting) → RESOURCE_EXHAUSTED.
+- The whole download (every attempt and back-off) has a total deadline
+  (:attr:`FetchRules.total_timeout_s`, and the deadline of the call that creates the
+  task): past it → DEADLINE_EXCEEDED.
+- With :attr:`FetchRules.block_private`, a host that resolves to a loopback,
+  link-local, private or otherwise non-global address is PERMISSION_DENIED before
+  any connection is made; the check is on the address actually connected to, for
+  every redirect too. Hosts in :attr:`FetchRules.allowed_hosts` pass it.
+
+Neither the environment's proxies nor ``.netrc`` are used (a client must not make
+the node send its credentials to a host of the client's choosing), and the URLs
+httpx and httpcore write to their loggers are redacted (:func:`redact_urls`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import ipaddress
 import logging
+import math
 import random
+import socket
 import ssl
+from collections.abc import Iterable
 from pathlib import Path
 
+import httpcore
 import httpx
 import trio
 
 from ..errors import ErrorCode, SpearError
-from .location import invalid
+from .location import invalid, redact_urls
 
-__all__ = ["RetryPolicy", "download"]
+__all__ = ["FetchRules", "RetryPolicy", "download", "public_address"]
 
 log = logging.getLogger(__name__)
+
+
+class _RedactURLs(logging.Filter):
+    """Rewrites a record's message with every URL redacted (credentials, query values)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a malformed record: leave it to the handler to report
+            return True
+        redacted = redact_urls(message)
+        if redacted != message:
+            record.msg, record.args = redacted, None
+        return True
+
+
+# Filters act on records logged to the logger they are attached to (not on records
+# propagating from children), so every logger these libraries write to gets one.
+_REDACTOR = _RedactURLs()
+for _name in ("httpx", "httpcore", "httpcore.connection", "httpcore.http11", "httpcore.http2", "httpcore.proxy"):
+    logging.getLogger(_name).addFilter(_REDACTOR)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class FetchRules:
+    """The operator's limits on artifact downloads (from the policy)."""
+
+    total_timeout_s: float = 120.0
+    """Seconds for a whole download, retries and back-offs included."""
+    block_private: bool = False
+    """Refuse hosts resolving to non-global addresses (see :func:`public_address`)."""
+    allowed_hosts: frozenset[str] = frozenset()
+    """If not empty, the only hosts downloads may go to (lower-case); they pass the
+    private-address block."""
+
+
+def public_address(address: str) -> bool:
+    """Whether *address* (an IP literal) is a global unicast address: not loopback,
+    link-local, private, shared (CGNAT), multicast, reserved or unspecified."""
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address):
+        mapped = ip.ipv4_mapped or ip.sixtofour
+        if mapped is not None:
+            ip = mapped
+    return ip.is_global and not ip.is_multicast
+
+
+class _Refused(Exception):
+    """The policy refuses the host (raised inside httpcore, unwrapped by :func:`download`)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class _GuardedBackend(httpcore.AsyncNetworkBackend):
+    """httpcore's trio backend, connecting only to addresses the rules allow.
+
+    The name is resolved here and the connection made to the checked address, so a
+    DNS answer cannot change between the check and the connect.
+    """
+
+    def __init__(self, rules: FetchRules) -> None:
+        self.rules = rules
+        self.inner = httpcore.TrioBackend()
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        name = host.lower().strip("[]")
+        listed = name in self.rules.allowed_hosts
+        if self.rules.allowed_hosts and not listed:
+            raise _Refused(f"host {name!r} is not in fetch_allowed_hosts")
+        if not self.rules.block_private or listed:
+            return await self.inner.connect_tcp(host, port, timeout, local_address, socket_options)
+        with trio.fail_after(timeout if timeout is not None else math.inf):
+            try:
+                infos = await trio.socket.getaddrinfo(name, port, type=socket.SOCK_STREAM)
+            except OSError as exc:
+                raise httpcore.ConnectError(str(exc)) from exc
+        addresses = [str(info[4][0]) for info in infos]
+        allowed = [address for address in addresses if public_address(address)]
+        if not allowed:
+            raise _Refused(f"host {name!r} resolves to a non-public address")
+        return await self.inner.connect_tcp(allowed[0], port, timeout, local_address, socket_options)
+
+    async def sleep(self, seconds: float) -> None:
+        await self.inner.sleep(seconds)
+
+
+def _transport(rules: FetchRules, ssl_context: ssl.SSLContext) -> httpx.AsyncHTTPTransport:
+    transport = httpx.AsyncHTTPTransport(verify=ssl_context, trust_env=False)
+    # httpx has no public knob for httpcore's network backend; its transport is a thin
+    # wrapper over this pool, built the same way apart from the backend.
+    transport._pool = httpcore.AsyncConnectionPool(ssl_context=ssl_context, network_backend=_GuardedBackend(rules))
+    return transport
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -110,7 +227,7 @@ def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
 
 
 def _describe(exc: BaseException) -> str:
-    text = str(exc)
+    text = redact_urls(str(exc))
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
@@ -181,13 +298,48 @@ async def download(
     timeout: float,
     retry: RetryPolicy,
     ssl_context: ssl.SSLContext,
+    rules: FetchRules | None = None,
+    deadline: float = math.inf,
 ) -> tuple[str, int]:
     """GET *url* into *dest* (overwritten per attempt); return (sha256 hex, size).
 
-    *shown* is the redacted location used in messages. Raises SpearError as
-    described in the module docstring.
+    *shown* is the redacted location used in messages; *timeout* bounds each
+    connect / read / write, *rules* the whole download (which also ends at the trio
+    time *deadline*). Raises SpearError as described in the module docstring.
     """
-    async with httpx.AsyncClient(timeout=timeout, follow_redirects=True, verify=ssl_context, trust_env=True) as client:
+    rules = rules or FetchRules()
+    total = rules.total_timeout_s
+    with trio.move_on_at(min(deadline, trio.current_time() + total)) as scope:
+        try:
+            return await _download(url, shown, dest, max_bytes, timeout, retry, ssl_context, rules)
+        except _Refused as exc:
+            raise SpearError(
+                ErrorCode.PERMISSION_DENIED,
+                f"artifact {shown}: not allowed by the node's policy: {exc.reason}",
+                {"location": shown},
+            ) from None
+    assert scope.cancelled_caught
+    raise SpearError(
+        ErrorCode.DEADLINE_EXCEEDED,
+        f"artifact {shown}: download did not finish in time (fetch_timeout_s {total:g}, or the call's deadline)",
+        {"location": shown, "fetch_timeout_s": total},
+    )
+
+
+async def _download(
+    url: str,
+    shown: str,
+    dest: Path,
+    max_bytes: int,
+    timeout: float,
+    retry: RetryPolicy,
+    ssl_context: ssl.SSLContext,
+    rules: FetchRules,
+) -> tuple[str, int]:
+    transport = _transport(rules, ssl_context)
+    async with httpx.AsyncClient(
+        timeout=timeout, follow_redirects=True, transport=transport, trust_env=False
+    ) as client:
         failures = 0
         while True:
             try:
@@ -201,5 +353,5 @@ async def download(
                         {"location": shown, "attempts": failures, "reason": exc.reason},
                     ) from exc
                 delay = retry.delay(failures, exc.retry_after)
-                log.warning("artifact %s: %s; retry %d in %.2fs", shown, exc.reason, failures, delay)
+                log.warning("artifact %r: %s; retry %d in %.2fs", shown, exc.reason, failures, delay)
                 await trio.sleep(delay)

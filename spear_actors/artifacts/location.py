@@ -23,6 +23,7 @@ __all__ = [
     "invalid",
     "normalize_checksum",
     "parse_source",
+    "redact_urls",
 ]
 
 
@@ -105,6 +106,15 @@ def display_location(location: str) -> str:
         netloc = f"{user}:***@{host}" if ":" in userinfo else f"{user}@{host}"
     query = "&".join(f"{key}=***" for key, _ in urllib.parse.parse_qsl(parts.query, keep_blank_values=True))
     return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+
+
+_URL_IN_TEXT = re.compile(r"https?://[^\s\"'<>]+", re.IGNORECASE)
+
+
+def redact_urls(text: str) -> str:
+    """*text* with every http(s) URL in it passed through :func:`display_location`
+    (for log lines and messages written by libraries that print whole URLs)."""
+    return _URL_IN_TEXT.sub(lambda match: display_location(match.group(0)), text)
 
 
 def normalize_checksum(checksum: str, shown: str) -> str | None:

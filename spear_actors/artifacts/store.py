@@ -4,10 +4,12 @@
 path by source (see docs/artifacts.md):
 
 - inline ``content``: size-capped, checked, hashed; nothing is written to disk;
-- a local single file or directory: used in place, hashed and checked;
-- an ``http(s)://`` location, or any archive (local or remote): fetched into the
-  content-addressed cache (:mod:`.cache`), verified against its sha256, unpacked
-  if it is an archive, and handed out from there.
+- everything else (a local file, directory or archive, an ``http(s)://`` location)
+  is copied or fetched into the content-addressed cache (:mod:`.cache`), verified
+  against its sha256, unpacked if it is an archive, and handed out from there: a
+  task's instances all run the bytes resolved when it was created, whatever
+  happens to the original afterwards. A local directory is keyed by the sha256 of
+  its manifest (every file's path, digest and mode, every symlink).
 
 Concurrent resolves of one digest share one fetch ("single flight"): the first
 caller does the work, the others wait for it and then use its entry. If the first
@@ -21,7 +23,9 @@ import dataclasses
 import errno
 import functools
 import hashlib
+import json
 import logging
+import math
 import shutil
 import ssl
 import stat
@@ -35,10 +39,10 @@ import trio
 from ..errors import ErrorCode, SpearError
 from ..model import ArtifactSpec
 from .cache import CacheEntry, ContentCache
-from .fetch import RetryPolicy, download
+from .fetch import FetchRules, RetryPolicy, download
 from .location import Source, SourceKind, invalid, normalize_checksum, parse_source
 from .manifest import FileRecord, Manifest
-from .unpack import unpack_sync
+from .unpack import copy_tree_sync, unpack_sync
 from .verify import HASH_CHUNK, check_digest, check_wasm, hash_file_sync, read_head_sync
 
 __all__ = ["ArtifactStore", "ResolvedArtifact"]
@@ -55,8 +59,8 @@ class ResolvedArtifact:
     path: Path | None
     """A file, or the directory of an unpacked archive; None for inline content."""
     digest: str = ""
-    """sha256 hex of the artifact as fetched (of the archive, for unpacked ones);
-    empty for a local directory, which has no single digest."""
+    """sha256 hex of the artifact as fetched (of the archive, for unpacked ones; of
+    the manifest, for a local directory); empty for inline content."""
 
 
 @dataclasses.dataclass(slots=True)
@@ -128,10 +132,12 @@ class ArtifactStore:
         backoff_max: float = 8.0,
         http_timeout: float = 30.0,
         ssl_context: ssl.SSLContext | None = None,
+        fetch_rules: FetchRules | None = None,
     ) -> None:
         """*retries* / *backoff_base* / *backoff_max*: see :class:`~.fetch.RetryPolicy`;
         *http_timeout*: seconds for each connect / read / write of a download;
-        *ssl_context*: for private CAs (default: httpx's, honouring SSL_CERT_FILE)."""
+        *ssl_context*: for private CAs (default: httpx's, honouring SSL_CERT_FILE);
+        *fetch_rules*: the operator's limits on downloads (total time, targets)."""
         self.data_dir = data_dir
         self.max_download_bytes = max_download_bytes
         self.max_inline_bytes = max_inline_bytes
@@ -141,15 +147,17 @@ class ArtifactStore:
         self.http_timeout = http_timeout
         self.cache = ContentCache(data_dir / "artifacts", max_cache_bytes)
         self._ssl_context = ssl_context
+        self.fetch_rules = fetch_rules or FetchRules()
         self._flights: dict[str, _Flight] = {}
 
     # -- public API ---------------------------------------------------------------------
 
-    async def resolve(self, spec: ArtifactSpec, *, pin: bool = False) -> ResolvedArtifact:
+    async def resolve(self, spec: ArtifactSpec, *, pin: bool = False, deadline: float = math.inf) -> ResolvedArtifact:
         """Fetch (or find) and verify *spec*'s bytes; return where they are.
 
         With ``pin=True`` the result is pinned before this returns (no gap in which
         it could be evicted); release it with :meth:`unpin` (``resolved.digest``).
+        A download ends at the trio time *deadline* (DEADLINE_EXCEEDED) at the latest.
 
         Raises :class:`SpearError`: INVALID_ARGUMENT (bad location or checksum,
         checksum mismatch, not WASM, malicious archive), NOT_FOUND (no such file,
@@ -163,9 +171,9 @@ class ArtifactStore:
         if source.kind is SourceKind.INLINE:
             resolved = self._resolve_inline(spec, source, expected, wasm)
         elif source.kind is SourceKind.LOCAL and source.archive is None:
-            resolved = await self._resolve_in_place(source, expected, wasm)
+            resolved = await self._resolve_local(source, expected, wasm, deadline)
         else:
-            resolved = await self._resolve_cached(source, expected, wasm)
+            resolved = await self._resolve_cached(source, expected, wasm, deadline)
         if pin:
             self.pin(resolved.digest)
         return resolved
@@ -211,31 +219,73 @@ class ArtifactStore:
         except OSError as exc:
             raise _local_error(source.shown, exc) from exc
 
-    async def _resolve_in_place(self, source: Source, expected: str | None, wasm: bool) -> ResolvedArtifact:
-        # Local single files and directories are used where they are: copying would
-        # break scripts that import their neighbours, and the node trusts its own disk.
+    async def _resolve_local(
+        self, source: Source, expected: str | None, wasm: bool, deadline: float
+    ) -> ResolvedArtifact:
+        # A local file goes through the cache like an archive (copied, hashed as it
+        # is copied); a directory is copied whole, see _resolve_tree.
         path, mode = await self._local_path(source)
         if stat.S_ISDIR(mode):
             if expected is not None:
                 raise invalid(source.shown, "is a directory; a checksum can only be verified for a file")
             if wasm:
                 raise invalid(source.shown, "is a directory; a wasm artifact must be a module file")
-            return ResolvedArtifact(path)
+            return await self._resolve_tree(source, path)
         if not stat.S_ISREG(mode):  # a fifo or device would hang or never end hashing
             raise invalid(source.shown, "is neither a regular file nor a directory")
+        return await self._resolve_cached(source, expected, wasm, deadline)
+
+    async def _resolve_tree(self, source: Source, path: Path) -> ResolvedArtifact:
+        if self.cache.root.resolve().is_relative_to(path):
+            raise invalid(source.shown, "is a directory holding the node's data directory; it cannot be copied")
         try:
-            digest, _ = await trio.to_thread.run_sync(hash_file_sync, path, trio.from_thread.check_cancelled)
-            head = await trio.to_thread.run_sync(read_head_sync, path) if wasm else b""
+            await self.cache.open()
+            work = await self.cache.workdir()
         except OSError as exc:
-            raise _local_error(source.shown, exc) from exc
-        check_digest(source.shown, expected, digest)
-        if wasm:
-            check_wasm(source.shown, head)
-        return ResolvedArtifact(path, digest)
+            raise _cache_error(self.cache.root, source.shown, exc) from exc
+        try:
+            try:
+                manifest = await trio.to_thread.run_sync(
+                    functools.partial(
+                        copy_tree_sync,
+                        path,
+                        ContentCache.content_of(work),
+                        shown=source.shown,
+                        max_bytes=self.max_unpacked_bytes,
+                        max_members=self.max_archive_members,
+                        check=trio.from_thread.check_cancelled,
+                    )
+                )
+            except OSError as exc:
+                raise _local_error(source.shown, exc) from exc
+            canonical = json.dumps(manifest.to_json(), sort_keys=True, separators=(",", ":")).encode()
+            digest = hashlib.sha256(canonical).hexdigest()
+            while (flight := self._flights.get(digest)) is not None:
+                await flight.done.wait()  # the same directory being committed right now
+            entry = self.cache.lookup(digest)
+            if entry is not None:
+                await self.cache.touch(entry)
+                return ResolvedArtifact(entry.content, digest)
+            flight = _Flight((source.location, None, False))
+            self._flights[digest] = flight
+            try:
+                entry = await self.cache.commit(work, digest, "tree", manifest, shown=source.shown)
+            except OSError as exc:
+                raise _cache_error(self.cache.root, source.shown, exc) from exc
+            finally:
+                del self._flights[digest]
+                flight.done.set()
+            return ResolvedArtifact(entry.content, digest)
+        finally:
+            if work.exists():  # not renamed into the cache
+                with trio.CancelScope(shield=True):
+                    await trio.to_thread.run_sync(shutil.rmtree, work, True)
 
     # -- cached: remote files and all archives --------------------------------------------
 
-    async def _resolve_cached(self, source: Source, expected: str | None, wasm: bool) -> ResolvedArtifact:
+    async def _resolve_cached(
+        self, source: Source, expected: str | None, wasm: bool, deadline: float = math.inf
+    ) -> ResolvedArtifact:
         if wasm and source.archive is not None:
             raise invalid(source.shown, "a wasm artifact is a single module, not an archive")
         local: Path | None = None
@@ -258,7 +308,7 @@ class ArtifactStore:
             raise _cache_error(self.cache.root, source.shown, exc) from exc
         share = (source.location, source.archive, wasm)
         while True:
-            await self._shared_flight(digest, share, source, local, wasm)
+            await self._shared_flight(digest, share, source, local, wasm, deadline)
             # No checkpoint between the flight's end and here: the entry it left (or
             # found) cannot be evicted before it is pinned or handed out.
             entry = self.cache.lookup(digest)
@@ -266,7 +316,13 @@ class ArtifactStore:
                 return ResolvedArtifact(entry.path(source.name), digest)
 
     async def _shared_flight(
-        self, digest: str, share: tuple[str, str | None, bool], source: Source, local: Path | None, wasm: bool
+        self,
+        digest: str,
+        share: tuple[str, str | None, bool],
+        source: Source,
+        local: Path | None,
+        wasm: bool,
+        deadline: float,
     ) -> None:
         while (flight := self._flights.get(digest)) is not None:
             await flight.done.wait()
@@ -283,7 +339,7 @@ class ArtifactStore:
         self._flights[digest] = flight
         self.cache.pin(digest)  # nobody evicts what we are verifying or building
         try:
-            await self._materialize(digest, source, local, wasm)
+            await self._materialize(digest, source, local, wasm, deadline)
         except SpearError as exc:
             flight.error = exc
             raise
@@ -295,18 +351,18 @@ class ArtifactStore:
             del self._flights[digest]
             flight.done.set()
 
-    async def _materialize(self, digest: str, source: Source, local: Path | None, wasm: bool) -> None:
+    async def _materialize(self, digest: str, source: Source, local: Path | None, wasm: bool, deadline: float) -> None:
         entry = self.cache.lookup(digest)
         if entry is not None:
             problem = await self.cache.verify(entry)
             if problem is None:
                 await self._reuse(entry, source, wasm)
                 return
-            log.warning("artifact %s: cached copy is corrupted (%s); fetching it again", source.shown, problem)
+            log.warning("artifact %r: cached copy is corrupted (%s); fetching it again", source.shown, problem)
             await self.cache.discard(digest)
         work = await self.cache.workdir()
         try:
-            await self._build(work, digest, source, local, wasm)
+            await self._build(work, digest, source, local, wasm, deadline)
         finally:
             with trio.CancelScope(shield=True):
                 # Gone already after a successful commit (renamed into objects/).
@@ -320,7 +376,9 @@ class ArtifactStore:
             await self.cache.add_name(entry, source.name)
         await self.cache.touch(entry)
 
-    async def _build(self, work: Path, digest: str, source: Source, local: Path | None, wasm: bool) -> None:
+    async def _build(
+        self, work: Path, digest: str, source: Source, local: Path | None, wasm: bool, deadline: float
+    ) -> None:
         blob = work / "fetched"
         if source.kind is SourceKind.HTTP:
             assert source.url is not None
@@ -334,8 +392,10 @@ class ArtifactStore:
                 timeout=self.http_timeout,
                 retry=self.retry,
                 ssl_context=self._ssl_context,
+                rules=self.fetch_rules,
+                deadline=deadline,
             )
-            log.info("artifact %s: downloaded %d bytes (sha256 %s)", source.shown, size, actual)
+            log.info("artifact %r: downloaded %d bytes (sha256 %s)", source.shown, size, actual)
         else:
             assert local is not None
             try:

@@ -37,7 +37,7 @@ from ..errors import ErrorCode, SpearError
 from .location import ArchiveFormat, invalid
 from .manifest import FileRecord, Manifest
 
-__all__ = ["unpack_sync"]
+__all__ = ["copy_tree_sync", "unpack_sync"]
 
 _COPY_CHUNK = 256 * 1024
 _MAX_LINK_TARGET = 4096
@@ -215,7 +215,9 @@ def _unpack_zip(archive: Path, ex: _Extractor) -> None:
                 ex.add_symlink(info.filename, rel, target)
             elif info.is_dir():
                 ex.add_dir(info.filename, rel)
-            elif mode and not stat.S_ISREG(mode):
+            elif stat.S_IFMT(mode) and not stat.S_ISREG(mode):
+                # No file-type bits at all (Python's zipfile writes mode 0o600 that
+                # way) is a regular file, as `unzip` treats it.
                 raise ex.reject(info.filename, "devices, fifos and other special files are not allowed")
             else:
                 with zf.open(info) as source:
@@ -248,4 +250,43 @@ def unpack_sync(
         raise invalid(shown, f"not a valid {fmt} archive: {exc}") from exc
     except NotImplementedError as exc:  # zipfile: a compression method it lacks
         raise invalid(shown, f"unsupported {fmt} archive: {exc}") from exc
+    return ex.finish()
+
+
+def copy_tree_sync(
+    source: Path,
+    dest: Path,
+    *,
+    shown: str,
+    max_bytes: int,
+    max_members: int,
+    check: Callable[[], None] = lambda: None,
+) -> Manifest:
+    """Copy the local directory *source* into the empty directory *dest* under the
+    archive rules (so a task runs a pinned copy, not files that may change later);
+    return its manifest.
+
+    Symlinks are copied as links and must stay inside the directory; devices, fifos
+    and sockets are refused; bytes and entries are capped as for archives.
+    """
+    ex = _Extractor(dest, shown, max_bytes, max_members, check)
+    for top, dirs, files in os.walk(source, followlinks=False):
+        dirs.sort()
+        base = Path(top).relative_to(source).as_posix()
+        for name in [*dirs, *sorted(files)]:
+            path = Path(top) / name
+            member = name if base == "." else f"{base}/{name}"
+            rel = ex.member_path(member)
+            if rel is None:
+                continue
+            mode = path.lstat().st_mode
+            if stat.S_ISLNK(mode):
+                ex.add_symlink(member, rel, os.readlink(path))
+            elif stat.S_ISDIR(mode):
+                ex.add_dir(member, rel)
+            elif stat.S_ISREG(mode):
+                with path.open("rb") as data:
+                    ex.add_file(member, rel, data, bool(mode & 0o111))
+            else:
+                raise ex.reject(member, "devices, fifos and other special files are not allowed")
     return ex.finish()

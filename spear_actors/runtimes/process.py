@@ -22,6 +22,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any, Final
 
 import trio
@@ -33,6 +34,10 @@ from ..protocol.handshake import accept_connection
 from ..protocol.messages import Hello, Welcome
 from ..protocol.transports import Transport, parse_endpoint, serve_endpoint
 from .base import Call, InstanceSpec, LogSink, Runtime, RuntimeInstance, StreamSink
+from .cgroup import InstanceCgroup, cgroup_problem
+from .guardian import Guardian, kill_marked
+from .output import LineSplitter, capped_log
+from .sandbox import Sandbox, agent_environment
 
 __all__ = ["ProcessRuntime", "agent_command"]
 
@@ -106,8 +111,14 @@ class ProcessRuntime(Runtime):
         heartbeat_timeout: float = 5.0,
         cancel_grace: float = 2.0,
         node_id: str = "node",
+        sandbox: Sandbox | None = None,
     ) -> None:
         self.agent_listen = agent_listen
+        self.sandbox = sandbox or Sandbox()
+        """How agent processes are confined (environment, limits, user, output caps)."""
+        self._guardian = Guardian()
+        self._cgroups: Path | None = None
+        """Where instance cgroups are made, once checked usable (see :mod:`.cgroup`)."""
         self.start_timeout = start_timeout
         self.stop_grace = stop_grace
         self.cancel_grace = cancel_grace
@@ -131,10 +142,22 @@ class ProcessRuntime(Runtime):
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Serve the agent listener until cancelled."""
         parse_endpoint(self.agent_listen)  # fail early on a bad URL
-        async with trio.open_nursery() as nursery:
-            endpoint = await nursery.start(serve_endpoint, self.agent_listen, self._serve_agent)
-            self._address = str(endpoint)
-            task_status.started()
+        if self.sandbox.cgroup_parent is not None:
+            parent = Path(self.sandbox.cgroup_parent)
+            problem = await trio.to_thread.run_sync(cgroup_problem, parent)
+            if problem is None:
+                self._cgroups = parent
+            else:
+                log.warning("agent cgroups disabled: %s (rlimits and process groups still apply)", problem)
+        try:
+            async with trio.open_nursery() as nursery:
+                endpoint = await nursery.start(serve_endpoint, self.agent_listen, self._serve_agent)
+                self._address = str(endpoint)
+                if self.sandbox.user is not None and endpoint.scheme == "unix":
+                    _open_to_other_users(endpoint.path)
+                task_status.started()
+        finally:
+            await self._guardian.aclose()
 
     async def _authenticate(self, hello: Hello) -> _Arrival:
         digest = hashlib.sha256((hello.auth or "").encode()).digest()
@@ -166,8 +189,8 @@ class ProcessRuntime(Runtime):
         digest = hashlib.sha256(secret.encode()).digest()
         arrival = _Arrival(spec.instance_id)
         env = {
-            **os.environ,
-            **extra_env,
+            **agent_environment(self.sandbox, extra_env, os.environ),
+            **dict(self._guardian.environment()),
             "SERVICE_ADDR": self.address,
             "SECRET": secret,
             "SPEAR_INSTANCE_ID": spec.instance_id,
@@ -175,7 +198,12 @@ class ProcessRuntime(Runtime):
         }
         self._arrivals[digest] = arrival
         stderr_tail: collections.deque[str] = collections.deque(maxlen=_STDERR_TAIL_LINES)
+        cgroup = None if self._cgroups is None else InstanceCgroup(self._cgroups, spec.instance_id)
         try:
+            if cgroup is not None:
+                box = self.sandbox
+                await trio.to_thread.run_sync(cgroup.create, box.cgroup_memory_bytes, box.cgroup_cpus, box.cgroup_pids)
+            ids = self.sandbox.user_ids()
             process = await trio.lowlevel.open_process(
                 argv,
                 env=env,
@@ -184,17 +212,36 @@ class ProcessRuntime(Runtime):
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 start_new_session=True,
+                # The child joins its cgroup itself, before exec, unless it switches
+                # users first (Popen runs preexec_fn after that): then the node moves
+                # it right after the spawn.
+                preexec_fn=self.sandbox.preexec(None if cgroup is None or ids is not None else cgroup.joiner()),
+                user=None if ids is None else ids[0],
+                group=None if ids is None else ids[1],
+                extra_groups=None if ids is None else [],
             )
-        except OSError as exc:
+        except (OSError, KeyError, subprocess.SubprocessError) as exc:
             del self._arrivals[digest]
+            if cgroup is not None:
+                with trio.CancelScope(shield=True):
+                    await trio.to_thread.run_sync(cgroup.kill_all)
             raise SpearError(ErrorCode.INSTANCE_FAILED, f"cannot start {argv[0]!r}: {exc}") from None
-        instance = ProcessInstance(spec.instance_id, process, stderr_tail, self.cancel_grace)
+        if cgroup is not None and ids is not None:
+            try:
+                await trio.to_thread.run_sync(cgroup.add, process.pid)
+            except OSError as exc:
+                log.warning("cannot move agent %d into %s: %s", process.pid, cgroup.path, exc)
+        instance = ProcessInstance(spec.instance_id, process, stderr_tail, self.cancel_grace, self.sandbox)
         try:
             async with background_nursery() as nursery:
                 agent_log = logging.getLogger(f"spear_actors.agent.{spec.instance_id}")
                 assert process.stdout is not None and process.stderr is not None
-                nursery.start_soon(_pump, process.stdout, agent_log, None)
-                nursery.start_soon(_pump, process.stderr, agent_log, stderr_tail)
+                # In the background: the agent's start does not wait for the guardian
+                # (started with the first agent) to come up.
+                nursery.start_soon(self._guardian.register, process.pid)
+                line_cap = self.sandbox.max_line_bytes
+                nursery.start_soon(_pump, process.stdout, agent_log, None, line_cap)
+                nursery.start_soon(_pump, process.stderr, agent_log, stderr_tail, line_cap)
                 nursery.start_soon(instance._reap, arrival.changed)
                 with trio.move_on_after(self.start_timeout):
                     await arrival.changed.wait()
@@ -207,6 +254,14 @@ class ProcessRuntime(Runtime):
             self._arrivals.pop(digest, None)
             with trio.CancelScope(shield=True):
                 await instance._stop(self.stop_grace)
+                # Descendants that left the agent's process group but kept its environment.
+                await trio.to_thread.run_sync(kill_marked, "SPEAR_INSTANCE_ID", spec.instance_id)
+                if cgroup is not None:  # and every descendant, whatever it did to escape
+                    try:
+                        await trio.to_thread.run_sync(cgroup.kill_all)
+                    except OSError as exc:
+                        log.warning("cannot remove the cgroup of %s: %s", spec.instance_id, exc)
+                await self._guardian.unregister(process.pid)
                 # The pipes are closed now, not whenever the garbage collector
                 # gets to the process object (forced kills leaked them: issue 12).
                 for pipe in (process.stdout, process.stderr):
@@ -218,9 +273,15 @@ class ProcessInstance(RuntimeInstance):
     """An agent process and its connection."""
 
     def __init__(
-        self, instance_id: str, process: trio.Process, stderr_tail: collections.deque[str], cancel_grace: float
+        self,
+        instance_id: str,
+        process: trio.Process,
+        stderr_tail: collections.deque[str],
+        cancel_grace: float,
+        sandbox: Sandbox | None = None,
     ) -> None:
         self.instance_id = instance_id
+        self.sandbox = sandbox or Sandbox()
         self.process = process
         self.cancel_grace = cancel_grace
         self._stderr_tail = stderr_tail
@@ -300,12 +361,23 @@ class ProcessInstance(RuntimeInstance):
                 raise SpearError(
                     ErrorCode.INSTANCE_FAILED, self._failure.message, dict(self._failure.details)
                 ) from None
-            _log_lines(exc.details.get("logs"), log)
+            if "logs" in exc.details:  # the error's copy of the logs is capped as well
+                kept = self._log_lines(exc.details["logs"], log)
+                raise SpearError(exc.code, exc.message, {**exc.details, "logs": kept}) from None
             raise
         if not isinstance(envelope, dict):
             raise SpearError(ErrorCode.PROTOCOL_ERROR, "agent answered execute without a result envelope")
-        _log_lines(envelope.get("logs"), log)
+        self._log_lines(envelope.get("logs"), log)
         return envelope.get("value")
+
+    def _log_lines(self, lines: object, log: LogSink) -> list[str]:
+        """Hand the agent's log lines for one execution to *log*, capped; return them."""
+        if not isinstance(lines, list):
+            return []
+        kept = list(capped_log(lines, self.sandbox.max_line_bytes, self.sandbox.max_execution_log_bytes))
+        for line in kept:
+            log(line)
+        return kept
 
     async def wait_failed(self) -> SpearError:
         await self._failed.wait()
@@ -323,9 +395,9 @@ class ProcessInstance(RuntimeInstance):
         if self.process.returncode is None:
             _signal_group(self.process, signal.SIGKILL)
             await self.process.wait()
-        else:
-            # The leader is gone; make sure nothing it left in its group survives.
-            _signal_group(self.process, signal.SIGKILL)
+        # The leader is gone; whatever it left in its group (a child that ignored
+        # SIGTERM, say) is killed too.
+        _signal_group(self.process, signal.SIGKILL)
 
 
 def _signal_group(process: trio.Process, sig: signal.Signals) -> None:
@@ -335,32 +407,39 @@ def _signal_group(process: trio.Process, sig: signal.Signals) -> None:
         pass
 
 
-def _log_lines(lines: object, log: LogSink) -> None:
-    if isinstance(lines, list):
-        for line in lines:
-            log(str(line))
+def _open_to_other_users(path: str) -> None:
+    # An agent running as another user must reach the socket; the secret, not the
+    # file mode, is what authenticates it.
+    os.chmod(os.path.dirname(path), 0o711)
+    os.chmod(path, 0o666)
 
 
-async def _pump(stream: trio.abc.ReceiveStream, logger: logging.Logger, tail: collections.deque[str] | None) -> None:
-    """Copy an agent's output to the node's log, line by line, keeping a tail."""
-    buffer = b""
+async def _pump(
+    stream: trio.abc.ReceiveStream, logger: logging.Logger, tail: collections.deque[str] | None, max_line: int
+) -> None:
+    """Copy an agent's output to the node's log, line by line, keeping a tail.
+
+    Linear in the bytes read: each byte is scanned once, a line is cut at *max_line*
+    bytes (marked truncated) and the node log gets a bounded number of lines per
+    second (the rest are counted, not formatted).
+    """
+    prefix = "stderr: " if tail is not None else ""
+    splitter = LineSplitter(max_line)
+
+    def emit(line: str) -> None:
+        if tail is not None:
+            tail.append(line)
+        logger.info("%s%s", prefix, line)
+
     try:
         while True:
             data = await stream.receive_some(65536)
             if not data:
                 break
-            buffer += data
-            *lines, buffer = buffer.split(b"\n")
-            for raw in lines:
-                _emit(raw, logger, tail)
+            for line in splitter.feed(bytes(data), trio.current_time()):
+                emit(line)
+            await trio.lowlevel.checkpoint()
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         pass
-    if buffer:
-        _emit(buffer, logger, tail)
-
-
-def _emit(raw: bytes, logger: logging.Logger, tail: collections.deque[str] | None) -> None:
-    line = raw.decode(errors="replace").rstrip("\r")
-    if tail is not None:
-        tail.append(line)
-    logger.info("%s%s", "stderr: " if tail is not None else "", line)
+    for line in splitter.finish():
+        emit(line)

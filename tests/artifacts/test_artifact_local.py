@@ -16,12 +16,14 @@ from .conftest import StoreFactory
 SCRIPT = b"print('hello')\n"
 
 
-async def test_local_file_is_used_in_place(tmp_path: Path, make_store: StoreFactory) -> None:
+async def test_local_file_is_pinned_into_the_cache(tmp_path: Path, make_store: StoreFactory, data_dir: Path) -> None:
     script = tmp_path / "agent.py"
     script.write_bytes(SCRIPT)
     resolved = await make_store().resolve(ArtifactSpec(location=str(script)))
-    assert resolved.path == script.resolve()
-    assert resolved.digest == sha(SCRIPT)
+    assert resolved.path is not None and resolved.path.is_relative_to(data_dir)
+    assert resolved.path.read_bytes() == SCRIPT and resolved.digest == sha(SCRIPT)
+    script.write_bytes(b"print('edited')\n")  # the task keeps the bytes it was created from
+    assert resolved.path.read_bytes() == SCRIPT
 
 
 async def test_file_url_and_relative_path(
@@ -33,7 +35,8 @@ async def test_file_url_and_relative_path(
     by_url = await store.resolve(ArtifactSpec(location=script.as_uri(), checksum=sha(SCRIPT)))
     monkeypatch.chdir(tmp_path)
     by_relative = await store.resolve(ArtifactSpec(location="my agent.py"))
-    assert by_url.path == by_relative.path == script.resolve()
+    assert by_url.path == by_relative.path
+    assert by_url.path is not None and by_url.path.read_bytes() == SCRIPT
 
 
 async def test_missing_local_file_is_not_found(tmp_path: Path, make_store: StoreFactory) -> None:
@@ -52,12 +55,42 @@ async def test_local_checksum_is_verified(tmp_path: Path, make_store: StoreFacto
     assert info.value.code is ErrorCode.INVALID_ARGUMENT
 
 
-async def test_local_directory(tmp_path: Path, make_store: StoreFactory) -> None:
+async def test_local_directory_is_pinned_into_the_cache(
+    tmp_path: Path, make_store: StoreFactory, data_dir: Path
+) -> None:
+    source = tmp_path / "app"
+    (source / "lib").mkdir(parents=True)
+    (source / "run").write_bytes(SCRIPT)
+    (source / "run").chmod(0o755)
+    (source / "lib" / "util.py").write_bytes(b"X = 1\n")
+    (source / "current").symlink_to("lib")
     store = make_store()
-    resolved = await store.resolve(ArtifactSpec(location=str(tmp_path)))
-    assert resolved.path == tmp_path.resolve() and resolved.digest == ""
+    resolved = await store.resolve(ArtifactSpec(location=str(source)))
+    assert resolved.path is not None and resolved.path.is_relative_to(data_dir) and resolved.digest
+    assert (resolved.path / "run").read_bytes() == SCRIPT and os.access(resolved.path / "run", os.X_OK)
+    assert (resolved.path / "current" / "util.py").read_bytes() == b"X = 1\n"
+    (source / "run").write_bytes(b"edited")  # the copy does not follow the source
+    assert (resolved.path / "run").read_bytes() == SCRIPT
+    again = await store.resolve(ArtifactSpec(location=str(source)))
+    assert again.digest != resolved.digest and again.path is not None
+    assert (again.path / "run").read_bytes() == b"edited"
     with pytest.raises(SpearError, match="directory") as info:
-        await store.resolve(ArtifactSpec(location=str(tmp_path), checksum=sha(b"")))
+        await store.resolve(ArtifactSpec(location=str(source), checksum=sha(b"")))
+    assert info.value.code is ErrorCode.INVALID_ARGUMENT
+
+
+async def test_local_directory_with_an_escaping_symlink_is_refused(tmp_path: Path, make_store: StoreFactory) -> None:
+    source = tmp_path / "app"
+    source.mkdir()
+    (source / "passwd").symlink_to("/etc/passwd")
+    with pytest.raises(SpearError, match="absolute path") as info:
+        await make_store().resolve(ArtifactSpec(location=str(source)))
+    assert info.value.code is ErrorCode.INVALID_ARGUMENT
+
+
+async def test_directory_holding_the_data_dir_is_refused(tmp_path: Path, make_store: StoreFactory) -> None:
+    with pytest.raises(SpearError, match="data directory") as info:
+        await make_store().resolve(ArtifactSpec(location=str(tmp_path)))
     assert info.value.code is ErrorCode.INVALID_ARGUMENT
 
 
@@ -162,7 +195,8 @@ async def test_local_wasm_file_is_sniffed(tmp_path: Path, make_store: StoreFacto
     good.write_bytes(WASM_MODULE)
     bad.write_bytes(b"#!/bin/sh\n")
     store = make_store()
-    assert (await store.resolve(ArtifactSpec(artifact_type="wasm", location=str(good)))).path == good.resolve()
+    resolved = await store.resolve(ArtifactSpec(artifact_type="wasm", location=str(good)))
+    assert resolved.path is not None and resolved.path.read_bytes() == WASM_MODULE
     with pytest.raises(SpearError, match=str(bad)) as info:
         await store.resolve(ArtifactSpec(artifact_type="wasm", location=str(bad)))
     assert info.value.code is ErrorCode.INVALID_ARGUMENT

@@ -14,11 +14,17 @@ import trio
 import trio.testing
 
 from spear_actors.artifacts import ArtifactStore
+from spear_actors.artifacts.fetch import FetchRules
 from spear_actors.errors import ErrorCode, SpearError
 from spear_actors.model import ArtifactSpec
 
 from .artifact_helpers import WASM_MODULE, ArtifactServer, sha, tar_file, tar_gz
 from .conftest import StoreFactory
+
+# On the autojumping mock clock a total download deadline would be jumped to while
+# the loop waits for a worker thread (the file writes); these tests are about the
+# retry schedule, so they run without one.
+NO_TOTAL = FetchRules(total_timeout_s=float("inf"))
 
 SCRIPT = b"#!/bin/sh\necho hello\n"
 
@@ -175,7 +181,7 @@ async def test_503_is_retried_with_backoff(
     server: ArtifactServer, data_dir: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
     url = server.serve("/agent.sh", SCRIPT, failures=[503, 503, 502])
-    store = ArtifactStore(data_dir, retries=3, backoff_base=1.0, backoff_max=60.0)
+    store = ArtifactStore(data_dir, retries=3, backoff_base=1.0, backoff_max=60.0, fetch_rules=NO_TOTAL)
     start = trio.current_time()
     resolved = await store.resolve(spec(url, sha(SCRIPT)))
     assert resolved.path is not None and resolved.path.read_bytes() == SCRIPT
@@ -188,7 +194,7 @@ async def test_retry_after_is_honoured(
     server: ArtifactServer, data_dir: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
     url = server.serve("/agent.sh", SCRIPT, failures=[429], failure_headers={"retry-after": "20"})
-    store = ArtifactStore(data_dir, retries=1, backoff_base=0.1, backoff_max=30.0)
+    store = ArtifactStore(data_dir, retries=1, backoff_base=0.1, backoff_max=30.0, fetch_rules=NO_TOTAL)
     start = trio.current_time()
     await store.resolve(spec(url, sha(SCRIPT)))
     assert 20 * 0.8 <= trio.current_time() - start <= 20 * 1.2 + 1
@@ -199,7 +205,7 @@ async def test_503_until_retries_run_out_is_unavailable(
     server: ArtifactServer, data_dir: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
     url = server.serve("/agent.sh", SCRIPT, failures=[503] * 10)
-    store = ArtifactStore(data_dir, retries=2)
+    store = ArtifactStore(data_dir, retries=2, fetch_rules=NO_TOTAL)
     with pytest.raises(SpearError) as info:
         await store.resolve(spec(url, sha(SCRIPT)))
     assert info.value.code is ErrorCode.UNAVAILABLE
@@ -215,7 +221,7 @@ async def test_connection_refused_is_retried_then_unavailable(
         port = probe.getsockname()[1]
     url = f"http://127.0.0.1:{port}/agent.sh"
     with pytest.raises(SpearError) as info:
-        await ArtifactStore(data_dir, retries=2).resolve(spec(url, sha(SCRIPT)))
+        await ArtifactStore(data_dir, retries=2, fetch_rules=NO_TOTAL).resolve(spec(url, sha(SCRIPT)))
     assert info.value.code is ErrorCode.UNAVAILABLE
     assert url in info.value.message and "ConnectError" in info.value.message
     assert info.value.details["attempts"] == 3

@@ -111,3 +111,22 @@ def test_tar_helper_keeps_hostile_names() -> None:
     data = tar_gz(tar_file("/abs/x", b""), tar_file("../y", b""))
     with tarfile.open(fileobj=io.BytesIO(data)) as tar:
         assert tar.getnames() == ["/abs/x", "../y"]
+
+
+async def test_plain_zipfile_archives_are_accepted(tmp_path: Path, make_store: StoreFactory) -> None:
+    # Python's zipfile stores members with mode 0o600 and no file-type bits (as do
+    # many other tools); such a member is a regular file, as `unzip` treats it.
+    import io
+    import zipfile
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        zf.writestr("app/run.py", "print('hi')\n")
+        with zf.open("app/data.txt", "w") as member:
+            member.write(b"data")
+    archive = tmp_path / "plain.zip"
+    archive.write_bytes(buffer.getvalue())
+    resolved = await make_store().resolve(ArtifactSpec(location=str(archive)))
+    assert resolved.path is not None
+    assert (resolved.path / "app" / "run.py").read_text() == "print('hi')\n"
+    assert (resolved.path / "app" / "data.txt").read_bytes() == b"data"

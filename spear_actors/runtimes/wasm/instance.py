@@ -36,9 +36,15 @@ class WasmInstance(RuntimeInstance):
     """One instance of a WASM task (made by :meth:`WasmRuntime.open_instance`)."""
 
     def __init__(
-        self, runtime: WasmRuntime, spec: InstanceSpec, compiled: CompiledModule, settings: WasmSettings
+        self,
+        runtime: WasmRuntime,
+        spec: InstanceSpec,
+        compiled: CompiledModule,
+        settings: WasmSettings,
+        share: trio.CapacityLimiter | None = None,
     ) -> None:
         self.instance_id = spec.instance_id
+        self._share = share
         self._runtime = runtime
         self._spec = spec
         self._compiled = compiled
@@ -74,11 +80,11 @@ class WasmInstance(RuntimeInstance):
         )
         try:
             if not self._settings.warm:
-                return await self._runtime.run_job(job.run, interrupt)
+                return await self._runtime.run_job(job.run, interrupt, self._share)
             async with self._warm_lock:
                 job.sandbox, self._sandbox = self._sandbox, None
                 try:
-                    return await self._runtime.run_job(job.run, interrupt)
+                    return await self._runtime.run_job(job.run, interrupt, self._share)
                 finally:
                     # An abandoned (cancelled) job may still hold its store: never reuse it.
                     self._sandbox = job.sandbox if interrupt.finished else None
@@ -101,7 +107,7 @@ class WasmInstance(RuntimeInstance):
             warm=True,
         )
         try:
-            self._sandbox = await self._runtime.run_job(job.prepare, interrupt)
+            self._sandbox = await self._runtime.run_job(job.prepare, interrupt, self._share)
         except SpearError as exc:
             raise SpearError(
                 ErrorCode.INSTANCE_FAILED, f"the WASM instance could not start: {exc.message}", exc.details

@@ -16,7 +16,7 @@ from .cache import CacheStats, ModuleCache
 from .capi import Interrupt
 from .engine import EngineSetup, EpochTicker
 from .instance import WasmInstance
-from .settings import WasmSettings
+from .settings import WasmCeilings, WasmSettings
 
 __all__ = ["WasmRuntime"]
 
@@ -37,8 +37,18 @@ class WasmRuntime(Runtime):
 
     kind = "wasm"
 
-    def __init__(self, data_dir: Path | None, max_workers: int = 4, *, default_timeout_s: float = 60.0) -> None:
+    def __init__(
+        self,
+        data_dir: Path | None,
+        max_workers: int = 4,
+        *,
+        default_timeout_s: float = 60.0,
+        ceilings: WasmCeilings | None = None,
+    ) -> None:
         self.setup = EngineSetup()
+        self.ceilings = ceilings or WasmCeilings()
+        """The operator's limits; every instance's settings are lowered to them."""
+        self._task_limiters: dict[str, tuple[trio.CapacityLimiter, int]] = {}
         self.cache = ModuleCache(self.setup, None if data_dir is None else Path(data_dir) / "wasm-cache")
         self.limiter = trio.CapacityLimiter(max_workers)
         """Worker threads in use (``borrowed_tokens``) out of ``max_workers``."""
@@ -72,7 +82,7 @@ class WasmRuntime(Runtime):
     async def _open(self, spec: InstanceSpec) -> AsyncIterator[RuntimeInstance]:
         if not self._ticker.running:
             raise SpearError(ErrorCode.FAILED_PRECONDITION, "WasmRuntime.run() is not running")
-        settings = WasmSettings.from_config(spec.config)
+        settings = WasmSettings.from_config(spec.config).under(self.ceilings)
         if settings.preopen_dir is not None and not await trio.Path(settings.preopen_dir).is_dir():
             raise SpearError(ErrorCode.INVALID_ARGUMENT, f"preopen_dir {settings.preopen_dir!r} is not a directory")
         compiled = await self.cache.get(spec)
@@ -81,19 +91,48 @@ class WasmRuntime(Runtime):
                 ErrorCode.INVALID_ARGUMENT,
                 "abi 'wasi' needs a WASI command (a `_start` export); use abi 'export' to call exports",
             )
-        instance = WasmInstance(self, spec, compiled, settings)
-        if settings.warm:
-            await instance.prepare()
+        share = self._task_share(spec.task_id)
+        instance = WasmInstance(self, spec, compiled, settings, share)
         try:
+            if settings.warm:
+                await instance.prepare()
             yield instance
         finally:
             instance.close()
+            self._release_share(spec.task_id)
 
-    async def run_job(self, job: Callable[[], _T], interrupt: Interrupt) -> _T:
+    def _task_share(self, task_id: str) -> trio.CapacityLimiter | None:
+        # One limiter per task, shared by its instances, so that a task's spinning
+        # modules cannot hold every worker thread (counted per open instance).
+        if self.ceilings.task_workers is None:
+            return None
+        limiter, users = self._task_limiters.get(task_id, (None, 0))
+        if limiter is None:
+            limiter = trio.CapacityLimiter(self.ceilings.task_workers)
+        self._task_limiters[task_id] = (limiter, users + 1)
+        return limiter
+
+    def _release_share(self, task_id: str) -> None:
+        entry = self._task_limiters.get(task_id)
+        if entry is None:
+            return
+        limiter, users = entry
+        if users <= 1:
+            del self._task_limiters[task_id]
+        else:
+            self._task_limiters[task_id] = (limiter, users - 1)
+
+    async def run_job(
+        self, job: Callable[[], _T], interrupt: Interrupt, share: trio.CapacityLimiter | None = None
+    ) -> _T:
         """Run *job* on a worker thread; if the caller is cancelled, trip *interrupt*
-        so the module stops at once instead of burning the abandoned thread."""
+        so the module stops at once instead of burning the abandoned thread. *share*
+        is the task's own limiter, taken before a node-wide worker."""
         try:
-            return await trio.to_thread.run_sync(job, limiter=self.limiter, abandon_on_cancel=True)
+            if share is None:
+                return await trio.to_thread.run_sync(job, limiter=self.limiter, abandon_on_cancel=True)
+            async with share:
+                return await trio.to_thread.run_sync(job, limiter=self.limiter, abandon_on_cancel=True)
         except BaseException:
             interrupt.cancel()  # a no-op when the job already finished
             raise

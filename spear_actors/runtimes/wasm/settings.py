@@ -8,12 +8,13 @@ known key with a wrong type or value is INVALID_ARGUMENT naming the key.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from typing import Any, Final
 
 from ...errors import ErrorCode, SpearError
 
-__all__ = ["ABIS", "INPUT_FORMATS", "OUTPUT_FORMATS", "WasmSettings"]
+__all__ = ["ABIS", "INPUT_FORMATS", "OUTPUT_FORMATS", "WasmCeilings", "WasmSettings"]
 
 ABIS: Final = ("wasi", "export")
 """Calling conventions: a WASI command (stdin/stdout) or a direct call of an export."""
@@ -26,6 +27,24 @@ EXPORT_PARAMS: Final = ("auto", "numeric", "memory")
 
 DEFAULT_MAX_MEMORY: Final = 256 * 1024 * 1024
 DEFAULT_MAX_OUTPUT: Final = 16 * 1024 * 1024
+_MAX_INT: Final = 2**63 - 1
+"""Largest integer setting accepted (fuel is a u64 in wasmtime; memory sizes fit easily)."""
+_MAX_TIMEOUT_S: Final = 86400.0 * 365
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class WasmCeilings:
+    """The operator's upper bounds (from the policy). Every task runs under them: an
+    unset or larger artifact value becomes the ceiling."""
+
+    max_memory_bytes: int = DEFAULT_MAX_MEMORY
+    max_fuel: int | None = None
+    """None: no fuel ceiling (time still bounds an execution)."""
+    max_timeout_s: float | None = None
+    """None: no ceiling beyond the call's own deadline."""
+    max_output_bytes: int = DEFAULT_MAX_OUTPUT
+    task_workers: int | None = None
+    """Worker threads one task may hold at once (None: all of them)."""
 
 
 def _invalid(key: str, message: str) -> SpearError:
@@ -45,8 +64,8 @@ def _positive_int(config: Mapping[str, Any], key: str, default: int | None) -> i
     value = config.get(key)
     if value is None:
         return default
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise _invalid(key, f"must be a positive integer, got {value!r}")
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 < value <= _MAX_INT:
+        raise _invalid(key, f"must be a positive integer up to 2**63-1, got {value!r}")
     return value
 
 
@@ -90,8 +109,13 @@ class WasmSettings:
     def from_config(cls, config: Mapping[str, Any]) -> WasmSettings:
         """Read and check the WASM keys of *config*."""
         timeout = config.get("timeout_s")
-        if timeout is not None and (not isinstance(timeout, int | float) or isinstance(timeout, bool) or timeout <= 0):
-            raise _invalid("timeout_s", f"must be a positive number of seconds, got {timeout!r}")
+        if timeout is not None and (
+            not isinstance(timeout, int | float)
+            or isinstance(timeout, bool)
+            or not math.isfinite(timeout)
+            or not 0 < timeout <= _MAX_TIMEOUT_S
+        ):
+            raise _invalid("timeout_s", f"must be a finite positive number of seconds (up to a year), got {timeout!r}")
         preopen = config.get("preopen_dir")
         if preopen is not None and (not isinstance(preopen, str) or not preopen):
             raise _invalid("preopen_dir", "must be a directory path")
@@ -121,6 +145,23 @@ class WasmSettings:
             # may run once per instance, so a command cannot stay warm.
             raise _invalid("warm", "needs abi 'export' (a WASI command runs once per store)")
         return settings
+
+    def under(self, ceilings: WasmCeilings) -> WasmSettings:
+        """These settings with every limit lowered to the operator's *ceilings*."""
+
+        def lowest(value: float | None, ceiling: float | None) -> float | None:
+            if ceiling is None:
+                return value
+            return ceiling if value is None else min(value, ceiling)
+
+        fuel = lowest(self.fuel, ceilings.max_fuel)
+        return dataclasses.replace(
+            self,
+            fuel=None if fuel is None else int(fuel),
+            max_memory_bytes=min(self.max_memory_bytes, ceilings.max_memory_bytes),
+            max_output_bytes=min(self.max_output_bytes, ceilings.max_output_bytes),
+            timeout_s=lowest(self.timeout_s, ceilings.max_timeout_s),
+        )
 
     def timeout_for(self, call_timeout: float | None, default: float) -> float:
         """Seconds one execution may run: the shorter of the call's and the artifact's."""

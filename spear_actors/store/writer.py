@@ -344,13 +344,17 @@ class SqliteFile:
         cutoff = now - retention.max_age_s
         excess_rows = self.rows - retention.max_records
         excess_bytes = self.bytes - retention.max_bytes
-        scanned = self._db.execute(
+        # Stepped lazily: when the oldest row is within every limit (the usual case),
+        # one row is read, not a round's worth.
+        rows = self._db.execute(
             "SELECT seq, status, completed_at, size FROM executions ORDER BY seq LIMIT ?", (_PRUNE_ROUND,)
-        ).fetchall()
+        )
         doomed: list[tuple[int]] = []
         freed = 0
         within = False
-        for seq, status, completed_at, size in scanned:
+        scanned = 0
+        for seq, status, completed_at, size in rows:
+            scanned += 1
             if status in _LIVE:
                 continue
             if excess_rows > 0 or excess_bytes > 0 or (completed_at or 0) < cutoff:
@@ -361,6 +365,7 @@ class SqliteFile:
             else:
                 within = True  # everything after this is newer and within every limit
                 break
+        rows.close()  # before writing: no statement in progress
         if doomed:
             self._db.execute("BEGIN")
             self._db.executemany("DELETE FROM executions WHERE seq = ?", doomed)
@@ -368,7 +373,7 @@ class SqliteFile:
             self.rows -= len(doomed)
             self.bytes -= freed
             self.pruned += len(doomed)
-        return 0 if within or not doomed else len(scanned)
+        return 0 if within or not doomed else scanned
 
     # -- reads (in a worker thread) -----------------------------------------------------
     def load(self, execution_id: str) -> ExecutionRow | None:

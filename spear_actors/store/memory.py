@@ -1,7 +1,7 @@
-"""The in-memory store: nothing outlives the process.
+"""The in-memory store (``store = "memory"``): nothing outlives the process.
 
-The default without ``store = "sqlite"``-capable data dir, and for tests that want
-it; the registry's memory retention is then the only retention.
+The registry's memory retention is then the only retention, and idempotency lasts
+as long as a record is in memory.
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -45,7 +46,17 @@ from .protocol.transports import Endpoint
 from .runtimes.base import Runtime, StreamSink
 from .runtimes.process import ProcessRuntime
 from .runtimes.wasm import WasmRuntime
-from .store import ExecutionStore, MemoryStore, Retention, SqliteStore, StoredTask
+from .store import (
+    ExecutionRow,
+    ExecutionStore,
+    MemoryStore,
+    Retention,
+    SqliteStore,
+    StoredTask,
+    node_restarted_error,
+    pack,
+    unpack,
+)
 
 __all__ = ["Node", "open_node"]
 
@@ -374,7 +385,7 @@ async def open_node(config: NodeConfig | None = None) -> AsyncIterator[Node]:
     for row in state.recent:
         registry.restore(row)
     try:
-        async with _serving(config, store, registry, state.tasks) as node:
+        async with _serving(config, store, registry, state.tasks, state.resubmit) as node:
             yield node
     finally:
         await store.aclose()
@@ -426,9 +437,46 @@ async def _restore_tasks(node: Node, tasks: list[StoredTask]) -> None:
             )
 
 
+async def _run_again(node: Node, store: ExecutionStore, rows: list[ExecutionRow]) -> None:
+    """Submit again, under their ids, the ASYNC calls that asked for retries and were
+    unfinished when the node died (one retry spent on the death; a fresh deadline).
+    One that cannot be submitted is recorded FAILED (node_restarted)."""
+    for row in rows:
+        request = unpack(row.request)
+        try:
+            retries = int(request["max_retries"]) - 1
+            context = {
+                "execution_id": row.execution_id,
+                "timeout_ms": request["timeout_ms"],
+                "max_retries": max(0, retries),
+                "environment": request["environment"],
+                "headers": request["headers"],
+            }
+            await node.invoke(
+                request["function_name"],
+                request["parameters"],
+                task_id=request["task_id"],
+                execution_mode="ASYNC",
+                context=context,
+            )
+            log.info("node: execution %s runs again after the restart (%d retries left)", row.execution_id, retries)
+        except (SpearError, KeyError, TypeError, ValueError) as exc:
+            log.warning("node: execution %s cannot run again after the restart: %s", row.execution_id, exc)
+            error = node_restarted_error()
+            row.status = "FAILED"
+            row.completed_at = time.time()
+            row.error = pack(error.to_dict())
+            row.request = None
+            store.save(row)
+
+
 @asynccontextmanager
 async def _serving(
-    config: NodeConfig, store: ExecutionStore, registry: ExecutionRegistry, stored_tasks: list[StoredTask]
+    config: NodeConfig,
+    store: ExecutionStore,
+    registry: ExecutionRegistry,
+    stored_tasks: list[StoredTask],
+    resubmit: list[ExecutionRow],
 ) -> AsyncIterator[Node]:
     # The exposure-dependent defaults (artifact roots, private fetch targets) are
     # decided once, from the listeners the node starts with.
@@ -465,6 +513,7 @@ async def _serving(
                 )
             )
         await _restore_tasks(node, stored_tasks)
+        await _run_again(node, store, resubmit)
         for url in config.listen:
             await node.listen(url)
         try:

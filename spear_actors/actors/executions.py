@@ -217,8 +217,11 @@ class ExecutionRegistry:
             raise not_found(execution_id)
         return record
 
-    def create(self, execution_id: str, task_id: str, function_name: str, mode: ExecutionMode) -> ExecutionRecord:
-        """Register a new PENDING execution (and queue its write to the store)."""
+    def create(
+        self, execution_id: str, task_id: str, function_name: str, mode: ExecutionMode, request: bytes | None = None
+    ) -> ExecutionRecord:
+        """Register a new PENDING execution (and queue its write to the store, with
+        *request*: what to run again if the node dies before it ends)."""
         record = ExecutionRecord(next(self._seq), execution_id, task_id, function_name, mode)
         self._records[execution_id] = record
         self.counts[ExecutionStatus.PENDING] += 1
@@ -227,7 +230,9 @@ class ExecutionRegistry:
             # (A SYNC or STREAM caller holds the answer itself: its record is written
             # when it ends; one the node's death cuts short leaves no record, and the
             # caller, whose connection dropped, may submit its id again.)
-            record.write_seq = self.store.save(_row(record, None, None), urgent=True)
+            row = _row(record, None, None)
+            row.request = request
+            record.write_seq = self.store.save(row, urgent=True)
         return record
 
     def forget(self, execution_id: str) -> None:

@@ -18,7 +18,7 @@ from ..errors import ErrorCode, SpearError
 from ..model import ExecutionMode, ExecutionStatus, InstancePolicy, InvocationType, TaskStatus
 from ..policy import OperatorPolicy
 from ..runtimes.base import Call, Runtime
-from ..store import NODE_RESTARTED, ExecutionRow, StoredTask
+from ..store import NODE_RESTARTED, ExecutionRow, StoredTask, pack
 from .admission import AdmissionGate, queue_full_error
 from .budget import InstanceBudget
 from .executions import ExecutionRecord, ExecutionRegistry, LatencyWindow, not_found
@@ -346,8 +346,22 @@ class ManagerActor(ManagerQueries, Actor[ManagerMessage]):
         except SpearError as exc:
             message.reply.fail(exc)
             return
+        replay = None
+        if request.execution_mode is ExecutionMode.ASYNC and context.max_retries > 0 and self.registry.store.persistent:
+            # Asked for retries: if the node dies first, it is run again after the restart.
+            replay = pack(
+                {
+                    "function_name": request.function_name,
+                    "parameters": request.parameters,
+                    "task_id": entry.definition.task_id,
+                    "timeout_ms": context.timeout_ms,
+                    "max_retries": context.max_retries,
+                    "environment": context.environment,
+                    "headers": context.headers,
+                }
+            )
         record = self.registry.create(
-            execution_id, entry.definition.task_id, request.function_name, request.execution_mode
+            execution_id, entry.definition.task_id, request.function_name, request.execution_mode, replay
         )
 
         def notify_done(done: Reply[Outcome]) -> None:

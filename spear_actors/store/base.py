@@ -77,11 +77,14 @@ class ExecutionRow:
     result_dropped_bytes: int | None = None
     """Size of a result too large to retain (its bytes are not kept)."""
     logs: bytes | None = None
+    request: bytes | None = None
+    """For an unfinished ASYNC call that asked for retries: what to run again if the
+    node dies first (:func:`pack` of the map :func:`unpack` gives back)."""
 
     @property
     def size(self) -> int:
         """Bytes this row costs on disk, roughly (what the byte retention counts)."""
-        return 200 + len(self.result or b"") + len(self.logs or b"") + len(self.error or b"")
+        return 200 + len(self.result or b"") + len(self.logs or b"") + len(self.error or b"") + len(self.request or b"")
 
     def to_dict(self, include_result: bool = True, include_logs: bool = False) -> dict[str, Any]:
         """The record as a map (the shape of get_execution's answer)."""
@@ -143,6 +146,9 @@ class RecoveredState:
     """The most recent finished records (oldest first), to serve listings from memory."""
     aborted: int = 0
     """Records found PENDING or RUNNING, now FAILED with :data:`NODE_RESTARTED`."""
+    resubmit: list[ExecutionRow] = dataclasses.field(default_factory=list)
+    """Records found PENDING or RUNNING whose call asked for retries: still PENDING on
+    disk, to be run again (their ``request``)."""
 
 
 class ExecutionStore(abc.ABC):

@@ -44,6 +44,7 @@ _COLUMNS = (
     "result",
     "result_dropped_bytes",
     "logs",
+    "request",
     "size",
 )
 _UPSERT = (
@@ -87,6 +88,7 @@ def _row_values(row: ExecutionRow) -> tuple[Any, ...]:
         row.result,
         row.result_dropped_bytes,
         row.logs,
+        row.request,
         row.size,
     )
 
@@ -158,15 +160,20 @@ class SqliteFile:
             "CREATE TABLE IF NOT EXISTS executions (seq INTEGER PRIMARY KEY, execution_id TEXT NOT NULL UNIQUE, "
             "task_id TEXT, function_name TEXT, mode TEXT, status TEXT, instance_id TEXT, created_at REAL, "
             "started_at REAL, completed_at REAL, execution_time_ms REAL, error BLOB, result BLOB, "
-            "result_dropped_bytes INTEGER, logs BLOB, size INTEGER)"
+            "result_dropped_bytes INTEGER, logs BLOB, request BLOB, size INTEGER)"
         )
         db.execute("CREATE TABLE IF NOT EXISTS tasks (task_id TEXT PRIMARY KEY, body BLOB)")
         db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
         db.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
         db.execute("INSERT OR IGNORE INTO meta VALUES ('node_id', ?)", (node_id,))
         stored_id = db.execute("SELECT value FROM meta WHERE key = 'node_id'").fetchone()[0]
+        resubmit = [
+            _row(values)
+            for values in db.execute(f"{_SELECT} WHERE status IN (?, ?) AND request IS NOT NULL ORDER BY seq", _LIVE)
+        ]
         aborted = db.execute(
-            "UPDATE executions SET status = 'FAILED', error = ?, completed_at = ? WHERE status IN (?, ?)",
+            "UPDATE executions SET status = 'FAILED', error = ?, completed_at = ? "
+            "WHERE status IN (?, ?) AND request IS NULL",
             (pack(node_restarted_error().to_dict()), time.time(), *_LIVE),
         ).rowcount
         tasks = []
@@ -179,7 +186,8 @@ class SqliteFile:
         self.rows, self.bytes = db.execute("SELECT count(*), total(size) FROM executions").fetchone()
         self.bytes = int(self.bytes)
         self._reader = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        return RecoveredState(stored_id, tasks, [_row(values) for values in reversed(rows)], aborted)
+        finished = [_row(values) for values in reversed(rows) if values[4] not in _LIVE]
+        return RecoveredState(stored_id, tasks, finished, aborted, resubmit)
 
     def set_identity(self, node_id: str) -> None:
         """Store *node_id* as the node's identity (an explicit config id)."""

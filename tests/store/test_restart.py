@@ -126,6 +126,12 @@ async def test_sigkill_under_load_loses_no_accepted_call(tmp_path: Path) -> None
                 await client.invoke(
                     "wait", [60], task_id=task_id, execution_mode="ASYNC", context={"execution_id": f"queued-{i}"}
                 )
+            # Queued too, but they asked for retries: they run again after the restart.
+            for i in range(3):
+                context = {"execution_id": f"retry-{i}", "max_retries": 1}
+                await client.invoke(
+                    "run", [str(runs), 100 + i], task_id=task_id, execution_mode="ASYNC", context=context
+                )
             with trio.fail_after(30):
                 while (await client.get_execution("run-1"))["status"] != "RUNNING" or (
                     await client.get_execution("run-0")
@@ -134,9 +140,14 @@ async def test_sigkill_under_load_loses_no_accepted_call(tmp_path: Path) -> None
 
             await load_until_killed(client, process, spec, tmp_path / "load", accepted)
         # Twice more: restart, check what was acknowledged so far, load, kill at random.
-        for _ in range(2):
+        for cycle in range(2):
             async with serving(data_dir) as (process, client):
                 await expect_records(client, accepted)
+                if cycle == 0:  # the calls that asked for retries were submitted again
+                    for i in range(3):
+                        with trio.fail_after(30):
+                            record = await client.wait_execution(f"retry-{i}")
+                        assert record["status"] == "COMPLETED" and record["result"] == 2 * (100 + i), record
                 await load_until_killed(client, process, spec, tmp_path / "load", accepted)
 
         async with serving(data_dir) as (process, client):
@@ -150,6 +161,12 @@ async def test_sigkill_under_load_loses_no_accepted_call(tmp_path: Path) -> None
                 assert record["status"] == "FAILED", record
                 assert record["error"]["details"]["reason"] == "node_restarted"
             await expect_records(client, accepted)
+            # Each retried call ran once: queued when the node died, run after the restart.
+            assert sorted(line for line in runs.read_text().splitlines() if line.startswith("10")) == [
+                "100",
+                "101",
+                "102",
+            ]
             # A finished execution_id is never run again: the stored result comes back.
             before = runs.read_text().splitlines()
             again = await client.invoke("run", [str(runs), 3], task_id=task_id, context={"execution_id": "done-3"})

@@ -120,5 +120,6 @@ class SqliteStore(ExecutionStore):
             "written": file.written,
             "pruned": file.pruned,
             "writer_cpu_s": round(file.cpu_s, 3),
+            "locked": file.locked,
             "failed": None if self._failed is None else repr(self._failed),
         }

@@ -59,6 +59,8 @@ _PRUNE_ROUNDS_PER_BATCH = 10
 _MAX_BATCH = 20_000
 _GROUP_MIN = 256
 _GROUP_DELAY_S = 0.005
+_BUSY_TIMEOUT_S = 1.0
+_LOCKED_AT_CLOSE_S = 10.0
 _URGENT_DELAY_S = 0.003
 
 
@@ -124,6 +126,8 @@ class SqliteFile:
         self.commits = 0
         self.written = 0
         self.pruned = 0
+        self.locked = False
+        """True while writes wait for another process's lock on the file."""
         self.cpu_s = 0.0
         """CPU seconds the writer thread spent writing and pruning."""
         self._last_prune = 0.0
@@ -152,7 +156,7 @@ class SqliteFile:
                 f"data dir {str(self.directory.parent)!r} is in use by another running node",
             ) from None
         self._lock_fd = fd
-        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        db = sqlite3.connect(self.path, timeout=_BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
         self._db = db
         db.execute("PRAGMA journal_mode=WAL")
         db.execute(f"PRAGMA synchronous={self.synchronous}")
@@ -282,7 +286,7 @@ class SqliteFile:
                     waited_for += urgent
                 began = time.thread_time()
                 if batch:
-                    self._write(batch)
+                    self._write_until_done(batch)
                     committed = upto
                     self._notify(upto, None)
                 self._maybe_prune()
@@ -292,6 +296,29 @@ class SqliteFile:
         except BaseException as exc:  # disk full, I/O error: callers must learn it
             log.exception("store: the writer stopped")
             self._notify(-1, exc)
+
+    def _write_until_done(self, batch: list[tuple[str, Any]]) -> None:
+        """Write *batch*, waiting out another process's lock on the file (a transient
+        condition: meanwhile writes queue up and the backlog limit refuses new calls).
+        Any other error stops the writer. While closing, a lock held past
+        ``_LOCKED_AT_CLOSE_S`` is an error too (a shutdown never hangs on it)."""
+        locked_since: float | None = None
+        while True:
+            try:
+                self._write(batch)
+                self.locked = False
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc):
+                    raise
+                now = time.monotonic()
+                self.locked = True
+                if locked_since is None:
+                    locked_since = now
+                    log.warning("store: %s is locked by another process; writes wait (%s)", self.path, exc)
+                if self._closing and now - locked_since > _LOCKED_AT_CLOSE_S:
+                    raise
+                time.sleep(0.05)
 
     def _write(self, batch: list[tuple[str, Any]]) -> None:
         assert self._db is not None
@@ -303,19 +330,9 @@ class SqliteFile:
             else:
                 other.append((kind, payload))
         db = self._db
+        values = [_row_values(row) for row in rows.values()]
         db.execute("BEGIN")
         try:
-            values = []
-            for row in rows.values():
-                size = row.size
-                old = self._live_sizes.pop(row.execution_id, None)
-                if old is None:
-                    self.rows += 1
-                    old = 0
-                if row.status in _LIVE:
-                    self._live_sizes[row.execution_id] = size
-                self.bytes += size - old
-                values.append(_row_values(row))
             db.executemany(_UPSERT, values)
             for kind, payload in other:
                 if kind == "task":
@@ -329,8 +346,19 @@ class SqliteFile:
                     db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", payload)
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            if db.in_transaction:
+                db.execute("ROLLBACK")
             raise
+        # Accounting only once committed (a batch may be tried again after a lock).
+        for row in rows.values():
+            size = row.size
+            old = self._live_sizes.pop(row.execution_id, None)
+            if old is None:
+                self.rows += 1
+                old = 0
+            if row.status in _LIVE:
+                self._live_sizes[row.execution_id] = size
+            self.bytes += size - old
         self.commits += 1
         self.written += len(rows)
 

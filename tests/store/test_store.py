@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
+import trio
 
 from spear_actors import ErrorCode, SpearError
 from spear_actors.actors.manager import TaskSeed
@@ -209,3 +210,45 @@ async def test_an_unusable_data_dir_is_a_clear_error(tmp_path: Path) -> None:
             pass
     assert info.value.code is ErrorCode.FAILED_PRECONDITION
     assert "cannot open the execution store" in info.value.message
+
+
+async def test_a_locked_database_holds_up_writes_not_the_node(tmp_path: Path) -> None:
+    async with open_node(fast_config(tmp_path)) as node:
+        await node.invoke("run", [str(tmp_path / "runs"), 0], task_name="c", artifact_spec=COUNTING)
+        other = sqlite3.connect(tmp_path / "data" / "state" / "spear.sqlite3", isolation_level=None)
+        other.execute("BEGIN EXCLUSIVE")  # another process holds the file: the writer cannot write
+        try:
+            commits = (await node.get_stats())["node"]["store"]["commits"]
+            # The loop is not held: SYNC calls run and answer while their writes wait.
+            ids = [
+                (await node.invoke("run", [str(tmp_path / "runs"), i], task_name="c"))["execution_id"]
+                for i in range(1, 21)
+            ]
+            assert (await node.get_health())["status"] == "SERVING"
+            # The writer waits for the lock (and says so), it has not given up.
+            with trio.fail_after(30):
+                while not (await node.get_stats())["node"]["store"]["locked"]:
+                    await trio.sleep(0.05)
+            store = (await node.get_stats())["node"]["store"]
+            assert store["commits"] == commits and store["failed"] is None
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        # Once the lock is gone the writer catches up: every record reaches the disk.
+        with trio.fail_after(30):
+            while (await node.get_stats())["node"]["store"]["backlog"]:
+                await trio.sleep(0.05)
+        assert (await node.get_stats())["node"]["store"]["failed"] is None
+    reader = sqlite3.connect(tmp_path / "data" / "state" / "spear.sqlite3")
+    try:
+        stored = {
+            execution_id
+            for (execution_id,) in reader.execute(
+                f"SELECT execution_id FROM executions WHERE status = 'COMPLETED' AND execution_id IN "
+                f"({', '.join('?' * len(ids))})",
+                ids,
+            )
+        }
+    finally:
+        reader.close()
+    assert stored == set(ids)

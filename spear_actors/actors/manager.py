@@ -610,6 +610,12 @@ class ManagerActor(ManagerQueries, Actor[ManagerMessage]):
             for waiter in waiting:
                 waiter.reply.fail(error)
         self._creating.clear()
+        # Reads of the store still in flight are cancelled with the nursery: whoever
+        # waits for one is answered now.
+        lookups, self._lookups = self._lookups, {}
+        for callbacks in lookups.values():
+            for then in callbacks:
+                then(SpearError(error.code, error.message))
 
 
 def _aborted_by_restart(error: SpearError | None) -> bool:

@@ -269,6 +269,11 @@ class ProcessRuntime(Runtime):
                     except OSError as exc:
                         log.warning("cannot remove the cgroup of %s: %s", spec.instance_id, exc)
                 await self._guardian.unregister(process.pid)
+                # The pipes are closed now, not whenever the garbage collector
+                # gets to the process object (forced kills leaked them: issue 12).
+                for pipe in (process.stdout, process.stderr):
+                    if pipe is not None:
+                        await pipe.aclose()
 
 
 class ProcessInstance(RuntimeInstance):

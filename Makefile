@@ -41,6 +41,11 @@ test: lint typecheck pytest
 bench: setup
 	@for f in benchmarks/[!_]*.py; do echo "== $$f"; $(PY) $$f || exit 1; done
 
+# spear against Ray and tractor (installed in .venv-peers/ on first use); ARGS=--quick
+.PHONY: bench-peers
+bench-peers: setup
+	$(PY) benchmarks/peers.py $(ARGS)
+
 # The C examples compiled to wasm32-wasi (rules in examples/c/Makefile; WASM_OUT=dir
 # puts the .wasm files elsewhere).
 wasm-examples:

@@ -9,7 +9,9 @@ Measures:
   * cold start: spawn → READY of one agent process;
 and the floors: a raw trio-websocket echo, a raw trio unix-socket echo (same
 8-byte framing + msgpack, no correlation layer), a bare python+msgpack dial-back,
-and Ray's local actor call when ``ray`` is importable. Two reference lines show
+and Ray's local actor call when ``ray`` is importable. Last, the execution store
+(issue 14): websocket invoke at 64 in flight with the memory and the SQLite store,
+rounds alternated, and their ratio. Two reference lines show
 where the floor stands against the design: the cheapest round trip to a real agent
 process (a bare python+msgpack echo child, no threads, no protocol), and the
 runtime's ``execute`` straight to the agent (the protocol on the agent link and the
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -360,6 +363,37 @@ async def main(quick: bool) -> None:
                 note = f"{rate / ws_rate:.2f}x raw ws echo (target ≥ 0.5x)" if label == "websocket" else ""
                 row(f"{label} invoke, 64 in flight / 8 conns", rate=rate, note=note)
                 nursery.cancel_scope.cancel()
+    await store_comparison(total // 2, 2 if quick else 3)
+
+
+# -- execution store: SQLite next to memory (issue 14) ------------------------------------------
+async def store_comparison(total: int, rounds: int = 3) -> None:
+    """Websocket invoke at 64 in flight / 8 conns on a node with each store, rounds
+    alternated in one run; prints the medians and the SQLite / memory ratio."""
+    print(f"\nexecution store (websocket invoke, 64 in flight / 8 conns; median of {rounds} rounds):")
+    rates: dict[str, list[float]] = {"memory": [], "sqlite": []}
+    for _ in range(rounds):
+        for store in ("memory", "sqlite"):
+            config = NodeConfig(listen=["ws://127.0.0.1:0"], data_dir=Path(tempfile.mkdtemp()), store=store)
+            async with open_node(config) as node:
+                spec = {"location": str(AGENT)}
+                await node.invoke(
+                    "echo",
+                    PAYLOAD,
+                    task_name="bench",
+                    artifact_spec=spec,
+                    policy={"max_instances": 4, "max_concurrency": 16},
+                )
+                async with trio.open_nursery() as nursery:
+                    clients = [await nursery.start(_client, str(node.endpoints[0])) for _ in range(8)]
+                    calls = [lambda c=c: c.invoke("echo", PAYLOAD, task_name="bench") for c in clients]
+                    rates[store].append(await throughput(calls, 64, total))
+                    nursery.cancel_scope.cancel()
+    medians = {store: statistics.median(r) for store, r in rates.items()}
+    for store, r in rates.items():
+        row(f"{store} store", rate=medians[store], note=f"range {min(r):.0f}-{max(r):.0f}")
+    ratio = medians["sqlite"] / medians["memory"]
+    row("sqlite / memory", note=f"{ratio:.2f}x (target ≥ 0.9x: {'met' if ratio >= 0.9 else 'MISSED'})")
 
 
 async def metrics_overhead(total: int, rounds: int = 7) -> None:

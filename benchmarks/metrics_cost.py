@@ -4,8 +4,7 @@
 
 Times ``NodeMetrics.invoked`` (the one update the node makes per call: a counter
 and two histograms as plain counts), against an empty function call measured the
-same way, and the byte counting of the gateway's metered transport (one body in, one
-out). Target (issue 16): under 2 µs per call, both together.
+same way. Target (issue 16): under 2 µs per call.
 """
 
 from __future__ import annotations
@@ -17,20 +16,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from spear_actors.gateway.metered import ByteCounts, MeteredTransport  # noqa: E402
 from spear_actors.metrics import NodeMetrics  # noqa: E402
-
-
-class _Sink:
-    """The cheapest transport side: takes bodies, hands back a buffered one."""
-
-    body = b"x" * 120
-
-    def send_nowait(self, bodies: list[bytes]) -> bool:
-        return True
-
-    def receive_buffered(self) -> bytes | None:
-        return self.body
 
 
 def per_call(fn: object, n: int) -> float:
@@ -62,15 +48,6 @@ def main() -> None:
     cost = per_call(update, n)
     print(f"empty call              {base * 1e6:6.2f} µs")
     print(f"NodeMetrics.invoked     {cost * 1e6:6.2f} µs  (target < 2 µs; {(cost - base) * 1e6:.2f} µs above the call)")
-    sink = _Sink()
-    metered = MeteredTransport(sink, ByteCounts())  # type: ignore[arg-type]
-    bodies = [sink.body]
-    plain_io = per_call(lambda: (sink.send_nowait(bodies), sink.receive_buffered()), n)
-    metered_io = per_call(lambda: (metered.send_nowait(bodies), metered.receive_buffered()), n)
-    print(
-        f"byte counting, one body each way   {(metered_io - plain_io) * 1e6:6.2f} µs per call "
-        f"(a unary call is one body in and one out at the gateway)"
-    )
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ import math
 import os
 import tempfile
 import tomllib
-import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -66,7 +65,9 @@ class TaskDeclaration:
 class NodeConfig:
     """Everything a node needs; every field has a working default."""
 
-    node_id: str = dataclasses.field(default_factory=lambda: f"node-{uuid.uuid4().hex[:8]}")
+    node_id: str = ""
+    """The node's identity. Empty: the one kept in the store (``<data_dir>/state``),
+    else a fresh ``node-<hex>`` (kept from then on with the SQLite store)."""
     listen: list[str] = dataclasses.field(default_factory=list)
     """Gateway endpoints for client services (ws://, tcp://, unix://). Empty: none
     (an embedded node is used in-process); ``spear serve`` defaults to DEFAULT_LISTEN."""
@@ -94,9 +95,28 @@ class NodeConfig:
     cancel_grace_s: float = 2.0
     """How long an agent has to confirm a cancel before its instance is killed and replaced."""
     max_execution_records: int = 10_000
-    """Finished execution records kept for status queries (oldest evicted first)."""
+    """Finished execution records kept in memory (oldest evicted first); with the
+    SQLite store, older ones are still read from disk."""
     execution_record_ttl_s: float = 3600.0
-    """Age after which a finished execution record is evicted."""
+    """Age after which a finished execution record is evicted (memory and disk)."""
+    # -- the execution store (docs/execution-modes.md, "Durability") ----------------------
+    store: str = "sqlite"
+    """``sqlite``: records, idempotency keys, client-created tasks and the node id in
+    ``<data_dir>/state/spear.sqlite3``; ``memory``: nothing outlives the process."""
+    store_max_records: int = 12_000_000
+    """Finished records kept on disk (SQLite store), oldest pruned first."""
+    store_max_bytes: int = 4 * 1024**3
+    """Bytes of finished records kept on disk (SQLite store): the disk bound."""
+    store_synchronous: str = "NORMAL"
+    """SQLite ``synchronous``: NORMAL survives a process crash; FULL also a power loss."""
+    store_max_backlog: int = 50_000
+    """Writes queued for the store's writer past which new calls are refused."""
+    max_result_bytes: int = 1024**2
+    """Largest result retained in a record; a larger one is kept as a size marker."""
+    max_retained_result_bytes: int = 256 * 1024**2
+    """Node-wide cap on result bytes held in memory by finished records."""
+    max_log_bytes_per_record: int = 1024**2
+    """Logs kept per record; the rest is replaced by a line saying how much was cut."""
     agent_heartbeat_interval_s: float = 1.0
     agent_heartbeat_timeout_s: float = 5.0
     client_heartbeat_interval_s: float = 5.0

@@ -13,6 +13,7 @@ import functools
 import logging
 import math
 import time
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, Final, Protocol
@@ -41,12 +42,23 @@ from .artifacts import ArtifactStore
 from .config import NodeConfig
 from .errors import ErrorCode, SpearError
 from .metrics import NodeMetrics
-from .model import ExecutionMode, ExecutionStatus, InvokeRequest, build_invoke_request
+from .model import ArtifactSpec, ExecutionMode, ExecutionStatus, InstancePolicy, InvokeRequest, build_invoke_request
 from .policy import OperatorPolicy
 from .protocol.transports import Endpoint
 from .runtimes.base import Runtime, StreamSink
 from .runtimes.process import ProcessRuntime
 from .runtimes.wasm import WasmRuntime
+from .store import (
+    ExecutionRow,
+    ExecutionStore,
+    MemoryStore,
+    Retention,
+    SqliteStore,
+    StoredTask,
+    node_restarted_error,
+    pack,
+    unpack,
+)
 
 __all__ = ["ExecutionStream", "FrontEnd", "Node", "open_core"]
 
@@ -67,8 +79,10 @@ class Node:
         manager: ActorRef[ManagerMessage],
         nursery: trio.Nursery,
         admission: AdmissionGate | None = None,
+        store: ExecutionStore | None = None,
     ) -> None:
         self.config = config
+        self._store = store or MemoryStore()
         self._manager = manager
         self._admission = admission or AdmissionGate()
         self._nursery = nursery
@@ -137,6 +151,10 @@ class Node:
             raise refusal
         routed: Routed = await self._manager.ask(lambda reply: Invoke(request, reply, sink))
         if request.execution_mode is ExecutionMode.ASYNC:
+            if routed.write_seq:
+                # Acknowledged only once its record is durable: an accepted id
+                # always has a record, even after a crash (docs/execution-modes.md).
+                await self._store.committed(routed.write_seq)
             return _accepted(routed)
         try:
             with trio.move_on_at(routed.deadline + _DEADLINE_GRACE):
@@ -412,6 +430,122 @@ async def open_core(config: NodeConfig | None = None) -> AsyncIterator[Node]:
     processes terminated and reaped) and no task of the node is left running.
     """
     config = config or NodeConfig()
+    store = _store(config)
+    explicit_id = config.node_id
+    state = await store.open(explicit_id or f"node-{uuid.uuid4().hex[:8]}", config.max_execution_records)
+    if explicit_id and explicit_id != state.node_id and isinstance(store, SqliteStore):
+        store.set_identity(explicit_id)
+    config.node_id = explicit_id or state.node_id
+    if state.aborted:
+        log.warning(
+            "node %s: %d executions were unfinished when the node last stopped: now FAILED (node_restarted)",
+            config.node_id,
+            state.aborted,
+        )
+    registry = ExecutionRegistry(
+        config.max_execution_records,
+        config.execution_record_ttl_s,
+        store=store,
+        max_result_bytes=config.max_result_bytes,
+        max_result_bytes_total=config.max_retained_result_bytes,
+        max_log_bytes=config.max_log_bytes_per_record,
+    )
+    for row in state.recent:
+        registry.restore(row)
+    try:
+        async with _serving(config, store, registry, state.tasks, state.resubmit) as node:
+            yield node
+    finally:
+        await store.aclose()
+
+
+def _store(config: NodeConfig) -> ExecutionStore:
+    if config.store == "memory":
+        return MemoryStore()
+    if config.store != "sqlite":
+        raise SpearError(
+            ErrorCode.INVALID_ARGUMENT, f"config: store must be 'sqlite' or 'memory', not {config.store!r}"
+        )
+    synchronous = config.store_synchronous.upper()
+    if synchronous not in ("OFF", "NORMAL", "FULL", "EXTRA"):
+        raise SpearError(ErrorCode.INVALID_ARGUMENT, "config: store_synchronous must be OFF, NORMAL, FULL or EXTRA")
+    for name in ("store_max_records", "store_max_bytes", "store_max_backlog"):
+        if getattr(config, name) < 1:
+            raise SpearError(ErrorCode.INVALID_ARGUMENT, f"config: {name} must be >= 1")
+    retention = Retention(config.execution_record_ttl_s, config.store_max_records, config.store_max_bytes)
+    return SqliteStore(config.data_dir, retention, synchronous=synchronous, max_backlog=config.store_max_backlog)
+
+
+async def _restore_tasks(node: Node, tasks: list[StoredTask]) -> None:
+    """Create the client-created tasks the store kept (their instances start on demand,
+    or at once up to min_instances)."""
+    for stored in tasks:
+        try:
+            artifact = ArtifactSpec(**stored.artifact)
+            policy = InstancePolicy(**stored.policy)
+            seed = TaskSeed(
+                stored.task_name,
+                stored.description,
+                artifact,
+                policy,
+                stored.task_id,
+                persist=True,
+                expect_digest=stored.artifact_digest,
+            )
+            task_id = await node.declare_task(seed)
+        except (SpearError, TypeError) as exc:
+            log.warning("node: stored task %r (%s) could not be restored: %s", stored.task_name, stored.task_id, exc)
+            continue
+        if task_id != stored.task_id:
+            log.warning(
+                "node: stored task %r (%s) not restored: the name belongs to task %s",
+                stored.task_name,
+                stored.task_id,
+                task_id,
+            )
+
+
+async def _run_again(node: Node, store: ExecutionStore, rows: list[ExecutionRow]) -> None:
+    """Submit again, under their ids, the ASYNC calls that asked for retries and were
+    unfinished when the node died (one retry spent on the death; a fresh deadline).
+    One that cannot be submitted is recorded FAILED (node_restarted)."""
+    for row in rows:
+        request = unpack(row.request)
+        try:
+            retries = int(request["max_retries"]) - 1
+            context = {
+                "execution_id": row.execution_id,
+                "timeout_ms": request["timeout_ms"],
+                "max_retries": max(0, retries),
+                "environment": request["environment"],
+                "headers": request["headers"],
+            }
+            await node.invoke(
+                request["function_name"],
+                request["parameters"],
+                task_id=request["task_id"],
+                execution_mode="ASYNC",
+                context=context,
+            )
+            log.info("node: execution %s runs again after the restart (%d retries left)", row.execution_id, retries)
+        except (SpearError, KeyError, TypeError, ValueError) as exc:
+            log.warning("node: execution %s cannot run again after the restart: %s", row.execution_id, exc)
+            error = node_restarted_error()
+            row.status = "FAILED"
+            row.completed_at = time.time()
+            row.error = pack(error.to_dict())
+            row.request = None
+            store.save(row)
+
+
+@asynccontextmanager
+async def _serving(
+    config: NodeConfig,
+    store: ExecutionStore,
+    registry: ExecutionRegistry,
+    stored_tasks: list[StoredTask],
+    resubmit: list[ExecutionRow],
+) -> AsyncIterator[Node]:
     # The exposure-dependent defaults (artifact roots, private fetch targets) are
     # decided once, from the listeners the node starts with.
     policy = config.policy.resolved(config.listen)
@@ -424,7 +558,7 @@ async def open_core(config: NodeConfig | None = None) -> AsyncIterator[Node]:
             artifacts=ArtifactStore(config.data_dir, fetch_rules=policy.fetch_rules()),
             defaults=config.defaults,
             default_timeout_ms=config.default_timeout_ms,
-            registry=ExecutionRegistry(config.max_execution_records, config.execution_record_ttl_s),
+            registry=registry,
             budget=InstanceBudget(config.max_total_instances),
             backoff=(config.start_backoff_s, config.start_backoff_max_s),
             max_running_executions=config.max_running_executions,
@@ -439,13 +573,15 @@ async def open_core(config: NodeConfig | None = None) -> AsyncIterator[Node]:
                 manager_done.set()
 
         await nursery.start(run_manager)
-        node = Node(config, manager.ref, nursery, manager.admission)
+        node = Node(config, manager.ref, nursery, manager.admission, store)
         for declaration in config.tasks:
             await node.declare_task(
                 TaskSeed(
                     declaration.name, declaration.description, declaration.artifact, declaration.policy, trusted=True
                 )
             )
+        await _restore_tasks(node, stored_tasks)
+        await _run_again(node, store, resubmit)
         try:
             yield node
         finally:

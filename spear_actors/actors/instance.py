@@ -53,6 +53,9 @@ class InstanceActor(Actor[InstanceMessage]):
         self._instance: RuntimeInstance | None = None
         self._running: dict[str, tuple[trio.CancelScope, Execute]] = {}
         self._failure: SpearError | None = None
+        self._early_cancels: dict[str, str] = {}
+        """Cancels that arrived before their execution left the work queue (id → reason);
+        bounded: a cancel whose execution already ended is forgotten with the oldest."""
 
     async def run(self, *, task_status: trio.TaskStatus[ActorRef[InstanceMessage]] = trio.TASK_STATUS_IGNORED) -> None:
         """Start the instance and serve it; announces the ref before it is READY."""
@@ -103,6 +106,11 @@ class InstanceActor(Actor[InstanceMessage]):
     def _cancel(self, message: CancelExecution) -> None:
         running = self._running.get(message.execution_id)
         if running is None:
+            # The task counts it as running here, but a worker has not taken it
+            # yet: it is answered CANCELLED when it is taken, and never starts.
+            self._early_cancels[message.execution_id] = message.reason
+            while len(self._early_cancels) > 4 * self._max_concurrency + 16:
+                del self._early_cancels[next(iter(self._early_cancels))]
             return
         scope, execute = running
         # The caller learns at once; the runtime's own cancel (and the agent's
@@ -129,6 +137,12 @@ class InstanceActor(Actor[InstanceMessage]):
     async def _execute(self, message: Execute) -> None:
         assert self._instance is not None
         call, reply = message.call, message.reply
+        if self._early_cancels:
+            reason = self._early_cancels.pop(call.execution_id, None)
+            if reason is not None:
+                reply.fail(SpearError(ErrorCode.CANCELLED, reason))
+                self._parent.post(ExecutionFinished(self.spec.instance_id, call.execution_id, message))
+                return
         self.status = InstanceStatus.RUNNING
         logs: list[str] = []
         started = trio.current_time()

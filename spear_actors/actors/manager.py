@@ -8,6 +8,7 @@ import logging
 import math
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import trio
@@ -17,9 +18,10 @@ from ..errors import ErrorCode, SpearError
 from ..model import ExecutionMode, ExecutionStatus, InstancePolicy, InvocationType, TaskStatus
 from ..policy import OperatorPolicy
 from ..runtimes.base import Call, Runtime
+from ..store import NODE_RESTARTED, ExecutionRow, StoredTask, pack
 from .admission import AdmissionGate, queue_full_error
 from .budget import InstanceBudget
-from .executions import ExecutionRecord, ExecutionRegistry, LatencyWindow
+from .executions import ExecutionRecord, ExecutionRegistry, LatencyWindow, not_found
 from .mailbox import Actor, ActorRef, Reply, fail_reply, take_queued
 from .messages import (
     CancelExecution,
@@ -34,6 +36,7 @@ from .messages import (
     Query,
     Routed,
     StopTask,
+    StoredLookup,
     Submit,
     TaskCreated,
     TaskInstances,
@@ -63,6 +66,11 @@ class TaskSeed:
     """From the operator (the config file): not checked against the operator policy."""
     deadline: float = math.inf
     """Trio time by which the artifact must be resolved (the creating call's deadline)."""
+    persist: bool = False
+    """Keep the task in the store (a client created it): it exists again after a restart."""
+    expect_digest: str = ""
+    """The artifact must resolve to this sha256 (a restored task runs the bytes it was
+    created with, or is not restored)."""
 
 
 @dataclasses.dataclass(slots=True, eq=False)
@@ -125,6 +133,8 @@ class ManagerActor(ManagerQueries, Actor[ManagerMessage]):
         self._max_running = max_running_executions
         self._started_at = time.time()
         self._idle_waiters: list[Reply[None]] = []
+        self._lookups: dict[str, list[Callable[[ExecutionRow | SpearError | None], None]]] = {}
+        """Execution ids being read from the store, with what to do with the answer."""
         self.draining: str | None = None
         """Set when the node stops taking calls (shutdown): the reason new calls get."""
 
@@ -140,10 +150,10 @@ class ManagerActor(ManagerQueries, Actor[ManagerMessage]):
         elif isinstance(message, Query):
             self._query(message)
         elif isinstance(message, WaitExecution):
-            try:
-                self.registry.watch(self.registry.require(message.execution_id), message.reply)
-            except SpearError as exc:
-                message.reply.fail(exc)
+            self._wait(message)
+        elif isinstance(message, StoredLookup):
+            for then in self._lookups.pop(message.execution_id, ()):
+                then(message.row)
         elif isinstance(message, CancelExecution):
             self._cancel(message)
         elif isinstance(message, TaskInstances):
@@ -169,15 +179,82 @@ class ManagerActor(ManagerQueries, Actor[ManagerMessage]):
         else:
             self._task_stopped(message)
 
+    # -- the store --------------------------------------------------------------------
+    def lookup(self, execution_id: str, then: Callable[[ExecutionRow | SpearError | None], None]) -> None:
+        """Read *execution_id* from the store in a worker thread; *then(row)* runs in
+        this actor's handler with the row, None (unknown) or the store's error."""
+        waiting = self._lookups.get(execution_id)
+        if waiting is not None:
+            waiting.append(then)
+            return
+        self._lookups[execution_id] = [then]
+        self.nursery.start_soon(self._load, execution_id)
+
+    async def _load(self, execution_id: str) -> None:
+        row: ExecutionRow | SpearError | None
+        try:
+            row = await self.registry.store.load(execution_id)
+        except Exception as exc:  # the database is unreadable: answer, never hang
+            log.exception("store: reading execution %s failed", execution_id)
+            row = SpearError(ErrorCode.UNAVAILABLE, f"execution store unreadable: {type(exc).__name__}: {exc}")
+        self.ref.post(StoredLookup(execution_id, row, []))
+
+    def _wait(self, message: WaitExecution) -> None:
+        record = self.registry.get(message.execution_id)
+        if record is not None:
+            self.registry.watch(record, message.reply)
+        elif not self.registry.store.persistent:
+            message.reply.fail(not_found(message.execution_id))
+        else:
+
+            def answer(row: ExecutionRow | SpearError | None) -> None:
+                if isinstance(row, SpearError):
+                    message.reply.fail(row)
+                elif row is None:
+                    message.reply.fail(not_found(message.execution_id))
+                else:
+                    self.registry.watch(ExecutionRecord.from_row(row), message.reply)
+
+            self.lookup(message.execution_id, answer)
+
     # -- routing ------------------------------------------------------------------
-    def _invoke(self, message: Invoke) -> None:
+    def _invoke(self, message: Invoke, looked_up: bool = False) -> None:
         request = message.request
-        duplicate = self.registry.get(request.context.execution_id) if request.context.execution_id else None
+        execution_id = request.context.execution_id
+        duplicate = self.registry.get(execution_id) if execution_id else None
+        if duplicate is not None and _aborted_by_restart(duplicate.error):
+            self.registry.forget(execution_id)  # never finished: it may run now
+            duplicate = None
         if duplicate is not None:
             self._route_duplicate(duplicate, message)
             return
+        if execution_id and not looked_up and self.registry.store.persistent:
+            # An id not in memory may still have finished before (idempotency
+            # across restarts and beyond the memory cache): ask the store first.
+            def then(row: ExecutionRow | SpearError | None) -> None:
+                if isinstance(row, SpearError):
+                    message.reply.fail(row)
+                elif row is not None and row.status not in ("PENDING", "RUNNING") and not _aborted_row(row):
+                    self._route_duplicate(ExecutionRecord.from_row(row), message)
+                else:
+                    self._invoke(message, looked_up=True)
+
+            self.lookup(execution_id, then)
+            return
         if self.draining is not None:
             message.reply.fail(SpearError(ErrorCode.UNAVAILABLE, self.draining))
+            return
+        if self.registry.store.backlogged():
+            failed = self.registry.store.stats().get("failed")
+            message.reply.fail(
+                SpearError(ErrorCode.UNAVAILABLE, f"the execution store failed: {failed}")
+                if failed
+                else SpearError(
+                    ErrorCode.RESOURCE_EXHAUSTED,
+                    "the execution store is behind on writes; retry shortly",
+                    {"retry_after_ms": 100},
+                )
+            )
             return
         counts = self.registry.counts
         if counts[ExecutionStatus.PENDING] + counts[ExecutionStatus.RUNNING] >= self._max_running:
@@ -237,6 +314,7 @@ class ManagerActor(ManagerQueries, Actor[ManagerMessage]):
             policy=request.policy,
             task_id=request.task_id if request.invocation_type is InvocationType.EXISTING_TASK else "",
             deadline=trio.current_time() + timeout,
+            persist=True,
         )
         self._create_once(key, seed, message)
 
@@ -247,7 +325,7 @@ class ManagerActor(ManagerQueries, Actor[ManagerMessage]):
             return
         context = request.context
         execution_id = context.execution_id or f"exec-{uuid.uuid4().hex}"
-        if execution_id in self.registry._records:  # created by a racing duplicate while the task was made
+        if execution_id in self.registry:  # created by a racing duplicate while the task was made
             self._route_duplicate(self.registry.require(execution_id), message)
             return
         timeout = context.timeout_ms / 1000 if context.timeout_ms else self._default_timeout
@@ -268,7 +346,23 @@ class ManagerActor(ManagerQueries, Actor[ManagerMessage]):
         except SpearError as exc:
             message.reply.fail(exc)
             return
-        self.registry.create(execution_id, entry.definition.task_id, request.function_name, request.execution_mode)
+        replay = None
+        if request.execution_mode is ExecutionMode.ASYNC and context.max_retries > 0 and self.registry.store.persistent:
+            # Asked for retries: if the node dies first, it is run again after the restart.
+            replay = pack(
+                {
+                    "function_name": request.function_name,
+                    "parameters": request.parameters,
+                    "task_id": entry.definition.task_id,
+                    "timeout_ms": context.timeout_ms,
+                    "max_retries": context.max_retries,
+                    "environment": context.environment,
+                    "headers": context.headers,
+                }
+            )
+        record = self.registry.create(
+            execution_id, entry.definition.task_id, request.function_name, request.execution_mode, replay
+        )
 
         def notify_done(done: Reply[Outcome]) -> None:
             # Runs in whichever task answered the outcome: only post, never touch state.
@@ -276,7 +370,9 @@ class ManagerActor(ManagerQueries, Actor[ManagerMessage]):
 
         outcome.on_done = notify_done
         estimate = entry.latency.percentile(0.5) if request.execution_mode is ExecutionMode.ASYNC else None
-        message.reply.send(Routed(entry.definition.task_id, execution_id, deadline, outcome, "PENDING", estimate))
+        message.reply.send(
+            Routed(entry.definition.task_id, execution_id, deadline, outcome, "PENDING", estimate, record.write_seq)
+        )
 
     def _route_duplicate(self, record: ExecutionRecord, message: Invoke) -> None:
         """A second submission of an execution id: report the first, never run twice."""
@@ -368,6 +464,12 @@ class ManagerActor(ManagerQueries, Actor[ManagerMessage]):
             self._policy.admit(artifact)
         resolved = await self._artifacts.resolve(artifact, pin=True, deadline=seed.deadline)
         try:
+            if seed.expect_digest and resolved.digest != seed.expect_digest:
+                raise SpearError(
+                    ErrorCode.FAILED_PRECONDITION,
+                    f"artifact {describe_artifact(artifact)} is now sha256 {resolved.digest}, "
+                    f"not {seed.expect_digest} as when the task was created",
+                )
             policy = seed.policy.merged_over(InstancePolicy.from_dict(artifact.config.get("policy")))
             return TaskDefinition(
                 task_id=seed.task_id or f"task-{uuid.uuid4().hex[:12]}",
@@ -377,6 +479,7 @@ class ManagerActor(ManagerQueries, Actor[ManagerMessage]):
                 artifact_path=resolved.path,
                 artifact_digest=resolved.digest,
                 policy=policy.merged_over(self._defaults),
+                origin_policy=seed.policy if seed.persist else None,
             )
         except BaseException:
             self._artifacts.unpin(resolved.digest)
@@ -390,8 +493,10 @@ class ManagerActor(ManagerQueries, Actor[ManagerMessage]):
             return
         replaced = self._by_name.get(message.definition.task_name)
         entry = self.add_task(message.definition)
+        self._persist_task(message.definition)
         if replaced is not None and message.key.startswith("upgrade:"):
             old = self._tasks[replaced]
+            self.registry.store.delete_task(replaced)
             old.status = TaskStatus.DELETING
             old.ref.post(
                 StopTask(
@@ -404,6 +509,22 @@ class ManagerActor(ManagerQueries, Actor[ManagerMessage]):
                 self._route(entry, waiter)
             else:
                 waiter.reply.send(entry.definition.task_id)
+
+    def _persist_task(self, definition: TaskDefinition) -> None:
+        if definition.origin_policy is None:
+            return
+        artifact = dataclasses.asdict(definition.artifact)
+        self.registry.store.save_task(
+            StoredTask(
+                task_id=definition.task_id,
+                task_name=definition.task_name,
+                description=definition.description,
+                artifact=artifact,
+                artifact_digest=definition.artifact_digest,
+                policy=dataclasses.asdict(definition.origin_policy),
+                created_at=definition.created_at,
+            )
+        )
 
     def add_task(self, definition: TaskDefinition) -> _TaskEntry:
         """Start a TaskActor for *definition* and enter it in the table."""
@@ -456,6 +577,7 @@ class ManagerActor(ManagerQueries, Actor[ManagerMessage]):
             )
             return
         entry.deleters.append(message.reply)
+        self.registry.store.delete_task(message.task_id)
         if entry.status is not TaskStatus.DELETING:
             entry.status = TaskStatus.DELETING
             # The name is free at once: a NEW_TASK of that name now makes a new task.
@@ -475,7 +597,7 @@ class ManagerActor(ManagerQueries, Actor[ManagerMessage]):
                 fail_reply(message, error)
         # Executions still unfinished are recorded as FAILED with the reason, and
         # whoever waits for them learns it: nothing is dropped silently.
-        for record in list(self.registry._records.values()):
+        for record in self.registry.live():
             if not record.finished:
                 log.warning("execution %s (%s) ended by shutdown", record.execution_id, record.mode.value)
                 shutdown = SpearError(ErrorCode.UNAVAILABLE, "node shut down before it finished")
@@ -488,3 +610,17 @@ class ManagerActor(ManagerQueries, Actor[ManagerMessage]):
             for waiter in waiting:
                 waiter.reply.fail(error)
         self._creating.clear()
+        # Reads of the store still in flight are cancelled with the nursery: whoever
+        # waits for one is answered now.
+        lookups, self._lookups = self._lookups, {}
+        for callbacks in lookups.values():
+            for then in callbacks:
+                then(SpearError(error.code, error.message))
+
+
+def _aborted_by_restart(error: SpearError | None) -> bool:
+    return error is not None and error.details.get("reason") == NODE_RESTARTED
+
+
+def _aborted_row(row: ExecutionRow) -> bool:
+    return _aborted_by_restart(row.error_value())

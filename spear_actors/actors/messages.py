@@ -31,6 +31,7 @@ __all__ = [
     "Routed",
     "StopInstance",
     "StopTask",
+    "StoredLookup",
     "Submit",
     "TaskCreated",
     "TaskInstances",
@@ -64,6 +65,9 @@ class Routed:
     """The execution's status when routed (not PENDING for a duplicate execution_id)."""
     estimated_completion_ms: float | None = None
     """The task's recent median execution time, if it has one."""
+    write_seq: int = 0
+    """The store's write of the new record: an ASYNC call is acknowledged once it is
+    durable (0: nothing to wait for)."""
 
 
 # -- node → manager -----------------------------------------------------------
@@ -91,6 +95,16 @@ class TaskCreated:
     key: str
     definition: Any
     error: SpearError | None = None
+
+
+@dataclasses.dataclass(slots=True)
+class StoredLookup:
+    """The manager's own note: the store's answer about an execution id that was not
+    in memory (*row* None: unknown), for the *waiting* messages that asked."""
+
+    execution_id: str
+    row: Any
+    waiting: list[Any]
 
 
 @dataclasses.dataclass(slots=True)
@@ -287,4 +301,5 @@ ManagerMessage = (
     | TaskInstances
     | TaskQueueFull
     | Drain
+    | StoredLookup
 )

@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any
 from ..api import MAX_LIST_LIMIT
 from ..errors import ErrorCode, SpearError
 from ..model import ExecutionStatus
-from .executions import ExecutionRegistry, LatencyWindow
+from ..store import ExecutionRow
+from .executions import ExecutionRegistry, LatencyWindow, not_found
 from .mailbox import Reply
 from .messages import GetTaskInfo, Query
 
@@ -39,6 +40,9 @@ class ManagerQueries:
     _tasks: dict[str, _TaskEntry]
     _by_name: dict[str, str]
     _started_at: float
+
+    def lookup(self, execution_id: str, then: Callable[[ExecutionRow | SpearError | None], None]) -> None:
+        raise NotImplementedError  # the manager's (reads the store in a worker thread)
 
     def _query(self, message: Query) -> None:
         self.registry.evict()  # age limits apply even when nothing finishes
@@ -72,8 +76,25 @@ class ManagerQueries:
 
     def _q_get_execution(
         self, execution_id: str, include_result: bool = True, include_logs: bool = False
-    ) -> dict[str, Any]:
-        return self.registry.require(execution_id).to_dict(include_result, include_logs)
+    ) -> dict[str, Any] | Reply[dict[str, Any]]:
+        record = self.registry.get(execution_id)
+        if record is not None:
+            return record.to_dict(include_result, include_logs)
+        if not self.registry.store.persistent:
+            raise not_found(execution_id)
+        # Finished and no longer in memory: the store may still have it.
+        answer: Reply[dict[str, Any]] = Reply()
+
+        def then(row: ExecutionRow | SpearError | None) -> None:
+            if isinstance(row, SpearError):
+                answer.fail(row)
+            elif row is None:
+                answer.fail(not_found(execution_id))
+            else:
+                answer.send(row.to_dict(include_result, include_logs))
+
+        self.lookup(execution_id, then)
+        return answer
 
     def _q_list_executions(
         self, task_id: str = "", status_filter: list[str] | None = None, limit: int = 100, start_after: str = ""
@@ -153,6 +174,8 @@ class ManagerQueries:
                 "latency_ms": _percentiles(node_latency),
                 "instances": sum(entry.instances for entry in self._tasks.values()),
                 "retained_records": len(self.registry),
+                "retained_result_bytes": self.registry.result_bytes,
+                "store": self.registry.store.stats(),
             },
             "tasks": tasks,
         }

@@ -46,7 +46,11 @@ __all__ = ["TaskActor", "TaskDefinition"]
 log = logging.getLogger(__name__)
 
 DEGRADED_AFTER = 3
-"""Failed starts in a row after which a task is DEGRADED and fails calls fast."""
+"""Failed starts in a row after which a task is DEGRADED and fails calls fast (starts
+killed from outside by SIGKILL or SIGTERM excepted: they say nothing about the artifact)."""
+
+_KILLED_FROM_OUTSIDE = (-9, -15)
+"""Exit codes of an agent killed by SIGKILL or SIGTERM (it did not exit by itself)."""
 
 
 @dataclasses.dataclass(slots=True)
@@ -61,6 +65,9 @@ class TaskDefinition:
     artifact_digest: str
     policy: InstancePolicy
     created_at: float = dataclasses.field(default_factory=time.time)
+    origin_policy: InstancePolicy | None = None
+    """For a client-created task, the policy its request gave (what the store keeps
+    so the task exists again after a restart); None for a task of the node's config."""
 
     def describe(self, status: TaskStatus) -> dict[str, Any]:
         """The task's identity fields as a status map (shared by list and get views)."""
@@ -123,6 +130,8 @@ class TaskActor(Actor[TaskMessage]):
         self._budget = budget or InstanceBudget(10**9)
         self._backoff_base, self._backoff_max = backoff
         self._start_failures = 0
+        self._crash_starts = 0
+        """Failed starts in a row the artifact may be to blame for (what DEGRADED counts)."""
         self._backoff_until = -math.inf
         self._round_robin = 0
         self._queue_full = False
@@ -140,6 +149,9 @@ class TaskActor(Actor[TaskMessage]):
         self._queued_deadline = math.inf
         self._ids = itertools.count(1)
         self._last_start_error: SpearError | None = None
+        self._cancels: dict[str, str] = {}
+        """Running executions asked to cancel (id → reason) until their attempt ends: one
+        that comes back unstarted from a dying instance is cancelled, not run elsewhere."""
 
     @property
     def _max_concurrency(self) -> int:
@@ -157,7 +169,8 @@ class TaskActor(Actor[TaskMessage]):
             self._submit(message)
         elif isinstance(message, ExecutionFinished):
             slot = self._slots.get(message.instance_id)
-            self._forget_attempt(message.execution_id, message.execute)
+            if self._forget_attempt(message.execution_id, message.execute) is not None:
+                self._cancels.pop(message.execution_id, None)
             if slot is not None:
                 slot.inflight -= 1
                 slot.last_used = trio.current_time()
@@ -168,6 +181,7 @@ class TaskActor(Actor[TaskMessage]):
                 slot.last_used = trio.current_time()
                 self._last_start_error = None
                 self._start_failures = 0
+                self._crash_starts = 0
                 self._backoff_until = -math.inf
                 if self.status is TaskStatus.DEGRADED:
                     self.status = TaskStatus.ACTIVE
@@ -281,6 +295,7 @@ class TaskActor(Actor[TaskMessage]):
             and submit.retries > 0
             and submit.deadline > trio.current_time()
             and self._stop_reason is None
+            and submit.call.execution_id not in self._cancels
         ):
             log.info("%s: retrying %s after: %s", self.name, submit.call.execution_id, error.message)
             running = self._running.get(submit.call.execution_id)
@@ -341,14 +356,14 @@ class TaskActor(Actor[TaskMessage]):
 
     def _degraded(self) -> bool:
         """Backing off after several failed starts in a row: calls fail fast then."""
-        return self._start_failures >= DEGRADED_AFTER and self._in_backoff()
+        return self._crash_starts >= DEGRADED_AFTER and self._in_backoff()
 
     def _degraded_error(self) -> SpearError:
         last = self._last_start_error
         wait_ms = max(1, math.ceil((self._backoff_until - trio.current_time()) * 1000))
         return SpearError(
             ErrorCode.UNAVAILABLE,
-            f"task {self.definition.task_name} is DEGRADED after {self._start_failures} failed starts; "
+            f"task {self.definition.task_name} is DEGRADED after {self._crash_starts} failed starts; "
             f"last error: {last.message if last else 'unknown'}",
             {**(last.details if last else {}), "retry_after_ms": wait_ms},
         )
@@ -412,7 +427,11 @@ class TaskActor(Actor[TaskMessage]):
                 submit.reply.fail(self._stop_reason)
             return
         for submit in reversed(unstarted):
-            self._pending.appendleft(_Pending(submit))
+            reason = self._cancels.pop(submit.call.execution_id, None)
+            if reason is not None:
+                submit.reply.fail(SpearError(ErrorCode.CANCELLED, reason))
+            else:
+                self._pending.appendleft(_Pending(submit))
         if slot is None:
             return
         if message.reason is not None:
@@ -422,15 +441,19 @@ class TaskActor(Actor[TaskMessage]):
             # spawned in a loop; meanwhile the task is DEGRADED and fails fast.
             self._last_start_error = message.reason
             self._start_failures += 1
+            if message.reason.details.get("exit_code") not in _KILLED_FROM_OUTSIDE:
+                self._crash_starts += 1
             delay = min(self._backoff_max, self._backoff_base * 2 ** (self._start_failures - 1))
             self._backoff_until = trio.current_time() + delay
-            if self._start_failures >= DEGRADED_AFTER:
+            if self._crash_starts >= DEGRADED_AFTER:
                 self.status = TaskStatus.DEGRADED
                 self._report_instances()
             self._wake_timer_by(self._backoff_until)
-            if not any(s.ready for s in self._slots.values()):
-                # Nothing can serve the waiting calls: give them the start error now.
-                self._fail_pending(message.reason)
+            if self._degraded() and not any(s.ready for s in self._slots.values()):
+                # A crash loop and nothing can serve the waiting calls: fail them fast.
+                # Before that, a failed start is the instance's failure, not the
+                # calls': they wait for the next start, up to their deadline.
+                self._fail_pending(self._degraded_error())
                 return
         self._replenish()
 
@@ -454,6 +477,7 @@ class TaskActor(Actor[TaskMessage]):
         running = self._running.get(message.execution_id)
         slot = self._slots.get(running[0]) if running else None
         if slot is not None:
+            self._cancels[message.execution_id] = message.reason
             slot.ref.post(message)
 
     def _set_queue_full(self, full: bool) -> None:
@@ -473,10 +497,14 @@ class TaskActor(Actor[TaskMessage]):
                 deadline = entry.submit.deadline
                 if deadline <= now:
                     self._pending.remove(entry)
+                    last = self._last_start_error
                     entry.submit.reply.fail(
                         SpearError(
                             ErrorCode.DEADLINE_EXCEEDED,
-                            f"task {self.definition.task_name}: no instance was free before the deadline",
+                            f"{entry.submit.call.function_name}: no instance of task "
+                            f"{self.definition.task_name!r} was free before the deadline"
+                            + (f" (last start error: {last.message})" if last is not None else ""),
+                            dict(last.details) if last is not None else {},
                         )
                     )
                 else:

@@ -21,7 +21,8 @@ import trio_websocket
 from ..errors import ErrorCode, SpearError
 from ..protocol.framing import DEFAULT_MAX_FRAME_SIZE
 from ..protocol.messages import Error, encode_message
-from ..protocol.transports import Endpoint, StreamTransport, Transport, WebsocketTransport, parse_endpoint
+from ..protocol.transports import Endpoint, Transport, WebsocketTransport, parse_endpoint, stream_transport
+from ..protocol.wsguard import FrameGuard
 from .refusals import RefusalLog
 
 __all__ = ["Admission", "listen"]
@@ -139,13 +140,19 @@ async def _connection(
     description = f"{endpoint} ({peer})"
     try:
         if endpoint.scheme != "ws":
-            await serve(StreamTransport(stream, description=description), address)
+            # stream_transport: the socket's fast paths (and the hello size cap) come
+            # with the transport's own class
+            await serve(stream_transport(stream, description=description), address)
             return
         async with trio.open_nursery() as nursery:  # the websocket's reader task
             try:
                 with trio.fail_after(_WS_HANDSHAKE_TIMEOUT):
+                    # FrameGuard: an oversized frame is refused from its header (1009)
                     request = await trio_websocket.wrap_server_stream(
-                        nursery, stream, message_queue_size=_WS_QUEUE, max_message_size=DEFAULT_MAX_FRAME_SIZE
+                        nursery,
+                        FrameGuard(stream, DEFAULT_MAX_FRAME_SIZE),
+                        message_queue_size=_WS_QUEUE,
+                        max_message_size=DEFAULT_MAX_FRAME_SIZE,
                     )
                     ws = await request.accept()
             except (trio.TooSlowError, trio_websocket.ConnectionClosed, trio.BrokenResourceError, OSError) as exc:

@@ -11,7 +11,7 @@ import functools
 import logging
 import resource
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Final, cast
+from typing import TYPE_CHECKING, Any, Final
 
 import trio
 
@@ -26,7 +26,6 @@ from ..protocol.transports import Endpoint, Transport
 from .exposure import AuthThrottle
 from .isolation import isolated_connection, isolated_request
 from .listeners import listen
-from .metered import ByteCounts, MeteredTransport
 from .refusals import RefusalLog
 
 if TYPE_CHECKING:
@@ -86,9 +85,6 @@ class Gateway:
         self.refusals = RefusalLog()
         self.connections_by_listener: dict[str, int] = {}
         """Open client connections per listener endpoint (for metrics)."""
-        self._metered = config.metrics_listen is not None
-        self.bytes_by_listener: dict[str, ByteCounts] = {}
-        """Body bytes received and sent per listener endpoint (counted with metrics on)."""
         self._auth_throttle = AuthThrottle(config.max_auth_failures, config.auth_failure_window_s, self.refusals)
         self.endpoints: list[Endpoint] = []
         self.draining = False
@@ -175,9 +171,6 @@ class Gateway:
     async def _serve_transport(self, transport: Transport, peer_address: str) -> None:
         listener = transport.description.split(" (", 1)[0]
         self.connections_by_listener[listener] = self.connections_by_listener.get(listener, 0) + 1
-        if self._metered:
-            counts = self.bytes_by_listener.setdefault(listener, ByteCounts())
-            transport = cast(Transport, MeteredTransport(transport, counts))
         try:
             await isolated_connection(
                 transport.description,

@@ -25,7 +25,6 @@ class ScrapeRefresher:
         self.node = node
         self.gateway = gateway
         self._refusals_seen: dict[str, int] = {}
-        self._bytes_seen: dict[str, tuple[int, int]] = {}
 
     async def __call__(self) -> None:
         metrics: NodeMetrics = self.node.metrics
@@ -52,11 +51,6 @@ class ScrapeRefresher:
         if self.gateway is not None:
             for listener, count in self.gateway.connections_by_listener.items():
                 metrics.client_connections.labels(listener).set(count)
-            for listener, counts in self.gateway.bytes_by_listener.items():
-                received, sent = self._bytes_seen.get(listener, (0, 0))
-                metrics.bytes_received.labels(listener).inc(counts.received - received)
-                metrics.bytes_sent.labels(listener).inc(counts.sent - sent)
-                self._bytes_seen[listener] = (counts.received, counts.sent)
             for reason, count in self.gateway.refusals.counts.items():
                 new = count - self._refusals_seen.get(reason, 0)
                 if new > 0:

@@ -106,13 +106,6 @@ class NodeMetrics:
         self.client_connections = Gauge(
             "spear_client_connections", "Open client connections, by gateway listener.", ["listener"], registry=r
         )
-        self.bytes_received = Counter(
-            "spear_client_received_bytes", "Message body bytes received from clients, by listener.", ["listener"],
-            registry=r,
-        )  # fmt: skip
-        self.bytes_sent = Counter(
-            "spear_client_sent_bytes", "Message body bytes sent to clients, by listener.", ["listener"], registry=r
-        )
         self.tasks = Gauge("spear_tasks", "Tasks on the node.", registry=r)
         self.instances = Gauge("spear_instances", "Live instances, by task.", ["task"], registry=r)
         self.instances_by_state = Gauge(

@@ -1,8 +1,10 @@
-"""The spear_actors wire protocol: framing, messages, transports, connections.
+"""The spear_actors wire protocol: framing, messages, the state machine, transports,
+connections.
 
-The sans-IO modules (:mod:`.framing`, :mod:`.messages`) import neither trio nor any
-socket code, so an agent process can load them cheaply. The trio parts
-(:mod:`.transports`, :mod:`.connection`) are imported only when first used.
+The sans-IO modules (:mod:`.framing`, :mod:`.messages` and :mod:`.core`, the state
+machine that holds every rule) import neither trio nor any socket code, so an agent
+process can load them cheaply. The trio parts (:mod:`.transports`, :mod:`.connection`
+and the modules it is split into) are imported only when first used.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ __all__ = [
     "DEFAULT_MAX_FRAME_SIZE",
     "PROTOCOL_VERSION",
     "Connection",
+    "ProtocolCore",
     "ConnectionConfig",
     "Endpoint",
     "FrameDecoder",
@@ -36,6 +39,7 @@ __all__ = [
 ]
 
 _LAZY = {
+    "ProtocolCore": ".core",
     "Connection": ".connection",
     "ConnectionConfig": ".connection",
     "accept_connection": ".handshake",

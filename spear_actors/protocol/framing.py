@@ -13,6 +13,7 @@ import struct
 from ..errors import ErrorCode, SpearError
 
 __all__ = [
+    "AGENT_LINK_MAX_FRAME_SIZE",
     "CLOSE_FRAME",
     "DEFAULT_MAX_FRAME_SIZE",
     "HEADER_SIZE",
@@ -23,6 +24,10 @@ __all__ = [
 
 HEADER_SIZE = 8
 DEFAULT_MAX_FRAME_SIZE = 16 * 1024 * 1024
+AGENT_LINK_MAX_FRAME_SIZE = DEFAULT_MAX_FRAME_SIZE + 64 * 1024
+"""The frame limit of a node's links to its agents: 64 KiB above a client's, so that
+an ``invoke`` the gateway accepted always fits, wrapped in its ``execute`` request,
+on the hop to the agent (docs/protocol.md §11)."""
 CLOSE_FRAME = b"\x00" * HEADER_SIZE
 _HEADER = struct.Struct("<Q")
 

@@ -18,11 +18,13 @@ import trio
 
 from .._nursery import background_nursery
 from ..errors import ErrorCode, SpearError
+from .calling import _ms
 from .calls import Handler
-from .connection import Connection, ConnectionConfig, _ms
+from .connection import Connection, ConnectionConfig
+from .core import MAX_HELLO_SIZE, check_hello, check_welcome
 from .framing import ProtocolError
-from .messages import PROTOCOL_VERSION, Error, Hello, Message, Welcome, decode_message, encode_message
-from .transports import Transport
+from .messages import Error, Hello, Message, Welcome, decode_message, encode_message
+from .transports import StreamTransport, Transport
 
 __all__ = ["Authenticator", "accept_connection", "open_connection", "token_authenticator"]
 
@@ -57,13 +59,29 @@ async def _running(connection: Connection) -> AsyncIterator[Connection]:
             await connection.aclose()
 
 
-async def _receive_handshake(transport: Transport, timeout: float, expecting: str) -> Message:
+async def _receive_handshake(transport: Transport, timeout: float, expecting: str, limit: int | None = None) -> Message:
     with trio.move_on_after(timeout):
         body = await transport.receive_body()
         if body is None:
             raise SpearError(ErrorCode.UNAVAILABLE, f"peer closed before sending {expecting}")
+        if limit is not None and len(body) > limit:
+            raise ProtocolError(f"{expecting} of {len(body)} bytes exceeds the maximum of {limit}")
         return decode_message(body)
     raise SpearError(ErrorCode.DEADLINE_EXCEEDED, f"no {expecting} within {timeout:g}s")
+
+
+async def _receive_hello(transport: Transport, config: ConnectionConfig) -> Message:
+    """The hello, read with a frame limit of :data:`MAX_HELLO_SIZE` (nothing bigger is
+    buffered before the peer has authenticated), then the configured limit again."""
+    decoder = transport.decoder if isinstance(transport, StreamTransport) else None
+    limit = decoder.max_frame_size if decoder is not None else 0
+    if decoder is not None:
+        decoder.max_frame_size = min(limit, MAX_HELLO_SIZE)
+    try:
+        return await _receive_handshake(transport, config.handshake_timeout, "hello", MAX_HELLO_SIZE)
+    finally:
+        if decoder is not None:
+            decoder.max_frame_size = limit
 
 
 @asynccontextmanager
@@ -79,14 +97,10 @@ async def open_connection(
     Raises the peer's refusal (e.g. UNAUTHENTICATED) as :class:`SpearError`.
     """
     config = dataclasses.replace(config) if config else ConnectionConfig()
+    if hello.max_frame_size is None:
+        hello.max_frame_size = config.max_frame_size
     await transport.send_bodies([encode_message(hello)])
-    reply = await _receive_handshake(transport, config.handshake_timeout, "welcome")
-    if isinstance(reply, Error):
-        raise reply.to_exception()
-    if not isinstance(reply, Welcome):
-        raise ProtocolError(f"expected welcome, got {reply.TYPE}")
-    if reply.version != PROTOCOL_VERSION:
-        raise ProtocolError(f"peer speaks protocol version {reply.version}, we speak {PROTOCOL_VERSION}")
+    reply = check_welcome(await _receive_handshake(transport, config.handshake_timeout, "welcome"))
     # A peer's zero would make us ping in a tight loop: 10 ms is the floor.
     config.heartbeat_interval = max(reply.heartbeat_interval_ms, 10) / 1000
     config.heartbeat_timeout = max(reply.heartbeat_timeout_ms, 10) / 1000
@@ -112,13 +126,10 @@ async def accept_connection(
     """
     config = config or ConnectionConfig()
     try:
-        hello = await _receive_handshake(transport, config.handshake_timeout, "hello")
-        if not isinstance(hello, Hello):
-            raise ProtocolError(f"expected hello, got {hello.TYPE}")
-        if hello.version != PROTOCOL_VERSION:
-            raise ProtocolError(f"peer speaks protocol version {hello.version}, we speak {PROTOCOL_VERSION}")
+        hello = check_hello(await _receive_hello(transport, config))
         identity = await authenticator(hello) if authenticator is not None else None
     except SpearError as exc:
+        transport.closing_because(exc)
         with trio.move_on_after(_REFUSAL_GRACE):
             try:
                 await transport.send_bodies([encode_message(Error.from_exception(None, exc))])
@@ -130,6 +141,13 @@ async def accept_connection(
     answer.heartbeat_timeout_ms = _ms(config.heartbeat_timeout) or 1
     answer.max_frame_size = config.max_frame_size
     await transport.send_bodies([encode_message(answer)])
-    connection = Connection(transport, config, handler=handler, peer=hello, identity=identity)
+    connection = Connection(
+        transport,
+        config,
+        handler=handler,
+        peer=hello,
+        identity=identity,
+        peer_max_frame_size=min(hello.max_frame_size or config.max_frame_size, config.max_frame_size),
+    )
     async with _running(connection) as connection:
         yield connection

@@ -22,6 +22,8 @@ if TYPE_CHECKING:  # typing is not imported at run time: see _Message
     from typing import Any, Final, TypeAlias
 
 __all__ = [
+    "MAX_CONTAINER_ENTRIES",
+    "MAX_NESTING",
     "MAX_UINT64",
     "PROTOCOL_VERSION",
     "Cancel",
@@ -120,7 +122,7 @@ class _Message:
 class Hello(_Message):
     """First message of the side that opened the connection."""
 
-    __slots__ = ("auth", "meta", "peer_id", "role", "version")
+    __slots__ = ("auth", "max_frame_size", "meta", "peer_id", "role", "version")
     TYPE = "hello"
 
     def __init__(
@@ -130,12 +132,15 @@ class Hello(_Message):
         auth: str | None = None,
         peer_id: str | None = None,
         meta: dict[Any, Any] | None = None,
+        max_frame_size: int | None = None,
     ) -> None:
         self.version = version
         self.role = role
         self.auth = auth
         self.peer_id = peer_id
         self.meta: dict[Any, Any] = {} if meta is None else meta
+        self.max_frame_size = max_frame_size
+        """The largest body the opener takes (nil: the default, 16 MiB)."""
 
 
 class Welcome(_Message):
@@ -314,6 +319,7 @@ _SCHEMA: dict[str, tuple[type[Any], tuple[tuple[str, _Check, object], ...]]] = {
             ("auth", _opt_str, None),
             ("peer_id", _opt_str, None),
             ("meta", _map, dict),
+            ("max_frame_size", _opt_uint, None),
         ),
     ),
     Welcome.TYPE: (
@@ -371,9 +377,34 @@ _SCHEMA: dict[str, tuple[type[Any], tuple[tuple[str, _Check, object], ...]]] = {
     Goodbye.TYPE: (Goodbye, (("reason", _str, ""),)),
 }
 
-# Nesting deeper than this is refused rather than recursing (msgpack's C unpacker
-# has its own, much larger, stack limit).
-_MAX_BODY_ITEMS: Final = 1_000_000
+MAX_CONTAINER_ENTRIES: Final = 1_000_000
+"""Most entries of one msgpack array or map in a body (docs/protocol.md §2)."""
+MAX_NESTING: Final = 1024
+"""Deepest nesting of arrays and maps in a body, counting the message map itself
+(docs/protocol.md §2). It is the limit of msgpack's C decoder and encoder, which
+both enforce it."""
+
+
+def _undecodable(exc: Exception) -> str:
+    """Say what is wrong with a body msgpack refused, in words a peer can act on."""
+    if isinstance(exc, msgpack.ExtraData):
+        return f"trailing bytes: {len(exc.extra)} bytes after the one msgpack value"
+    if isinstance(exc, msgpack.StackError):
+        return f"nesting deeper than {MAX_NESTING} levels"
+    if isinstance(exc, msgpack.FormatError):
+        return "invalid msgpack: a byte that starts no msgpack type (0xc1)"
+    if isinstance(exc, UnicodeDecodeError):
+        return f"a str is not valid UTF-8 ({exc.reason})"
+    if isinstance(exc, TypeError):
+        return "a map key is an array or a map (keys must be nil, bool, int, float, str or bin)"
+    text = str(exc)
+    if "incomplete input" in text:
+        return "truncated: the body ends inside a msgpack value"
+    if "exceeds max_array_len" in text:
+        return f"too many entries: an array of more than {MAX_CONTAINER_ENTRIES} entries"
+    if "exceeds max_map_len" in text:
+        return f"too many entries: a map of more than {MAX_CONTAINER_ENTRIES} entries"
+    return f"body is not one valid msgpack value: {type(exc).__name__}: {text[:100]}"
 
 
 def decode_message(body: bytes) -> Message:
@@ -383,16 +414,33 @@ def decode_message(body: bytes) -> Message:
             body,
             raw=False,
             strict_map_key=False,
-            max_array_len=_MAX_BODY_ITEMS,
-            max_map_len=_MAX_BODY_ITEMS,
+            max_array_len=MAX_CONTAINER_ENTRIES,
+            max_map_len=MAX_CONTAINER_ENTRIES,
         )
     except (ValueError, TypeError, msgpack.UnpackException, RecursionError) as exc:
         # ExtraData, FormatError, StackError, UnicodeDecodeError are all ValueErrors;
         # an unhashable map key is a TypeError.
-        raise ProtocolError(f"body is not one valid msgpack value: {type(exc).__name__}") from None
+        raise ProtocolError(_undecodable(exc)) from None
     if type(raw) is not dict:
         raise ProtocolError(f"message must be a msgpack map, got {_show(raw)}")
     kind = raw.get("type")
+    # Fast paths for the messages of every call; anything they do not accept goes
+    # through the schema below, which names what is wrong.
+    if kind == "response":
+        request_id = raw.get("id")
+        if type(request_id) is int and 0 <= request_id <= MAX_UINT64:
+            return Response(request_id, raw.get("result"))
+    elif kind == "request":
+        request_id, method = raw.get("id"), raw.get("method")
+        timeout_ms, window = raw.get("timeout_ms"), raw.get("window")
+        if (
+            type(request_id) is int
+            and 0 <= request_id <= MAX_UINT64
+            and type(method) is str
+            and (timeout_ms is None or (type(timeout_ms) is int and 0 <= timeout_ms <= MAX_UINT64))
+            and (window is None or (type(window) is int and 0 <= window <= MAX_UINT64))
+        ):
+            return Request(request_id, method, raw.get("params"), timeout_ms, window)
     if type(kind) is not str:
         raise ProtocolError(f"field 'type' must be a string, got {_show(kind)}")
     schema = _SCHEMA.get(kind)
@@ -424,9 +472,15 @@ def encode_message(message: Message) -> bytes:
         if value is not None:
             payload[name] = value
     try:
-        return msgpack.packb(payload, use_bin_type=True)  # type: ignore[no-any-return]
+        return _PACKER.pack(payload)  # type: ignore[no-any-return]
     except (OverflowError, TypeError, ValueError) as exc:
         raise ProtocolError(_unencodable(payload, exc)) from None
+
+
+# One packer for every message: msgpack.packb makes a new one per call, which costs
+# several times the packing of a small message. Packing holds the GIL throughout and
+# resets the packer on failure, so threads (the agent's) may share it.
+_PACKER: Final = msgpack.Packer(use_bin_type=True, autoreset=True)
 
 
 def _unencodable(payload: dict[str, object], exc: Exception) -> str:
@@ -434,5 +488,9 @@ def _unencodable(payload: dict[str, object], exc: Exception) -> str:
         try:
             msgpack.packb(value, use_bin_type=True)
         except (OverflowError, TypeError, ValueError) as field_exc:
+            if "recursion limit" in str(field_exc):
+                return f"field {name!r} cannot be encoded as msgpack: nesting deeper than {MAX_NESTING} levels"
             return f"field {name!r} cannot be encoded as msgpack: {field_exc}"
+    if "recursion limit" in str(exc):
+        return f"message cannot be encoded as msgpack: nesting deeper than {MAX_NESTING} levels"
     return f"message cannot be encoded as msgpack: {exc}"

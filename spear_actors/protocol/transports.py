@@ -18,6 +18,7 @@ import dataclasses
 import logging
 import os
 import socket as stdlib_socket
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Final
@@ -28,9 +29,11 @@ import trio_websocket
 
 from ..errors import ErrorCode, SpearError
 from .framing import CLOSE_FRAME, DEFAULT_MAX_FRAME_SIZE, FrameDecoder, ProtocolError
+from .wsguard import GuardedListener
 
 __all__ = [
     "Endpoint",
+    "SocketTransport",
     "StreamTransport",
     "Transport",
     "TransportHandler",
@@ -38,6 +41,8 @@ __all__ = [
     "open_transport",
     "parse_endpoint",
     "serve_endpoint",
+    "server_ssl_context",
+    "stream_transport",
 ]
 
 log = logging.getLogger(__name__)
@@ -55,15 +60,9 @@ class Transport(abc.ABC):
 
     @abc.abstractmethod
     async def send_bodies(self, bodies: list[bytes]) -> None:
-        """Send *bodies* in order; raises :class:`SpearError` UNAVAILABLE if the link is gone."""
+        """Send *bodies* in order; raises :class:`SpearError` UNAVAILABLE if the link is gone.
 
-    @abc.abstractmethod
-    def send_nowait(self, bodies: list[bytes]) -> bool:
-        """Send *bodies* now if the link takes them without waiting.
-
-        True when all of them went; False when the transport kept (some of) them:
-        the next :meth:`send_bodies` call, with or without bodies of its own, sends
-        what was kept first. Raises :class:`SpearError` UNAVAILABLE if the link is gone.
+        Cancelling it part way may leave a body half sent: the link is then unusable.
         """
 
     @abc.abstractmethod
@@ -74,31 +73,27 @@ class Transport(abc.ABC):
         :class:`SpearError` UNAVAILABLE when the link breaks.
         """
 
-    can_wait_readable: bool = False
-    """Whether :meth:`wait_readable` is supported."""
-
-    async def wait_readable(self) -> None:
-        """Wait until data has arrived, without taking it (where :attr:`can_wait_readable`).
-
-        Cancelling this wait frees the link for another task's read at once.
-        """
-        raise RuntimeError(f"{type(self).__name__} cannot wait for data without reading it")
-
-    @abc.abstractmethod
-    def interrupt_receive(self) -> None:
-        """Make a wait for data in :meth:`receive_body` fail at once (the link is being
-        abandoned; close it next)."""
-
-    def receive_buffered(self) -> bytes | None:
-        """Return a body that has already arrived, without waiting; None if there is none.
-
-        Lets a reader take everything one read brought in before it hands over.
-        """
-        return None
-
     @abc.abstractmethod
     async def aclose(self) -> None:
         """Close the link (best effort, orderly where the transport has a close)."""
+
+    def closing_because(self, error: SpearError) -> None:  # noqa: B027 (optional hook)
+        """Say why the link is about to close, for a transport whose close carries a
+        reason (websocket close codes); others ignore it."""
+
+
+# RFC 6455 §7.4.1 close codes for why a node closes a websocket (docs/protocol.md §1.2).
+WS_NORMAL: Final = 1000
+WS_PROTOCOL_ERROR: Final = 1002
+WS_POLICY_VIOLATION: Final = 1008
+WS_TOO_BIG: Final = 1009
+_WS_CLOSE_CODES: Final = {
+    ErrorCode.PROTOCOL_ERROR: WS_PROTOCOL_ERROR,
+    ErrorCode.UNAUTHENTICATED: WS_POLICY_VIOLATION,
+    ErrorCode.PERMISSION_DENIED: WS_POLICY_VIOLATION,
+    ErrorCode.DEADLINE_EXCEEDED: WS_POLICY_VIOLATION,
+    ErrorCode.RESOURCE_EXHAUSTED: WS_TOO_BIG,
+}
 
 
 def _lost(what: str, exc: BaseException) -> SpearError:
@@ -106,7 +101,7 @@ def _lost(what: str, exc: BaseException) -> SpearError:
 
 
 class StreamTransport(Transport):
-    """Length-prefixed frames over a trio byte stream."""
+    """Length-prefixed frames over any trio byte stream (a socket, a TLS stream, ...)."""
 
     def __init__(
         self,
@@ -117,10 +112,10 @@ class StreamTransport(Transport):
     ) -> None:
         self.stream = stream
         self.description = description
-        self._decoder = FrameDecoder(max_frame_size)
+        self.decoder = FrameDecoder(max_frame_size)
+        """Cuts the received bytes into bodies (its ``max_frame_size`` is the limit)."""
         self._sent_close = False
         self._unsent = b""
-        self._socket = stream.socket if isinstance(stream, trio.SocketStream) else None
 
     @staticmethod
     def _frames(bodies: list[bytes]) -> bytearray:
@@ -129,26 +124,6 @@ class StreamTransport(Transport):
             out += len(body).to_bytes(8, "little")
             out += body
         return out
-
-    def send_nowait(self, bodies: list[bytes]) -> bool:
-        if len(bodies) == 1 and not self._unsent:  # the common case, without copies
-            out: bytes | bytearray = len(bodies[0]).to_bytes(8, "little") + bodies[0]
-        else:
-            out = self._unsent + self._frames(bodies)
-        sent = 0
-        fd = self._socket.fileno() if self._socket is not None else -1
-        if fd != -1:  # -1: not a socket, or closed (send_bodies then says which)
-            try:
-                sent = os.write(fd, out)  # the socket is non-blocking (trio's)
-            except BlockingIOError:
-                pass
-            except OSError as exc:
-                raise _lost("sending", exc) from None
-        if sent == len(out):
-            self._unsent = b""
-            return True
-        self._unsent = bytes(out[sent:])
-        return False
 
     async def send_bodies(self, bodies: list[bytes]) -> None:
         out = self._unsent + self._frames(bodies)
@@ -159,7 +134,7 @@ class StreamTransport(Transport):
             raise _lost("sending", exc) from None
 
     async def receive_body(self) -> bytes | None:
-        decoder = self._decoder
+        decoder = self.decoder
         while True:
             body = decoder.next_body()
             if body is not None:
@@ -175,37 +150,12 @@ class StreamTransport(Transport):
             decoder.feed(data)
 
     async def _receive_some(self) -> bytes:
-        if self._socket is None:
-            return bytes(await self.stream.receive_some(_RECEIVE_SIZE))
-        # Wait first, then read: a reader almost always comes before its data, and
-        # trying to read first costs a refused read and its exception every time.
-        fd = self._socket.fileno()
-        if fd == -1:
-            raise trio.ClosedResourceError("the socket is closed")
-        while True:
-            await trio.lowlevel.wait_readable(self._socket)
-            try:
-                return os.read(fd, _RECEIVE_SIZE)
-            except BlockingIOError:
-                continue
+        return bytes(await self.stream.receive_some(_RECEIVE_SIZE))
 
     def receive_buffered(self) -> bytes | None:
-        return self._decoder.next_body()
-
-    def interrupt_receive(self) -> None:
-        if self._socket is not None and self._socket.fileno() != -1:
-            trio.lowlevel.notify_closing(self._socket)
-
-    @property
-    def can_wait_readable(self) -> bool:  # type: ignore[override]
-        return self._socket is not None
-
-    async def wait_readable(self) -> None:
-        assert self._socket is not None
-        try:
-            await trio.lowlevel.wait_readable(self._socket)
-        except (trio.ClosedResourceError, OSError, ValueError):
-            pass  # the read that follows reports the lost link
+        """A body that has already arrived, without waiting; None if there is none
+        (lets a reader take everything one read brought in before it hands over)."""
+        return self.decoder.next_body()
 
     async def aclose(self) -> None:
         if not self._sent_close:
@@ -219,24 +169,99 @@ class StreamTransport(Transport):
         await trio.aclose_forcefully(self.stream)
 
 
+class SocketTransport(StreamTransport):
+    """:class:`StreamTransport` over a plain socket, with the fast paths only a socket
+    allows: writing without waiting, and waiting for data without taking it."""
+
+    def __init__(
+        self,
+        stream: trio.SocketStream,
+        *,
+        max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+        description: str = "stream",
+    ) -> None:
+        super().__init__(stream, max_frame_size=max_frame_size, description=description)
+        self._socket = stream.socket
+
+    def send_nowait(self, bodies: list[bytes]) -> bool:
+        """Write *bodies* now if the socket takes them without waiting.
+
+        True when all of them went; False when the socket took only part: the rest is
+        kept and the next :meth:`send_bodies` call sends it first. Raises
+        :class:`SpearError` UNAVAILABLE if the link is gone.
+        """
+        if len(bodies) == 1 and not self._unsent:  # the common case, without copies
+            out: bytes | bytearray = len(bodies[0]).to_bytes(8, "little") + bodies[0]
+        else:
+            out = self._unsent + self._frames(bodies)
+        sent = 0
+        fd = self._socket.fileno()
+        if fd != -1:  # -1: closed (send_bodies then says so)
+            try:
+                sent = os.write(fd, out)  # the socket is non-blocking (trio's)
+            except BlockingIOError:
+                pass
+            except OSError as exc:
+                raise _lost("sending", exc) from None
+        if sent == len(out):
+            self._unsent = b""
+            return True
+        self._unsent = bytes(out[sent:])
+        return False
+
+    async def _receive_some(self) -> bytes:
+        # Wait first, then read: a reader almost always comes before its data, and
+        # trying to read first costs a refused read and its exception every time.
+        fd = self._socket.fileno()
+        if fd == -1:
+            raise trio.ClosedResourceError("the socket is closed")
+        while True:
+            await trio.lowlevel.wait_readable(self._socket)
+            try:
+                return os.read(fd, _RECEIVE_SIZE)
+            except BlockingIOError:
+                continue
+
+    def interrupt_receive(self) -> None:
+        """Make a wait for data in :meth:`receive_body` fail at once (the link is being
+        abandoned; close it next)."""
+        if self._socket.fileno() != -1:
+            trio.lowlevel.notify_closing(self._socket)
+
+    async def wait_readable(self) -> None:
+        """Wait until data has arrived, without taking it. Cancelling this wait frees
+        the link for another task's read at once."""
+        try:
+            await trio.lowlevel.wait_readable(self._socket)
+        except (trio.ClosedResourceError, OSError, ValueError):
+            pass  # the read that follows reports the lost link
+
+
+def stream_transport(
+    stream: trio.abc.Stream, *, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE, description: str = "stream"
+) -> StreamTransport:
+    """The framed transport for *stream*: a :class:`SocketTransport` over a plain
+    socket, a :class:`StreamTransport` over anything else (e.g. ``trio.SSLStream``)."""
+    if isinstance(stream, trio.SocketStream):
+        return SocketTransport(stream, max_frame_size=max_frame_size, description=description)
+    return StreamTransport(stream, max_frame_size=max_frame_size, description=description)
+
+
 class WebsocketTransport(Transport):
     """One binary websocket message per body."""
 
     def __init__(self, ws: trio_websocket.WebSocketConnection, *, description: str = "websocket") -> None:
         self.ws = ws
         self.description = description
-        self._kept: list[bytes] = []
+        self._close_code = WS_NORMAL
+        self._close_reason = ""
 
-    def interrupt_receive(self) -> None:
-        pass  # callers never read a websocket themselves (see Connection._can_lead)
-
-    def send_nowait(self, bodies: list[bytes]) -> bool:
-        self._kept += bodies  # trio-websocket has no way to send without waiting
-        return False
+    def closing_because(self, error: SpearError) -> None:
+        if self._close_code == WS_NORMAL:
+            self._close_code = _WS_CLOSE_CODES.get(error.code, WS_NORMAL)
+            self._close_reason = error.message[:120]  # a close frame carries 123 bytes at most
 
     async def send_bodies(self, bodies: list[bytes]) -> None:
-        if self._kept:
-            bodies, self._kept = self._kept + bodies, []
         try:
             for body in bodies:
                 await self.ws.send_message(body)
@@ -258,7 +283,7 @@ class WebsocketTransport(Transport):
         with trio.move_on_after(0.5) as scope:
             scope.shield = True
             try:
-                await self.ws.aclose()
+                await self.ws.aclose(self._close_code, self._close_reason.encode()[:120].decode(errors="ignore"))
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                 pass
         # trio-websocket does not close a client's TCP stream when the server closed
@@ -271,7 +296,7 @@ class WebsocketTransport(Transport):
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Endpoint:
-    """A parsed endpoint URL: ``scheme`` is tcp, unix or ws; ``path`` is for unix only."""
+    """A parsed endpoint URL: ``scheme`` is tcp, tls, unix, ws or wss; ``path`` is for unix only."""
 
     scheme: str
     host: str = ""
@@ -286,7 +311,8 @@ class Endpoint:
 
 
 def parse_endpoint(url: str) -> Endpoint:
-    """Parse ``tcp://host:port``, ``ws://host:port[/path]`` or ``unix:///abs/path``.
+    """Parse ``tcp://host:port``, ``tls://host:port``, ``ws://host:port[/path]``,
+    ``wss://host:port[/path]`` or ``unix:///abs/path``.
 
     Raises :class:`SpearError` INVALID_ARGUMENT naming what is wrong.
     """
@@ -297,10 +323,10 @@ def parse_endpoint(url: str) -> Endpoint:
         if not path:
             raise SpearError(ErrorCode.INVALID_ARGUMENT, f"unix endpoint {url!r} has no path")
         return Endpoint("unix", path=path)
-    if scheme not in ("tcp", "ws"):
+    if scheme not in ("tcp", "tls", "ws", "wss"):
         raise SpearError(
             ErrorCode.INVALID_ARGUMENT,
-            f"endpoint {url!r}: scheme must be ws, tcp or unix (wss is not supported)",
+            f"endpoint {url!r}: scheme must be ws, wss, tcp, tls or unix",
         )
     try:
         port = parts.port
@@ -317,19 +343,25 @@ async def open_transport(
     *,
     max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
     connect_timeout: float = 10.0,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> AsyncIterator[Transport]:
     """Connect to *url* and yield a transport; closes it on exit.
 
-    A refused or unreachable endpoint is :class:`SpearError` UNAVAILABLE.
+    ``tls://`` and ``wss://`` verify the server with *ssl_context* (default: the
+    system's trusted CAs, ``ssl.create_default_context()``). A refused or unreachable
+    endpoint, or a failed TLS handshake, is :class:`SpearError` UNAVAILABLE.
     """
     endpoint = url if isinstance(url, Endpoint) else parse_endpoint(url)
-    if endpoint.scheme == "ws":
+    if endpoint.scheme in ("tls", "wss") and ssl_context is None:
+        ssl_context = ssl.create_default_context()
+    if endpoint.scheme in ("ws", "wss"):
         # connect_timeout bounds the connect and handshake only (trio-websocket applies
         # it); errors raised by the caller's block pass through unchanged.
         connected = False
         try:
             async with trio_websocket.open_websocket_url(
-                f"ws://{endpoint.host}:{endpoint.port}/",
+                f"{endpoint.scheme}://{_host(endpoint.host)}:{endpoint.port}/",
+                ssl_context=ssl_context,
                 message_queue_size=_WS_QUEUE,
                 max_message_size=max_frame_size,
                 connect_timeout=connect_timeout,
@@ -341,7 +373,7 @@ async def open_transport(
                     yield transport
                 finally:
                     await transport.aclose()
-        except (OSError, trio_websocket.HandshakeError, trio.TooSlowError) as exc:
+        except (OSError, trio_websocket.HandshakeError, trio.TooSlowError, trio.BrokenResourceError) as exc:
             if connected:
                 raise
             raise SpearError(ErrorCode.UNAVAILABLE, f"cannot connect to {endpoint}: {exc!r}") from None
@@ -349,15 +381,23 @@ async def open_transport(
     stream: trio.abc.Stream
     try:
         with trio.fail_after(connect_timeout):
-            if endpoint.scheme == "tcp":
+            if endpoint.scheme in ("tcp", "tls"):
                 tcp = await trio.open_tcp_stream(endpoint.host, endpoint.port)
                 tcp.setsockopt(stdlib_socket.IPPROTO_TCP, stdlib_socket.TCP_NODELAY, 1)
                 stream = tcp
+                if ssl_context is not None:
+                    tls = trio.SSLStream(tcp, ssl_context, server_hostname=endpoint.host)
+                    try:
+                        await tls.do_handshake()
+                    except BaseException:
+                        await trio.aclose_forcefully(tcp)
+                        raise
+                    stream = tls
             else:
                 stream = await trio.open_unix_socket(endpoint.path)
-    except (OSError, trio.TooSlowError) as exc:
+    except (OSError, trio.TooSlowError, trio.BrokenResourceError) as exc:
         raise SpearError(ErrorCode.UNAVAILABLE, f"cannot connect to {endpoint}: {exc}") from None
-    transport_ = StreamTransport(stream, max_frame_size=max_frame_size, description=str(endpoint))
+    transport_ = stream_transport(stream, max_frame_size=max_frame_size, description=str(endpoint))
     try:
         yield transport_
     finally:
@@ -372,9 +412,13 @@ async def serve_endpoint(
     handler: TransportHandler,
     *,
     max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+    ssl_context: ssl.SSLContext | None = None,
     task_status: trio.TaskStatus[Endpoint] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Listen on *url* and run *handler* for each accepted transport, until cancelled.
+
+    ``tls://`` and ``wss://`` need *ssl_context*, holding the server's certificate
+    and key (see :func:`server_ssl_context`); without one they are INVALID_ARGUMENT.
 
     ``task_status.started`` gets the bound endpoint (with the real port when the
     URL asked for port 0). A unix socket path is replaced if stale and removed on exit.
@@ -383,22 +427,32 @@ async def serve_endpoint(
     ends that connection only.
     """
     endpoint = url if isinstance(url, Endpoint) else parse_endpoint(url)
-    if endpoint.scheme == "ws":
-        await _serve_websocket(endpoint, handler, max_frame_size, task_status)
+    secure = endpoint.scheme in ("tls", "wss")
+    if secure and ssl_context is None:
+        raise SpearError(
+            ErrorCode.INVALID_ARGUMENT, f"{endpoint.scheme}:// listener {endpoint} needs a certificate and key"
+        )
+    if endpoint.scheme in ("ws", "wss"):
+        await _serve_websocket(endpoint, handler, max_frame_size, ssl_context, task_status)
         return
     listeners: list[trio.SocketListener]
-    if endpoint.scheme == "tcp":
+    if endpoint.scheme in ("tcp", "tls"):
         listeners = await trio.open_tcp_listeners(endpoint.port, host=endpoint.host)
         bound = listeners[0].socket.getsockname()
-        endpoint = Endpoint("tcp", host=endpoint.host, port=bound[1])
+        endpoint = Endpoint(endpoint.scheme, host=endpoint.host, port=bound[1])
     else:
         listeners = [await _open_unix_listener(endpoint.path)]
-    is_tcp = endpoint.scheme == "tcp"
+    is_tcp = endpoint.scheme in ("tcp", "tls")
 
-    async def on_stream(stream: trio.SocketStream) -> None:
+    async def on_stream(socket_stream: trio.SocketStream) -> None:
         if is_tcp:
-            stream.setsockopt(stdlib_socket.IPPROTO_TCP, stdlib_socket.TCP_NODELAY, 1)
-        transport = StreamTransport(stream, max_frame_size=max_frame_size, description=str(endpoint))
+            socket_stream.setsockopt(stdlib_socket.IPPROTO_TCP, stdlib_socket.TCP_NODELAY, 1)
+        stream: trio.abc.Stream = socket_stream
+        if ssl_context is not None:
+            # the TLS handshake happens on the first read, inside the protocol's own
+            # handshake timeout
+            stream = trio.SSLStream(socket_stream, ssl_context, server_side=True)
+        transport = stream_transport(stream, max_frame_size=max_frame_size, description=str(endpoint))
         try:
             await _run_handler(handler, transport)
         finally:
@@ -441,6 +495,7 @@ async def _serve_websocket(
     endpoint: Endpoint,
     handler: TransportHandler,
     max_frame_size: int,
+    ssl_context: ssl.SSLContext | None,
     task_status: trio.TaskStatus[Endpoint],
 ) -> None:
     async def on_request(request: trio_websocket.WebSocketRequest) -> None:
@@ -454,19 +509,37 @@ async def _serve_websocket(
         finally:
             await transport.aclose()
 
+    sockets = await trio.open_tcp_listeners(endpoint.port, host=endpoint.host)
+    port = sockets[0].socket.getsockname()[1]
+    listeners: list[trio.abc.Listener[trio.abc.Stream]] = []
+    for listener in sockets:
+        inner: trio.abc.Listener[trio.abc.Stream] = listener
+        if ssl_context is not None:
+            inner = trio.SSLListener(listener, ssl_context, https_compatible=True)
+        # an oversized frame is refused from its header (wsguard.py)
+        listeners.append(GuardedListener(inner, max_frame_size))
     async with trio.open_nursery() as nursery:
-        server = await nursery.start(
-            lambda task_status: trio_websocket.serve_websocket(
-                on_request,
-                endpoint.host,
-                endpoint.port,
-                None,
-                handler_nursery=nursery,
-                message_queue_size=_WS_QUEUE,
-                max_message_size=max_frame_size,
-                connect_timeout=10.0,
-                disconnect_timeout=1.0,
-                task_status=task_status,
-            )
+        server = trio_websocket.WebSocketServer(
+            on_request,
+            listeners,  # type: ignore[arg-type]  # typed for socket listeners; it only calls accept()
+            handler_nursery=nursery,
+            message_queue_size=_WS_QUEUE,
+            max_message_size=max_frame_size,
+            connect_timeout=10.0,
+            disconnect_timeout=1.0,
         )
-        task_status.started(Endpoint("ws", host=endpoint.host, port=server.port))
+        await nursery.start(server.run)
+        task_status.started(Endpoint(endpoint.scheme, host=endpoint.host, port=port))
+
+
+def server_ssl_context(cert_file: str, key_file: str) -> ssl.SSLContext:
+    """A TLS server context from a PEM certificate (chain) and its private key, for
+    ``tls://`` and ``wss://`` listeners (TLS 1.2 at least)."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(cert_file, key_file)
+    return context
+
+
+def _host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host

@@ -22,6 +22,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any, Final
 
@@ -30,6 +31,7 @@ import trio
 from .._nursery import background_nursery
 from ..errors import ErrorCode, SpearError
 from ..protocol.connection import Connection, ConnectionConfig
+from ..protocol.framing import AGENT_LINK_MAX_FRAME_SIZE
 from ..protocol.handshake import accept_connection
 from ..protocol.messages import Hello, Welcome
 from ..protocol.transports import Transport, parse_endpoint, serve_endpoint
@@ -127,6 +129,7 @@ class ProcessRuntime(Runtime):
             heartbeat_interval=heartbeat_interval,
             heartbeat_timeout=heartbeat_timeout,
             handshake_timeout=start_timeout,
+            max_frame_size=AGENT_LINK_MAX_FRAME_SIZE,
         )
         # sha256(secret) → arrival; looked up by digest so no secret is compared by hand.
         self._arrivals: dict[bytes, _Arrival] = {}
@@ -151,7 +154,11 @@ class ProcessRuntime(Runtime):
                 log.warning("agent cgroups disabled: %s (rlimits and process groups still apply)", problem)
         try:
             async with trio.open_nursery() as nursery:
-                endpoint = await nursery.start(serve_endpoint, self.agent_listen, self._serve_agent)
+                endpoint = await nursery.start(
+                    partial(serve_endpoint, max_frame_size=AGENT_LINK_MAX_FRAME_SIZE),
+                    self.agent_listen,
+                    self._serve_agent,
+                )
                 self._address = str(endpoint)
                 if self.sandbox.user is not None and endpoint.scheme == "unix":
                     _open_to_other_users(endpoint.path)
@@ -262,6 +269,11 @@ class ProcessRuntime(Runtime):
                     except OSError as exc:
                         log.warning("cannot remove the cgroup of %s: %s", spec.instance_id, exc)
                 await self._guardian.unregister(process.pid)
+                # The pipes are closed now, not whenever the garbage collector
+                # gets to the process object (forced kills leaked them: issue 12).
+                for pipe in (process.stdout, process.stderr):
+                    if pipe is not None:
+                        await pipe.aclose()
 
 
 class ProcessInstance(RuntimeInstance):

@@ -54,9 +54,7 @@ async def test_a_running_node_is_scraped_and_parsed(tmp_path: Path, no_leaked_pr
         assert _value(samples, "spear_running_executions") == 0
         assert _value(samples, "spear_client_connections") == 1
         assert _value(samples, "spear_up") == 1
-        listener = str(node.endpoints[0])
-        assert _value(samples, "spear_client_received_bytes_total", listener=listener) > 100
-        assert _value(samples, "spear_client_sent_bytes_total", listener=listener) > 100
+        assert _value(samples, "spear_client_connections", listener=str(node.endpoints[0])) == 1
 
 
 def test_client_chosen_names_cannot_grow_the_label_sets_without_bound() -> None:

@@ -148,8 +148,9 @@ async def test_agent_killed_mid_call_fails_the_call_and_the_next_call_works(node
 
 
 async def test_wrong_secret_is_never_ready(node: Node) -> None:
+    # Three failed starts in a row (the call waits through them): DEGRADED.
     error = await expect_error(
-        ErrorCode.INSTANCE_FAILED,
+        ErrorCode.UNAVAILABLE,
         node.invoke("add", [1, 2], task_name="liar", artifact_spec=agent_spec(AGENTS / "wrong_secret_agent.py")),
     )
     assert "UNAUTHENTICATED" in error.details["stderr_tail"]
@@ -168,9 +169,9 @@ async def test_raw_connection_with_a_wrong_secret_is_refused(node: Node) -> None
 async def test_agent_that_never_dials_back_fails_with_the_stderr_tail(
     tmp_path: Path, no_leaked_processes: None
 ) -> None:
-    async with open_node(fast_config(tmp_path, start_timeout_s=1.0)) as node:
+    async with open_node(fast_config(tmp_path, start_timeout_s=1.0, start_backoff_s=0.1)) as node:
         error = await expect_error(
-            ErrorCode.INSTANCE_FAILED,
+            ErrorCode.UNAVAILABLE,  # DEGRADED after three such starts; the call waited for them
             node.invoke("x", None, task_name="mute", artifact_spec=agent_spec(AGENTS / "silent_agent.py")),
         )
     assert "did not dial back within 1s" in error.message
@@ -244,7 +245,7 @@ async def test_shutdown_leaves_no_agent_process_and_no_task(tmp_path: Path) -> N
 
 async def test_shutdown_answers_in_flight_calls_unavailable(tmp_path: Path, no_leaked_processes: None) -> None:
     outcome: dict[str, Any] = {}
-    async with open_node(fast_config(tmp_path)) as node:
+    async with trio.open_nursery() as outer, open_node(fast_config(tmp_path)) as node:
         await node.invoke("pid", None, task_name="slow", artifact_spec=agent_spec(BUSY))
 
         async def long_call() -> None:
@@ -253,7 +254,7 @@ async def test_shutdown_answers_in_flight_calls_unavailable(tmp_path: Path, no_l
             except SpearError as exc:
                 outcome["error"] = exc
 
-        node._nursery.start_soon(long_call)
+        outer.start_soon(long_call)  # outlives the node: it hears how the node ended it
         await until_running(node, "exec-slow")
     assert outcome["error"].code is ErrorCode.UNAVAILABLE
 
@@ -309,11 +310,25 @@ async def test_functions_see_their_call_context(node: Node) -> None:
 
 
 async def test_deadline_message_names_the_function(node: Node) -> None:
+    # The instance is READY first, so the deadline is spent running, not starting.
+    await node.invoke("pid", None, task_name="dl", artifact_spec=agent_spec(BUSY))
     error = await expect_error(
         ErrorCode.DEADLINE_EXCEEDED,
-        node.invoke("wait", [5], task_name="dl", artifact_spec=agent_spec(BUSY), context={"timeout_ms": 100}),
+        node.invoke("wait", [30], task_name="dl", context={"timeout_ms": 1000}),
     )
     assert error.message == "wait did not finish before its deadline"
+
+
+async def test_a_deadline_passed_in_the_queue_names_the_function_too(node: Node) -> None:
+    policy = {"max_instances": 1, "max_concurrency": 1}
+    held = await node.invoke(
+        "wait", [30], task_name="dlq", artifact_spec=agent_spec(BUSY), policy=policy, execution_mode="ASYNC"
+    )
+    error = await expect_error(
+        ErrorCode.DEADLINE_EXCEEDED, node.invoke("double", 1, task_name="dlq", context={"timeout_ms": 200})
+    )
+    assert error.message.startswith("double: no instance of task 'dlq' was free before the deadline")
+    await node.cancel_execution(held["execution_id"])
 
 
 async def test_a_new_artifact_version_under_a_taken_name(node: Node) -> None:

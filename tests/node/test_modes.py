@@ -3,6 +3,7 @@ end to end over websocket against real agent processes."""
 
 from __future__ import annotations
 
+import gc
 import os
 from pathlib import Path
 from typing import Any
@@ -284,8 +285,10 @@ async def test_forced_cancel_kills_the_instance_at_once(node: Node) -> None:
 async def test_client_disconnect_cancels_its_sync_call(node: Node) -> None:
     async with spear_actors.connect(str(node.endpoints[0])) as client:
         await client.invoke("pid", None, task_name="dc", artifact_spec=BUSY)
-        with trio.move_on_after(0.3):
-            await client.invoke("wait", [30], task_name="dc", context={"execution_id": "exec-dc"})
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(lambda: client.invoke("wait", [30], task_name="dc", context={"execution_id": "exec-dc"}))
+            await until_running(node, "exec-dc")
+            nursery.cancel_scope.cancel()
         # leaving the block closes the connection with the call abandoned
     with trio.fail_after(5):
         while (await node.get_execution("exec-dc"))["status"] != "CANCELLED":
@@ -293,7 +296,8 @@ async def test_client_disconnect_cancels_its_sync_call(node: Node) -> None:
 
 
 async def test_retention_evicts_the_oldest_finished_records(tmp_path: Path, no_leaked_processes: None) -> None:
-    async with open_node(fast_config(tmp_path, max_execution_records=5)) as node:
+    # The memory store: what leaves memory is gone (tests/store covers the disk's retention).
+    async with open_node(fast_config(tmp_path, max_execution_records=5, store="memory")) as node:
         ids = [(await node.invoke("double", i, task_name="r", artifact_spec=BUSY))["execution_id"] for i in range(8)]
         await node.wait_execution(ids[-1])  # its record is final (the caller may hear first)
         for execution_id in ids[:3]:
@@ -360,3 +364,53 @@ def _state(pid: int) -> str:
             return stat.read().rsplit(")", 1)[1].split()[0]
     except OSError:
         return "gone"
+
+
+def _open_descriptors() -> dict[str, int]:
+    """Open descriptors of this process by kind (pipe, socket, anon_inode, file)."""
+    kinds: dict[str, int] = {}
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        kind = target.split(":", 1)[0] if ":" in target else "file"
+        kinds[kind] = kinds.get(kind, 0) + 1
+    return kinds
+
+
+async def test_forced_cancels_close_the_killed_instances_descriptors_and_refill_the_pool(
+    tmp_path: Path, no_leaked_processes: None
+) -> None:
+    policy = {"min_instances": 4, "max_instances": 4, "max_concurrency": 1}
+    gc.disable()  # descriptors must be closed when the instance ends, not by a collection
+    try:
+        async with open_node(fast_config(tmp_path, store="memory")) as node:
+            task_id = (await node.invoke("pid", None, task_name="fk4", artifact_spec=BUSY, policy=policy))["task_id"]
+
+            async def ready_instances() -> int:
+                instances = (await node.get_task(task_id))["instances"]
+                return sum(1 for i in instances if i["status"] in ("READY", "RUNNING"))
+
+            async def pool_full() -> None:
+                with trio.fail_after(30):
+                    while await ready_instances() != 4 or len((await node.get_task(task_id))["instances"]) != 4:
+                        await trio.sleep(0.02)
+
+            await pool_full()
+            baseline = _open_descriptors()
+            for i in range(5):
+                accepted = await node.invoke(
+                    "wait", [30], task_id=task_id, execution_mode="ASYNC", context={"execution_id": f"fk4-{i}"}
+                )
+                await until_running(node, accepted["execution_id"])
+                record = await node.cancel_execution(accepted["execution_id"], force=True)
+                assert record["status"] == "CANCELLED", (i, record)
+                await pool_full()  # the killed instance was replaced
+            # With the collector off, only an explicit close brings the count back
+            # (agent sockets close as their connection sees EOF, a moment after the kill).
+            with trio.fail_after(10):
+                while _open_descriptors() != baseline:
+                    await trio.sleep(0.02)
+    finally:
+        gc.enable()

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import random
 import struct
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
 
@@ -23,8 +22,6 @@ from spear_actors.protocol.calls import Handler, IncomingRequest
 from spear_actors.protocol.connection import Connection, ConnectionConfig
 from spear_actors.protocol.framing import ProtocolError
 from spear_actors.protocol.handshake import (
-    Authenticator,
-    accept_connection,
     open_connection,
     token_authenticator,
 )
@@ -42,121 +39,16 @@ from spear_actors.protocol.messages import (
     StreamEnd,
     StreamItem,
     Welcome,
-    decode_message,
     encode_message,
 )
 from spear_actors.protocol.transports import (
-    Endpoint,
     StreamTransport,
     Transport,
     WebsocketTransport,
     open_transport,
-    serve_endpoint,
 )
 
-# Generous guard for anything that should happen "at once" on a real socket.
-PROMPTLY = 5.0
-
-
-TransportHandler = Callable[[Transport], Awaitable[None]]
-
-
-class Server:
-    def __init__(self) -> None:
-        self.endpoint: Endpoint | None = None
-        self.connections: list[Connection] = []
-        self.accepted = 0
-
-
-@asynccontextmanager
-async def serving(
-    url: str,
-    handler: Handler | None = None,
-    *,
-    authenticator: Authenticator | None = None,
-    config: ConnectionConfig | None = None,
-    max_frame_size: int | None = None,
-    on_transport: TransportHandler | None = None,
-) -> AsyncIterator[Server]:
-    """Serve *url* with real connections (or with *on_transport* as a raw peer)."""
-    server = Server()
-
-    async def accept(transport: Transport) -> None:
-        server.accepted += 1
-        async with accept_connection(
-            transport, handler=handler, authenticator=authenticator, config=config
-        ) as connection:
-            server.connections.append(connection)
-            await connection.wait_closed()
-
-    kwargs = {} if max_frame_size is None else {"max_frame_size": max_frame_size}
-    async with trio.open_nursery() as nursery:
-        server.endpoint = await nursery.start(partial(serve_endpoint, url, on_transport or accept, **kwargs))
-        yield server
-        nursery.cancel_scope.cancel()
-
-
-@asynccontextmanager
-async def connected(
-    server: Server,
-    hello: Hello | None = None,
-    *,
-    config: ConnectionConfig | None = None,
-    handler: Handler | None = None,
-) -> AsyncIterator[Connection]:
-    assert server.endpoint is not None
-    async with (
-        open_transport(server.endpoint) as transport,
-        open_connection(transport, hello or Hello(), config=config, handler=handler) as connection,
-    ):
-        yield connection
-
-
-class Raw:
-    """A peer that speaks the protocol by hand over a bare transport."""
-
-    def __init__(self, transport: Transport) -> None:
-        self.transport = transport
-
-    async def send(self, *messages: Message) -> None:
-        await self.transport.send_bodies([encode_message(m) for m in messages])
-
-    async def receive(self) -> Message | None:
-        body = await self.transport.receive_body()
-        return None if body is None else decode_message(body)
-
-    async def receive_skipping_pings(self) -> Message | None:
-        while True:
-            message = await self.receive()
-            if not isinstance(message, Ping):
-                return message
-
-    async def hello(self, hello: Hello | None = None) -> Welcome:
-        await self.send(hello or Hello())
-        welcome = await self.receive()
-        assert isinstance(welcome, Welcome), welcome
-        return welcome
-
-    async def welcome(self, welcome: Welcome) -> Hello:
-        hello = await self.receive()
-        assert isinstance(hello, Hello), hello
-        await self.send(welcome)
-        return hello
-
-    async def abort(self) -> None:
-        """Drop the link without any goodbye or close frame."""
-        if isinstance(self.transport, StreamTransport):
-            await trio.aclose_forcefully(self.transport.stream)
-        else:
-            assert isinstance(self.transport, WebsocketTransport)
-            await trio.aclose_forcefully(self.transport.ws._stream)
-
-
-@asynccontextmanager
-async def raw_client(server: Server) -> AsyncIterator[Raw]:
-    assert server.endpoint is not None
-    async with open_transport(server.endpoint) as transport:
-        yield Raw(transport)
+from .peers import PROMPTLY, Raw, connected, raw_client, serving
 
 
 async def standard_handler(request: IncomingRequest) -> Any:
@@ -235,7 +127,7 @@ async def test_excess_requests_wait_for_a_handler_slot(url: str) -> None:
                 for i in range(n):
                     nursery.start_soon(_append, results, partial(connection.request, "x", i))
                 # every request has reached the server: 8 run, the rest wait for a slot
-                while not server.connections or len(server.connections[0]._serving) < n:
+                while not server.connections or server.connections[0].in_service < n:
                     await trio.sleep(0.001)
                 await trio.testing.wait_all_tasks_blocked()
                 assert running == limit
@@ -414,7 +306,7 @@ async def test_slow_consumer_bounds_the_producer(url: str) -> None:
                     consumed += 1
                     # a slow consumer: let the producer run as far ahead as it can
                     await trio.testing.wait_all_tasks_blocked(cushion=0.002)
-                    assert len(items._items) <= window
+                    assert items.buffered <= window
             assert items.result == total
     assert consumed == total
     assert lead == window  # the producer did get ahead, and exactly as far as allowed
@@ -505,7 +397,7 @@ async def test_cancel_reaches_the_handler(url: str) -> None:
             assert seen[0].cancel_reason == "caller cancelled"
             assert connection.in_flight == 0
             assert await connection.request("echo", "alive") == "alive"
-            assert server.connections[0]._serving == {}
+            assert server.connections[0].in_service == 0
 
 
 async def test_request_timeout_is_deadline_exceeded_and_cancels_the_handler(url: str) -> None:

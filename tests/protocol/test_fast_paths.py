@@ -19,11 +19,10 @@ import trio.testing
 
 from spear_actors.errors import ErrorCode, SpearError
 from spear_actors.protocol.calls import IncomingRequest
-from spear_actors.protocol.connection import Connection
 from spear_actors.protocol.messages import Cancel, Error, Request, Response, Welcome
-from spear_actors.protocol.transports import StreamTransport, Transport
+from spear_actors.protocol.transports import SocketTransport, Transport
 
-from .test_connection import PROMPTLY, Raw, connected, raw_client, serving
+from .peers import PROMPTLY, Raw, connected, raw_client, serving
 
 
 async def echo_or_hang(request: IncomingRequest) -> Any:
@@ -71,11 +70,6 @@ async def test_a_request_behind_a_hanging_one_in_the_same_read_is_answered(url: 
     assert isinstance(answer, Error) and (answer.id, answer.code) == (1, ErrorCode.CANCELLED.value)
 
 
-def _leads(connection: Connection, url: str) -> None:
-    # tcp and unix connections that serve nothing let callers read; ws never does
-    assert connection._can_lead == (not url.startswith("ws"))
-
-
 async def test_a_cancelled_leader_hands_reading_over(url: str) -> None:
     gate = trio.Event()
 
@@ -86,7 +80,6 @@ async def test_a_cancelled_leader_hands_reading_over(url: str) -> None:
         return request.params
 
     async with serving(url, handler) as server, connected(server) as connection:
-        _leads(connection, url)
         answers: list[Any] = []
         with trio.fail_after(PROMPTLY):
             async with trio.open_nursery() as nursery:
@@ -103,11 +96,8 @@ async def test_a_cancelled_leader_hands_reading_over(url: str) -> None:
                 await trio.testing.wait_all_tasks_blocked()
                 nursery.start_soon(follower)
                 await trio.testing.wait_all_tasks_blocked()
-                if connection._can_lead:
-                    assert connection._leader is not None  # the first caller leads
-                leader_scope.cancel()
+                leader_scope.cancel()  # on tcp and unix the first caller leads the reads
                 await trio.testing.wait_all_tasks_blocked()
-                assert connection._leader is None
                 gate.set()  # the follower's answer comes only now: someone must read it
     assert answers == ["after the leader left"]
 
@@ -120,7 +110,6 @@ async def test_many_callers_mixing_leaders_and_followers_all_get_their_answers(u
 
     results: dict[int, int] = {}
     async with serving(url, handler) as server, connected(server) as connection:
-        _leads(connection, url)
 
         async def caller(first: int) -> None:
             for i in range(first, first + 50):  # sequential per caller: each may lead
@@ -149,7 +138,6 @@ async def test_peer_request_read_by_a_leader_is_refused_not_found(url: str) -> N
         await trio.sleep_forever()
 
     async with serving(url, on_transport=asking_peer) as server, connected(server) as connection:
-        _leads(connection, url)
         with trio.fail_after(PROMPTLY):
             assert await connection.request("go") == "done"
     [answer] = refusal
@@ -164,7 +152,6 @@ async def test_a_leader_fails_unavailable_at_once_when_the_peer_vanishes(url: st
         await raw.abort()
 
     async with serving(url, on_transport=vanishing_peer) as server, connected(server) as connection:
-        _leads(connection, url)
         with trio.fail_after(PROMPTLY), pytest.raises(SpearError) as info:
             await connection.request("slow", timeout=60)
     assert info.value.code == ErrorCode.UNAVAILABLE
@@ -220,7 +207,7 @@ async def test_answers_of_one_read_arrive_even_when_the_last_handler_to_run_wait
 async def test_reading_or_waiting_on_a_closed_socket_is_unavailable() -> None:
     a, b = trio.socket.socketpair()
     with b:
-        transport = StreamTransport(trio.SocketStream(a))
+        transport = SocketTransport(trio.SocketStream(a))
         a.close()
         with pytest.raises(SpearError) as info:
             await transport.receive_body()

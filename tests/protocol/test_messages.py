@@ -222,14 +222,20 @@ def test_str_where_bytes_belong_says_bytes() -> None:
 @pytest.mark.parametrize(
     ("body", "match"),
     [
-        (b"", "not one valid msgpack value"),
-        (b"\xc1", "not one valid msgpack value"),
-        (_body(type="cancel", id=1) + b"\x00", "not one valid msgpack value"),  # trailing data
+        (b"", "truncated"),
+        (b"\xc1", "invalid msgpack"),
+        (_body(type="cancel", id=1) + b"\x00", "trailing bytes: 1 bytes after the one msgpack value"),
         (msgpack.packb([1, 2]), "must be a msgpack map"),
         (_body(id=1), "field 'type' must be a string"),
         (_body(type=b"request"), "field 'type' must be a string"),
         (_body(type="subscribe"), "unknown message type 'subscribe'"),
-        (b"\x81\x91\x01\x01", "not one valid msgpack value"),  # unhashable (array) map key
+        (b"\x81\x91\x01\x01", "a map key is an array or a map"),
+        (b"\x92\x01", "truncated: the body ends inside a msgpack value"),
+        (b"\x91" * 1024 + b"\x01", "must be a msgpack map"),  # as deep as allowed
+        (b"\x91" * 1025 + b"\x01", "nesting deeper than 1024 levels"),
+        (b"\xa1\xff", "a str is not valid UTF-8"),
+        (b"\xdd\x00\x0f\x42\x41", "too many entries: an array of more than 1000000 entries"),
+        (b"\xdf\x00\x0f\x42\x41", "too many entries: a map of more than 1000000 entries"),
     ],
 )
 def test_malformed_bodies(body: bytes, match: str) -> None:

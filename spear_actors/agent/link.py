@@ -1,0 +1,245 @@
+"""The agent's connection to its node: the protocol core driven from threads.
+
+The same :class:`~spear_actors.protocol.core.ProtocolCore` as the node's trio driver
+holds every rule; here it is guarded by one lock, and three threads move bytes:
+
+* the *reader* (the thread that called :meth:`AgentLink.serve`) receives bytes, feeds
+  the core and hands events to the agent. It never waits to write: what it must
+  send (pongs) is queued, so it keeps reading however slowly the node reads;
+* the *writer* sends queued bodies in order, all that queued up in one write;
+* the *heartbeat* pings on the node's interval and ends the link when the node has
+  been silent past the timeout, or has not taken our bytes for as long.
+
+Producing a body and queueing it happen under the lock, so bodies leave in the
+order the core made them.
+"""
+
+from __future__ import annotations
+
+import socket
+import sys
+import threading
+import time
+from collections import deque
+
+from ..errors import ErrorCode, SpearError
+from ..protocol.core import ConnectionClosed, Event, ProtocolCore, check_welcome
+from ..protocol.framing import AGENT_LINK_MAX_FRAME_SIZE, HEADER_SIZE, encode_frame
+from ..protocol.messages import Hello, Message, decode_message, encode_message
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+__all__ = ["AgentLink", "dial"]
+
+_RECEIVE_SIZE = 65536  # not more: see protocol/transports.py
+_HIGH_WATER = 4 * 1024 * 1024
+
+
+class AgentLink:
+    """One authenticated connection from the agent to its node."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self.lock = threading.Condition()
+        """Guards the core and the send queue; notified when credit or room arrives."""
+        self.core: ProtocolCore | None = None
+        self._queue: deque[bytes] = deque()
+        self._queued_bytes = 0
+        self._write_started: float | None = None
+        self.closed = False
+
+    # -- the handshake -------------------------------------------------------------
+    def handshake(self, hello: Hello) -> None:
+        """Say hello and wait for the welcome; exits the process (status 2) when the
+        node refuses the agent."""
+        hello.max_frame_size = AGENT_LINK_MAX_FRAME_SIZE
+        self._sock.sendall(encode_frame(encode_message(hello)))
+        reply, rest = self._receive_welcome()
+        try:
+            welcome = check_welcome(reply)
+        except SpearError as exc:
+            print(f"spear agent: node refused us: {exc.code.value}: {exc.message}", file=sys.stderr)
+            raise SystemExit(2) from None
+        self.core = ProtocolCore(
+            now=time.monotonic(),
+            max_frame_size=AGENT_LINK_MAX_FRAME_SIZE,
+            heartbeat_interval=max(welcome.heartbeat_interval_ms, 10) / 1000,
+            heartbeat_timeout=max(welcome.heartbeat_timeout_ms, 10) / 1000,
+            peer_max_frame_size=welcome.max_frame_size,
+        )
+        if rest:  # the node may send right after its welcome
+            self.core.receive_data(rest, time.monotonic())
+
+    def _receive_welcome(self) -> tuple[Message, bytes]:
+        """The first frame's message, and the bytes received after it."""
+        buffer = bytearray()
+        while True:
+            if len(buffer) >= HEADER_SIZE:
+                length = int.from_bytes(buffer[:HEADER_SIZE], "little")
+                if not 0 < length <= AGENT_LINK_MAX_FRAME_SIZE:
+                    raise SystemExit(f"spear agent: bad first frame from the node ({length} bytes)")
+                end = HEADER_SIZE + length
+                if len(buffer) >= end:
+                    return decode_message(bytes(buffer[HEADER_SIZE:end])), bytes(buffer[end:])
+            data = self._sock.recv(_RECEIVE_SIZE)
+            if not data:
+                raise SystemExit("spear agent: the node closed the connection during the handshake")
+            buffer += data
+
+    # -- serving ---------------------------------------------------------------------
+    def serve(self, on_event: Callable[[Event], None]) -> None:
+        """Run the writer and heartbeat threads and read until the link ends; every
+        event but the close goes to *on_event* (called without the lock)."""
+        core = self.core
+        assert core is not None
+        threading.Thread(target=self._writer, name="spear-writer", daemon=True).start()
+        threading.Thread(target=self._heartbeat, name="spear-heartbeat", daemon=True).start()
+        sock = self._sock
+        try:
+            while True:
+                with self.lock:
+                    event = core.next_event()
+                    if event is None:
+                        if core.closed:  # closed by the heartbeat thread
+                            return
+                        self._flush_core()
+                if event is None:
+                    try:
+                        data = sock.recv(_RECEIVE_SIZE)
+                    except OSError:
+                        data = b""
+                    with self.lock:
+                        core.receive_data(data, time.monotonic())
+                    continue
+                if isinstance(event, ConnectionClosed):
+                    if event.error.code != ErrorCode.UNAVAILABLE:
+                        print(f"spear agent: node reported {event.error}", file=sys.stderr)
+                    self._last_words()
+                    return
+                on_event(event)
+        finally:
+            self.close()
+
+    # -- sending ---------------------------------------------------------------------
+    def send(self, produce: Callable[[ProtocolCore], bytes | None]) -> None:
+        """Make a body with the core (under the lock) and queue it; never waits."""
+        with self.lock:
+            if self.core is None or self.closed:
+                return
+            self._enqueue(produce(self.core))
+
+    def send_waiting(self, produce: Callable[[ProtocolCore], bytes | None]) -> None:
+        """Like :meth:`send`, but first wait while more than 4 MiB is queued (stream
+        items from a fast generator: the node reading slowly holds it back)."""
+        with self.lock:
+            while self._queued_bytes > _HIGH_WATER and not self.closed:
+                self.lock.wait()
+            if self.core is None or self.closed:
+                return
+            self._enqueue(produce(self.core))
+
+    def _enqueue(self, body: bytes | None) -> None:
+        if body is not None:
+            self._queue.append(body)
+            self._queued_bytes += len(body)
+            self.lock.notify_all()
+
+    def _flush_core(self) -> None:
+        assert self.core is not None
+        for body in self.core.data_to_send():
+            self._enqueue(body)
+
+    def _writer(self) -> None:
+        sock = self._sock
+        lock = self.lock
+        while True:
+            with lock:
+                while not self._queue and not self.closed:
+                    lock.wait()
+                if self.closed:
+                    return
+                bodies = list(self._queue)
+                self._queue.clear()
+                self._queued_bytes = 0
+                self._write_started = time.monotonic()
+                lock.notify_all()  # room for senders waiting on the high-water mark
+            out = bytearray()
+            for body in bodies:
+                out += encode_frame(body)
+            try:
+                sock.sendall(out)
+            except OSError:
+                self._abort()
+                return
+            finally:
+                self._write_started = None
+
+    def _last_words(self) -> None:
+        """Send what the core queued on closing (a protocol error), briefly."""
+        with self.lock:
+            self._flush_core()
+            bodies, self._queue = list(self._queue), deque()
+        if bodies:
+            try:
+                self._sock.settimeout(0.5)
+                self._sock.sendall(b"".join(encode_frame(b) for b in bodies))
+            except OSError:
+                pass
+
+    # -- heartbeat and closing ------------------------------------------------------------
+    def _heartbeat(self) -> None:
+        core = self.core
+        assert core is not None
+        while True:
+            with self.lock:
+                if self.closed or core.closed:
+                    return
+                delay = core.next_deadline() - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            now = time.monotonic()
+            with self.lock:
+                started = self._write_started
+                if started is not None and now - started >= core.heartbeat_timeout:
+                    stalled = True
+                else:
+                    stalled = False
+                    event = core.check_heartbeat(now)
+                    self._flush_core()
+            if stalled or event is not None:
+                print("spear agent: node silent past the heartbeat timeout; exiting", file=sys.stderr)
+                self._abort()
+                return
+
+    def _abort(self) -> None:
+        """End the link now: the reader's next read fails and it stops."""
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        """Stop every thread and close the socket."""
+        with self.lock:
+            self.closed = True
+            self.lock.notify_all()
+        try:
+            self._sock.close()
+        except OSError:
+            pass
+
+
+def dial(address: str) -> socket.socket:
+    """Connect to ``unix:///path`` or ``tcp://host:port`` (``SERVICE_ADDR``)."""
+    if address.startswith("unix://"):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.connect(address[len("unix://") :])
+        return sock
+    if address.startswith("tcp://"):
+        host, _, port = address[len("tcp://") :].rpartition(":")
+        sock = socket.create_connection((host.strip("[]"), int(port)))
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
+    raise SystemExit(f"spear agent: unsupported SERVICE_ADDR {address!r}")

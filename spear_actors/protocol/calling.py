@@ -1,0 +1,398 @@
+"""The calling role of a trio connection: requests, streams, and callers that read.
+
+A call puts its request through the core (which numbers it) and the outbox, then
+waits for its answer, which the reader task hands over. Its deadline covers
+everything from the wait for room in the send queue to the answer; a caller that
+gives up before any byte of its request left takes the request back, otherwise it
+sends a cancel.
+
+**Callers that read (the one fast path of this role).** Waiting for the reader task
+to wake the caller costs one more pass of trio's run loop per call. So, on a
+connection that serves no requests over a plain socket, a caller whose request has
+been *fully written* may *lead*: read the link itself until its answer has come,
+dispatching whatever else arrives. One leader at a time; the reader task reads only
+while nobody leads, and waits for data without taking it (``wait_readable``), so a
+leader takes over at once by cancelling that wait. A caller leads only after its
+send completed, so while any task waits to write, someone reads.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import trio
+
+from ..errors import ErrorCode, SpearError
+from .core import ConnectionClosed, ErrorReceived, Event, ItemReceived, ResponseReceived
+from .framing import ProtocolError
+from .link import Link
+from .transports import SocketTransport
+
+__all__ = ["Caller", "ResponseStream"]
+
+
+class _PendingCall:
+    """The caller's side of a unary request: an event and its outcome."""
+
+    __slots__ = ("error", "event", "id", "result", "ticket")
+
+    def __init__(self) -> None:
+        self.id = 0  # set once the core numbered the request
+        self.ticket = 0  # the outbox's ticket for its body
+        self.event = trio.Event()
+        self.result: Any = None
+        self.error: SpearError | None = None
+
+    def end(self, result: Any) -> None:
+        if not self.event.is_set():
+            self.result = result
+            self.event.set()
+
+    def fail(self, error: SpearError) -> None:
+        if not self.event.is_set():
+            self.error = error
+            self.event.set()
+
+
+class ResponseStream:
+    """The items of a stream request, in order, as an async iterator.
+
+    Iteration ends after the last item when the stream ended well (:attr:`result`
+    then holds the final value), or raises the terminal :class:`SpearError` after the
+    items that came before it. Consuming items grants the peer new credit, so at
+    most ``window`` items are ever buffered here.
+    """
+
+    def __init__(self, connection: Caller, window: int, deadline: float) -> None:
+        self._connection = connection
+        self.request_id = 0
+        """The request's id (set once it is sent)."""
+        self.window = window
+        self._deadline = deadline
+        self._items: collections.deque[Any] = collections.deque()
+        self._event = trio.Event()
+        self.finished = False
+        """True once the end or an error has arrived."""
+        self.result: Any = None
+        """The ``result`` of the stream_end message, once iteration has ended."""
+        self._error: SpearError | None = None
+
+    @property
+    def buffered(self) -> int:
+        """Items received and not yet taken (never more than ``window``)."""
+        return len(self._items)
+
+    def __aiter__(self) -> ResponseStream:
+        return self
+
+    async def __anext__(self) -> Any:
+        while not self._items:
+            if self.finished:
+                if self._error is not None:
+                    raise self._error
+                raise StopAsyncIteration
+            self._event = trio.Event()
+            with trio.move_on_at(self._deadline):
+                await self._event.wait()
+                continue
+            self._connection._give_up(self.request_id, 0, "deadline exceeded")
+            self.fail(SpearError(ErrorCode.DEADLINE_EXCEEDED, "stream deadline exceeded"))
+        item = self._items.popleft()
+        if not self.finished:
+            self._connection._put(self._connection.core.item_taken(self.request_id))
+        return item
+
+    async def wait_finished(self) -> None:
+        """Wait for the end or the error, without consuming items (they are dropped:
+        this is for a consumer that has left)."""
+        while not self.finished:
+            self._items.clear()
+            self._event = trio.Event()
+            await self._event.wait()
+
+    # -- fed by the connection -------------------------------------------------------
+    def push(self, data: Any) -> None:
+        self._items.append(data)
+        self._event.set()
+
+    def end(self, result: Any) -> None:
+        if not self.finished:
+            self.finished = True
+            self.result = result
+            self._event.set()
+
+    def fail(self, error: SpearError) -> None:
+        if not self.finished:
+            self.finished = True
+            self._error = error
+            self._event.set()
+
+
+class Caller(Link):
+    """The calling role (see the module docstring)."""
+
+    def _init_calling(self, *, may_lead: bool) -> None:
+        self._calls: dict[int, _PendingCall | ResponseStream] = {}
+        socket = self.transport if isinstance(self.transport, SocketTransport) else None
+        self._lead_socket = socket if may_lead else None
+        self._leader: _PendingCall | None = None
+        self._lead_released = trio.lowlevel.ParkingLot()  # the reader, while a caller leads
+        self._reader_idle: trio.CancelScope | None = None
+        self._reader_busy = False
+
+    @property
+    def in_flight(self) -> int:
+        """Outgoing requests and streams awaiting their terminal answer."""
+        return len(self._calls)
+
+    async def request(
+        self,
+        method: str,
+        params: Any = None,
+        *,
+        timeout: float | None = None,
+        cancel_grace: float | None = None,
+    ) -> Any:
+        """Call *method* on the peer and return its result.
+
+        Raises the peer's :class:`SpearError`; DEADLINE_EXCEEDED after *timeout*
+        seconds, counted from the call (the deadline also travels to the peer);
+        UNAVAILABLE at once if the connection dies. Cancelling the caller sends a
+        cancel to the peer (or takes the request back if none of it was sent); with
+        *cancel_grace*, the caller then waits up to that long (shielded) for the peer
+        to confirm by answering, and :attr:`on_unconfirmed_cancel` is called if it
+        does not.
+        """
+        self._check_open()
+        call = _PendingCall()
+        outbox = self._outbox
+        try:
+            # no cancel scope without a timeout: it would cost every call a little
+            with _NO_SCOPE if timeout is None else trio.move_on_after(timeout):
+                if outbox.queued_bytes > self.config.send_high_water:
+                    await outbox.wait_room()
+                    self._check_open()
+                call.id, body = self.core.request(method, params, timeout_ms=_ms(timeout))
+                self._calls[call.id] = call
+                call.ticket = outbox.put(body)
+                if self._lead_socket is not None:
+                    # lead only once the request is out: while it waits to be
+                    # written, the reader task reads whatever the peer sends
+                    if outbox.written < call.ticket:
+                        await outbox.wait_written(call.ticket)
+                    if self._try_lead(call):
+                        try:
+                            await self._read_until(call)
+                        finally:
+                            self._end_lead()
+                if not call.event.is_set():
+                    await call.event.wait()
+            if not call.event.is_set():  # the timeout passed
+                self._check_open()
+                self._give_up(call.id, call.ticket, "deadline exceeded")
+                raise SpearError(ErrorCode.DEADLINE_EXCEEDED, f"{method}: no answer within {timeout:g}s")
+        except trio.Cancelled:
+            if call.id and not call.event.is_set():
+                sent_cancel = self._give_up(call.id, call.ticket, "caller cancelled")
+                if sent_cancel and cancel_grace is not None:
+                    with trio.CancelScope(shield=True) as grace:
+                        grace.deadline = trio.current_time() + cancel_grace
+                        await call.event.wait()
+                    if not call.event.is_set() and not self.closed and self.on_unconfirmed_cancel is not None:
+                        self.on_unconfirmed_cancel(method, call.id)
+            raise
+        finally:
+            if call.id:
+                del self._calls[call.id]
+                if not call.event.is_set():  # else the core has forgotten it already
+                    self.core.forget(call.id)
+        if call.error is not None:
+            raise call.error
+        return call.result
+
+    @asynccontextmanager
+    async def stream(
+        self,
+        method: str,
+        params: Any = None,
+        *,
+        window: int | None = None,
+        timeout: float | None = None,
+        cancel_grace: float | None = None,
+    ) -> AsyncIterator[ResponseStream]:
+        """Call a streaming *method*; yields a :class:`ResponseStream` of its items.
+
+        Leaving the block before the stream has ended cancels it at the peer; with
+        *cancel_grace*, the block waits up to that long (shielded) for the peer's
+        confirming answer, and :attr:`on_unconfirmed_cancel` is called without one.
+        """
+        self._check_open()
+        window = window or self.config.stream_window
+        deadline = _deadline(timeout)
+        items = ResponseStream(self, window, deadline)
+        request_id = ticket = 0
+        try:
+            with trio.CancelScope(deadline=deadline) as scope:
+                await self._outbox.wait_room()
+                self._check_open()
+                request_id, body = self.core.request(method, params, timeout_ms=_ms(timeout), window=window)
+                items.request_id = request_id
+                self._calls[request_id] = items
+                ticket = self._outbox.put(body)  # its deadline now runs in the iteration
+            if scope.cancelled_caught:
+                self._check_open()
+                if not items.finished:
+                    self._give_up(request_id, ticket, "deadline exceeded")
+                    items.fail(SpearError(ErrorCode.DEADLINE_EXCEEDED, f"{method}: not sent within {timeout:g}s"))
+            yield items
+        finally:
+            if request_id and not items.finished:
+                sent_cancel = self._give_up(request_id, ticket, "consumer left the stream")
+                if sent_cancel and cancel_grace is not None and not self.closed:
+                    with trio.CancelScope(shield=True) as grace:
+                        grace.deadline = trio.current_time() + cancel_grace
+                        await items.wait_finished()
+                    if not items.finished and not self.closed and self.on_unconfirmed_cancel is not None:
+                        self.on_unconfirmed_cancel(method, request_id)
+            if request_id:
+                self._calls.pop(request_id, None)
+                self.core.forget(request_id)
+
+    def _give_up(self, request_id: int, ticket: int, reason: str) -> bool:
+        """Stop a request of ours: take it back if none of it was sent, else send a
+        cancel. True when a cancel was sent (the peer's confirmation may follow)."""
+        if ticket and self._outbox.withdraw(ticket):
+            self.core.withdraw(request_id)
+            return False
+        body = self.core.cancel(request_id, reason)
+        self._put(body)
+        return body is not None
+
+    # -- answers -------------------------------------------------------------------------
+    def _on_answer(self, event: ResponseReceived | ErrorReceived | ItemReceived) -> None:
+        waiter = self._calls.get(event.id)
+        if waiter is None:
+            return
+        kind = type(event)
+        if kind is ResponseReceived:
+            waiter.end(event.result)  # type: ignore[union-attr]
+        elif kind is ErrorReceived:
+            waiter.fail(event.error)  # type: ignore[union-attr]
+        elif isinstance(waiter, ResponseStream):
+            waiter.push(event.data)  # type: ignore[union-attr]
+
+    def _fail_calls(self, reason: SpearError) -> None:
+        for waiter in self._calls.values():
+            waiter.fail(SpearError(reason.code, reason.message))
+        if self._leader is not None and self._lead_socket is not None:
+            # wake the leader's read (a cancel scope around each read would cost
+            # every call more than this costs the one that dies)
+            self._lead_socket.interrupt_receive()
+
+    # -- callers that read their own answer ------------------------------------------
+    def _try_lead(self, call: _PendingCall) -> bool:
+        if self._lead_socket is None or self._leader is not None or self._reader_busy or self.closed:
+            return False
+        if call.event.is_set():
+            return False
+        self._leader = call
+        if self._reader_idle is not None:
+            self._reader_idle.cancel()
+        return True
+
+    def _end_lead(self) -> None:
+        self._leader = None
+        self._lead_released.unpark_all()
+
+    async def _read_until(self, call: _PendingCall) -> None:
+        """Read and dispatch until *call* is answered (or the connection dies)."""
+        socket = self._lead_socket
+        assert socket is not None
+        core = self.core
+        try:
+            while not call.event.is_set():
+                body = await socket.receive_body()
+                if body is None:
+                    core.receive_body(None, trio.current_time())
+                    event = core.next_event()
+                else:
+                    event = core.event_for(body, trio.current_time())
+                if core.has_data_to_send:
+                    self._flush_core()
+                if event is not None and not self._on_event(event):
+                    return
+            # what the same read brought in for other callers is theirs now
+            while not self.closed and (body := socket.receive_buffered()) is not None:
+                event = core.event_for(body, trio.current_time())
+                if core.has_data_to_send:
+                    self._flush_core()
+                if event is not None and not self._on_event(event):
+                    return
+        except ProtocolError as exc:
+            await self._protocol_error(exc)
+        except SpearError as exc:
+            self._die(exc)
+
+    def _on_event(self, event: Event) -> bool:
+        """Act on an event read by a leader; False when the connection closed."""
+        kind = type(event)
+        if kind is ResponseReceived or kind is ErrorReceived or kind is ItemReceived:
+            self._on_answer(event)  # type: ignore[arg-type]
+        elif kind is ConnectionClosed:
+            assert isinstance(event, ConnectionClosed)
+            if event.cause is not None:
+                self.transport.closing_because(event.cause)
+            self._flush_core()
+            self._die(event.error)
+            return False
+        else:
+            self._dispatch(event)
+        return True
+
+    async def _receive_as_reader(self) -> bytes | None:
+        """The reader task's next body (None: the peer closed), never while a caller leads."""
+        socket = self._lead_socket
+        if socket is None:
+            return await self.transport.receive_body()
+        while True:
+            body = socket.receive_buffered()
+            if body is not None:
+                return body
+            if self._leader is not None:
+                await self._lead_released.park()
+                continue
+            with trio.CancelScope() as self._reader_idle:
+                await socket.wait_readable()
+            self._reader_idle = None
+            if self._leader is None:  # else a caller took over while we waited
+                self._reader_busy = True
+                try:
+                    return await socket.receive_body()
+                finally:
+                    self._reader_busy = False
+
+
+class _NoScope:
+    """A do-nothing ``with`` block, where a call has no timeout."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc_info: object) -> None:
+        return None
+
+
+_NO_SCOPE = _NoScope()
+
+
+def _deadline(timeout: float | None) -> float:
+    return math.inf if timeout is None else trio.current_time() + timeout
+
+
+def _ms(timeout: float | None) -> int | None:
+    """A timeout in whole milliseconds, rounded up (0 only for a timeout of 0 or less)."""
+    return None if timeout is None else max(0, math.ceil(timeout * 1000))

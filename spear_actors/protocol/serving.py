@@ -1,0 +1,303 @@
+"""The serving role of a trio connection: the reader task and the handlers it starts.
+
+The reader task reads bodies, feeds them to the core and acts on its events. Answers
+never wait: the core turns a handler's result into a body and the outbox writes it
+at once or queues it for the writer task, so no handler and no reader is ever held
+by a peer that does not read. What holds a peer back is that the reader stops
+reading while too much is queued for it, or too many of its requests are in service.
+
+**The reader serves what it reads (the one fast path of this role).** A fresh task
+per request costs a pass of trio's run loop before the handler starts. So the task
+that reads a request serves it: it first takes every body the same read brought in
+(starting a task for each further request), then runs the handler inline and starts
+its successor as the connection's reader just before the handler would first wait
+(:func:`~.inline.run_inline`), or once it is done. A handler that answers at once
+has its answer written before that spawn; every request still has a task of its own.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import trio
+
+from ..errors import ErrorCode, SpearError
+from .calling import Caller
+from .core import (
+    CancelReceived,
+    ConnectionClosed,
+    CreditReceived,
+    ErrorReceived,
+    Event,
+    ItemReceived,
+    RequestReceived,
+    ResponseReceived,
+)
+from .framing import ProtocolError
+from .inline import run_inline
+from .transports import StreamTransport
+
+__all__ = ["Handler", "IncomingRequest", "Server"]
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[["IncomingRequest"], Awaitable[Any]]
+"""Serves one incoming request: returns the result or raises :class:`SpearError`."""
+
+
+class IncomingRequest:
+    """A request from the peer, as seen by the handler serving it."""
+
+    def __init__(self, connection: Server, event: RequestReceived, size: int = 0) -> None:
+        self.connection = connection
+        self.size = size
+        """Bytes of the request's body (counted against the connection's budget)."""
+        self.id = event.id
+        self.method = event.method
+        self.params = event.params
+        self.timeout_ms = event.timeout_ms
+        self.is_stream = event.window is not None
+        self._credit_event: trio.Event | None = None  # made when a producer waits for credit
+        self.cancel_scope = trio.CancelScope()
+        self.cancel_reason: str | None = None
+        """Set when the peer cancelled this request (with the reason it gave)."""
+
+    @property
+    def items_sent(self) -> int:
+        """How many stream items the handler has sent so far."""
+        return self.connection.core.items_sent(self.id)
+
+    async def send_item(self, data: Any) -> None:
+        """Send one stream item, first waiting for the consumer's credit and for room
+        in the send queue."""
+        if not self.is_stream:
+            raise SpearError(ErrorCode.FAILED_PRECONDITION, f"{self.method}: request is not a stream")
+        connection = self.connection
+        core = connection.core
+        while core.credit(self.id) <= 0:
+            connection._check_open()
+            self._credit_event = trio.Event()
+            await self._credit_event.wait()
+        await connection._outbox.wait_room()
+        connection._check_open()
+        connection._put(core.send_item(self.id, data))
+
+    def _credit_arrived(self) -> None:
+        if self._credit_event is not None:
+            self._credit_event.set()
+
+
+class Server(Caller):
+    """The serving role, and the reader task (see the module docstring)."""
+
+    def _init_serving(self, handler: Handler | None) -> None:
+        self._handler = handler
+        self._handlers: dict[int, IncomingRequest] = {}
+        self._handlers_starting = 0  # started by the reader, not yet running
+        # A semaphore, not a CapacityLimiter: it need not track which task holds a
+        # slot, and its acquire_nowait is several times cheaper on this hot path.
+        self._handler_slots = trio.Semaphore(self.config.max_inflight_handlers)
+        self._serving_room = trio.Event()
+        self._max_handlers = self.config.max_inflight_handlers + self.config.max_queued_handlers
+        self._bytes_in_service = 0
+        buffered = self.transport if isinstance(self.transport, StreamTransport) else None
+        self._buffered = buffered
+
+    @property
+    def in_service(self) -> int:
+        """The peer's requests being served or waiting for a handler slot."""
+        return len(self._handlers)
+
+    @property
+    def bytes_in_service(self) -> int:
+        """Bytes of the requests counted by :attr:`in_service`."""
+        return self._bytes_in_service
+
+    def _dispatch(self, event: Event) -> None:
+        kind = type(event)
+        if kind is ResponseReceived or kind is ErrorReceived or kind is ItemReceived:
+            self._on_answer(event)  # type: ignore[arg-type]
+        elif kind is CancelReceived:
+            assert isinstance(event, CancelReceived)
+            incoming = self._handlers.get(event.id)
+            if incoming is not None:
+                incoming.cancel_reason = event.reason
+                incoming.cancel_scope.cancel()
+        elif kind is CreditReceived:
+            assert isinstance(event, CreditReceived)
+            incoming = self._handlers.get(event.id)
+            if incoming is not None:
+                incoming._credit_arrived()
+
+    def _cancel_handlers(self) -> None:
+        for incoming in self._handlers.values():
+            incoming.cancel_scope.cancel()
+
+    # -- the reader task -----------------------------------------------------------
+    def _start_reader(self) -> None:
+        if not self.closed:
+            assert self._nursery is not None
+            self._nursery.start_soon(self._reader)
+
+    def _has_room(self) -> bool:
+        return len(self._handlers) < self._max_handlers
+
+    async def _wait_for_room(self) -> None:
+        """Stop reading while too many requests are served or waiting for a slot."""
+        while not self._has_room():
+            self._serving_room = trio.Event()
+            await self._serving_room.wait()
+
+    async def _reader(self) -> None:
+        """Read and dispatch until a request arrives; then serve it (module docstring)."""
+        core = self.core
+        outbox = self._outbox
+        first: IncomingRequest | None = None
+        try:
+            while True:
+                if first is not None:
+                    body = self._buffered.receive_buffered() if self._buffered is not None else None
+                    if body is None:
+                        break
+                else:
+                    if self._handler is not None:
+                        # the peer sent more than we hold for it, or does not read
+                        # what we answered: stop reading it until that drains
+                        while self._bytes_in_service > self.config.max_bytes_in_service:
+                            self._serving_room = trio.Event()
+                            await self._serving_room.wait()
+                        if outbox.queued_bytes > self.config.send_high_water:
+                            await outbox.wait_room()
+                    body = await self._receive_as_reader()
+                if body is None:
+                    core.receive_body(None, trio.current_time())
+                    event = core.next_event()
+                else:
+                    event = core.event_for(body, trio.current_time())
+                if core.has_data_to_send:
+                    self._flush_core()
+                if event is None:
+                    continue
+                kind = type(event)
+                if kind is RequestReceived:
+                    assert isinstance(event, RequestReceived)
+                    if len(self._handlers) >= self._max_handlers:
+                        if first is not None:
+                            self._spawn_server(first)
+                            first = None
+                        await self._wait_for_room()
+                    incoming = IncomingRequest(self, event, len(body) if body is not None else 0)
+                    self._bytes_in_service += incoming.size
+                    self._handlers[event.id] = incoming
+                    if first is None:
+                        first = incoming
+                    else:
+                        self._spawn_server(incoming)
+                elif kind is ConnectionClosed:
+                    assert isinstance(event, ConnectionClosed)
+                    await self._closing(event)
+                    return
+                else:
+                    self._dispatch(event)
+        except ProtocolError as exc:
+            await self._protocol_error(exc)
+            return
+        except SpearError as exc:
+            self._die(exc)
+            return
+        # The successor starts when this task is about to wait: a handler that
+        # answers without waiting has its answer written before the spawn.
+        successor = _Once(self._start_reader)
+        try:
+            await self._serve(first, successor)
+        finally:
+            successor()
+
+    def _spawn_server(self, incoming: IncomingRequest) -> None:
+        assert self._nursery is not None
+        self._handlers_starting += 1
+        self._nursery.start_soon(functools.partial(self._serve, incoming, spawned=True))
+
+    async def _serve(
+        self, incoming: IncomingRequest, before_waiting: Callable[[], None] | None = None, spawned: bool = False
+    ) -> None:
+        """Run the handler for *incoming* and send its one answer.
+
+        *before_waiting* (from the reader that read the request) is called before
+        this task first waits for anything: then someone else must read.
+        """
+        handler = self._handler
+        assert handler is not None
+        if spawned:
+            self._handlers_starting -= 1
+        core = self.core
+        body: bytes | None
+        scope = incoming.cancel_scope
+        if incoming.timeout_ms is not None:
+            scope.deadline = trio.current_time() + incoming.timeout_ms / 1000
+        try:
+            with scope:
+                # acquire_nowait first: `async with` always adds a schedule point,
+                # one more trip through the run loop for every request served
+                try:
+                    self._handler_slots.acquire_nowait()
+                except trio.WouldBlock:
+                    if before_waiting is not None:
+                        before_waiting()
+                    await self._handler_slots.acquire()
+                try:
+                    if before_waiting is None:
+                        result = await handler(incoming)
+                    else:
+                        result = await run_inline(handler(incoming), before_waiting)
+                finally:
+                    self._handler_slots.release()
+            if scope.cancelled_caught:
+                if self.closed:
+                    return
+                if incoming.cancel_reason is not None:
+                    error = SpearError(ErrorCode.CANCELLED, incoming.cancel_reason)
+                else:
+                    error = SpearError(
+                        ErrorCode.DEADLINE_EXCEEDED, f"{incoming.method}: deadline of {incoming.timeout_ms} ms exceeded"
+                    )
+                body = core.fail(incoming.id, error)
+            else:
+                try:
+                    body = core.respond(incoming.id, result)
+                except SpearError as exc:  # the result cannot be sent: say why instead
+                    body = core.fail(incoming.id, exc)
+        except SpearError as exc:
+            body = core.fail(incoming.id, exc)
+        except Exception as exc:
+            log.exception("handler for %s failed", incoming.method)
+            body = core.fail(incoming.id, SpearError(ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}"))
+        finally:
+            del self._handlers[incoming.id]
+            self._bytes_in_service -= incoming.size
+            self._serving_room.set()
+        if body is None or self.closed:
+            return
+        # more handlers of the same read run in this pass: the last one writes
+        # every answer at once (or the writer, a pass later, if it waits)
+        try:
+            self._outbox.put(body, defer=spawned and self._handlers_starting > 0)
+        except SpearError:
+            pass  # a lost link: _die has run
+
+
+class _Once:
+    """Call *fn* the first time this is called; later calls do nothing."""
+
+    __slots__ = ("_fn",)
+
+    def __init__(self, fn: Callable[[], None]) -> None:
+        self._fn: Callable[[], None] | None = fn
+
+    def __call__(self) -> None:
+        fn, self._fn = self._fn, None
+        if fn is not None:
+            fn()

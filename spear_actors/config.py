@@ -26,6 +26,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from .cluster.config import ClusterConfig
 from .errors import ErrorCode, SpearError
 from .model import ArtifactSpec, InstancePolicy
 from .policy import OperatorPolicy
@@ -147,6 +148,8 @@ class NodeConfig:
     tasks: list[TaskDeclaration] = dataclasses.field(default_factory=list)
     policy: OperatorPolicy = dataclasses.field(default_factory=OperatorPolicy)
     """What clients may run (the ``[policy]`` table; docs/security.md)."""
+    cluster: ClusterConfig | None = None
+    """The ``[cluster]`` table: join a cluster on etcd (docs/cluster.md); None: alone."""
 
     def agent_endpoint(self) -> str:
         """The agent listener URL, choosing a private temp unix socket if unset."""
@@ -178,6 +181,8 @@ class NodeConfig:
                 raise SpearError(ErrorCode.INVALID_ARGUMENT, f"config: unknown setting {key!r}")
             if key == "tasks":
                 config.tasks = [_task(name, spec, base) for name, spec in _mapping(value, "tasks").items()]
+            elif key == "cluster":
+                config.cluster = None if value is None else ClusterConfig.from_mapping(_mapping(value, "cluster"))
             elif key == "policy":
                 config.policy = OperatorPolicy.from_dict(value, base)
             elif key == "defaults":

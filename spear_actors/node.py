@@ -285,8 +285,12 @@ class Node:
         """Create a task now (if none has its name); return its id."""
         return await self._manager.ask(lambda reply: DeclareTask(seed, reply))
 
-    async def list_tasks(self, prefix: str = "", limit: int = 100, start_after: str = "") -> dict[str, Any]:
-        """A page of tasks sorted by name; ``next_start_after`` is the next page's cursor."""
+    async def list_tasks(
+        self, prefix: str = "", limit: int = 100, start_after: str = "", scope: str = "node"
+    ) -> dict[str, Any]:
+        """A page of tasks sorted by name; ``next_start_after`` is the next page's cursor.
+        (``scope="cluster"`` is served by the gateway of a cluster node.)"""
+        _node_scope(scope)
         return await self._query("list_tasks", prefix=prefix, limit=limit, start_after=start_after)
 
     async def get_task(
@@ -303,8 +307,10 @@ class Node:
         return await self._manager.ask(lambda reply: DeleteTask(task_id, force, reply))
 
     # -- node ------------------------------------------------------------------------------
-    async def get_health(self) -> dict[str, Any]:
-        """Status, uptime, active tasks and instances, running and pending executions."""
+    async def get_health(self, scope: str = "node") -> dict[str, Any]:
+        """Status, uptime, active tasks and instances, running and pending executions.
+        (``scope="cluster"`` is served by the gateway of a cluster node.)"""
+        _node_scope(scope)
         health: dict[str, Any] = await self._query("get_health")
         health["node_id"] = self.config.node_id
         return health
@@ -371,6 +377,13 @@ class ExecutionStream:
             if self.error is not None:
                 raise self.error from None
             raise StopAsyncIteration from None
+
+
+def _node_scope(scope: str) -> None:
+    if scope == "cluster":
+        raise SpearError(ErrorCode.FAILED_PRECONDITION, "scope 'cluster' needs a node in a cluster ([cluster] config)")
+    if scope != "node":
+        raise SpearError(ErrorCode.INVALID_ARGUMENT, f"scope must be 'node' or 'cluster', not {scope!r}")
 
 
 def _accepted(routed: Routed) -> dict[str, Any]:

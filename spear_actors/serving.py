@@ -17,7 +17,9 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from ._nursery import background_nursery
+from .cluster.membership import serve_cluster
 from .config import NodeConfig
+from .errors import ErrorCode, SpearError
 from .gateway import Gateway
 from .gateway.exposure import check_exposure
 from .metrics import serve_metrics
@@ -42,12 +44,16 @@ async def open_node(config: NodeConfig | None = None) -> AsyncIterator[Node]:
     """
     config = config or NodeConfig()
     check_exposure(config)
+    if config.cluster is not None and not config.listen:
+        raise SpearError(ErrorCode.INVALID_ARGUMENT, "config: a cluster node needs a listen endpoint (peers dial it)")
     async with open_core(config) as node, background_nursery() as nursery:
         gateway: Gateway | None = None
         if config.listen:
             gateway = Gateway(node)
             node.endpoints.extend(await nursery.start(gateway.run, list(config.listen)))
             node.front_ends.append(gateway)
+            if config.cluster is not None:
+                gateway.router = await nursery.start(serve_cluster, node, config.cluster, gateway.endpoints)
         if config.metrics_listen:
             node.metrics_url = await nursery.start(
                 serve_metrics, config.metrics_listen, node.metrics.registry, ScrapeRefresher(node, gateway)

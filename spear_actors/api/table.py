@@ -37,6 +37,13 @@ _TASK_ID = Param(
     cli="task",
     cli_help="task name or id",
 )
+_SCOPE = Param(
+    "scope",
+    str,
+    "node",
+    "`node`: this node; `cluster`: the whole cluster (a cluster node only)",
+    maximum=16,
+)
 _LIMIT = Param("limit", int, 100, "page size", minimum=1, maximum=MAX_LIST_LIMIT, cli="--limit", cli_help="page size")
 
 
@@ -196,6 +203,7 @@ METHODS: Final[tuple[Method, ...]] = (
                 maximum=MAX_ID_LENGTH,
                 cli="--start-after",
             ),
+            _SCOPE,
         ),
         result="`{tasks, next_start_after}`",
         cli=CliCommand("tasks", "list tasks", ("spear tasks", "spear tasks --prefix hel --json")),
@@ -238,6 +246,7 @@ METHODS: Final[tuple[Method, ...]] = (
         "get_health",
         "The node's health summary.",
         node_method="get_health",
+        params=(_SCOPE,),
         result="health",
         aliases=("health",),
         cli=CliCommand("health", "show the node's health", ("spear health", "spear health --url ws://10.0.0.5:7411")),

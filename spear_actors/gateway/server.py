@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Final
 import trio
 
 from ..api import BY_NAME, Method, validate_params
+from ..cluster.routing import NOT_ROUTED, ClusterRouter, peer_or_client_authenticator
 from ..errors import ErrorCode, SpearError
 from ..model import InvokeRequest
 from ..protocol.calls import IncomingRequest
@@ -67,6 +68,10 @@ class Gateway:
         config = node.config
         self._methods = methods
         self._authenticator = token_authenticator(config.token) if config.token else None
+        if self._authenticator is not None and config.cluster is not None and config.cluster.token:
+            self._authenticator = peer_or_client_authenticator(config.token or "", config.cluster.token)
+        self.router: ClusterRouter | None = None
+        """Set when the node is in a cluster: calls owned elsewhere are forwarded."""
         self._connection_config = ConnectionConfig(
             heartbeat_interval=config.client_heartbeat_interval_s,
             heartbeat_timeout=config.client_heartbeat_timeout_s,
@@ -238,10 +243,16 @@ class Gateway:
         serve = getattr(self.node, method.node_method)
         if method.params is None:  # an InvokeFunctionRequest
             request = InvokeRequest.from_dict(incoming.params if incoming.params is not None else {})
+            if self.router is not None:
+                return await self.router.invoke(method, request, incoming)
             if method.stream:
                 return await serve(request, incoming.send_item)
             return await serve(request)
         args = validate_params(method, incoming.params)
+        if self.router is not None:
+            routed = await self.router.call(method, args, incoming)
+            if routed is not NOT_ROUTED:
+                return routed
         if method.stream:
             args["sink"] = incoming.send_item
         return await serve(**args)

@@ -1,0 +1,304 @@
+"""Routing: a client may call any node; calls for tasks and executions owned
+elsewhere are forwarded to the owner.
+
+The gateway hands every call to :class:`ClusterRouter` when the node is in a cluster
+(``Gateway.router``). The owner of an execution is named by its id
+(:func:`.ids.execution_owner`); the owner of a task by its claim (the
+:class:`.view.ClusterView`, then the id's node part). A call that arrives from a peer
+node (hello role ``node``) is served here and never forwarded again, except a new
+task's name lost to another node's claim (one more hop, to the winner, who owns it).
+Streams pass through item by item, so the client's credit paces the owner; cancelling
+the client's call cancels the forwarded one; the deadline travels with it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Final
+
+import trio
+
+from ..api import Method
+from ..errors import ErrorCode, SpearError
+from ..model import InvocationType, InvokeRequest
+from ..protocol.handshake import Authenticator, token_authenticator
+from ..protocol.messages import Hello
+from ..protocol.serving import IncomingRequest
+from .ids import execution_owner, id_owner, new_execution_id, new_task_id
+from .peers import PeerPool
+from .placement import place_task
+from .records import NodeInfo, TaskEntry
+from .registry import ClusterRegistry
+from .view import ClusterView
+
+if TYPE_CHECKING:
+    from ..node import Node
+
+__all__ = ["NOT_ROUTED", "ClusterRouter", "peer_or_client_authenticator"]
+
+NOT_ROUTED: Final[Any] = object()
+"""What :meth:`ClusterRouter.call` answers for a call the node serves as usual."""
+
+_BY_EXECUTION: Final = frozenset({"get_execution", "wait_execution", "cancel_execution"})
+_BY_TASK: Final = frozenset({"get_task", "delete_task"})
+_STREAM_WINDOW: Final = 16
+
+
+class ClusterRouter:
+    """Decides, per call, whether this node serves it or its owner does, and forwards."""
+
+    def __init__(self, node: Node, registry: ClusterRegistry, view: ClusterView, peers: PeerPool) -> None:
+        self.node = node
+        self.node_id = node.config.node_id
+        self.registry = registry
+        self.view = view
+        self.peers = peers
+        self._created: set[str] = set()  # owned names whose task exists here
+
+    # -- invoke / stream_function ------------------------------------------------------
+    async def invoke(self, method: Method, request: InvokeRequest, incoming: IncomingRequest) -> Any:
+        """Serve or forward an invocation (*incoming* is the client's request)."""
+        from_peer = _from_peer(incoming)
+        if request.invocation_type is InvocationType.EXISTING_TASK:
+            owner = self._task_owner(request.task_id)
+            if owner is None or owner == self.node_id or from_peer:
+                return await self._run_local(request, incoming)
+            return await self._forward(self._live_owner(owner, request.task_id), method, incoming)
+        request.validate()
+        name = request.task_name
+        owned = self._owned().get(name)
+        if owned is not None:
+            return await self._run_owned(request, owned, incoming)
+        entry = self.view.task(name)
+        live_elsewhere = entry is not None and entry.owner != self.node_id and self.view.node(entry.owner) is not None
+        if entry is not None and live_elsewhere and not from_peer:
+            return await self._forward(self._live_owner(entry.owner, name), method, incoming)
+        if not from_peer:
+            target = place_task(self._local_info(), self.view.nodes())
+            if target.node_id != self.node_id:
+                return await self._forward(target, method, incoming)
+        return await self._claim_and_run(method, request, incoming)
+
+    async def _claim_and_run(self, method: Method, request: InvokeRequest, incoming: IncomingRequest) -> Any:
+        """Claim the new task's name (the transaction decides who creates it), then
+        create and run it here, or forward to the node that won the name."""
+        name = request.task_name
+        local_id = await self._local_task_id(name)
+        claim = await self.registry.claim_task(name, local_id or new_task_id(self.node_id))
+        if claim.entry.owner != self.node_id:
+            if _from_peer(incoming) and incoming.connection.peer.peer_id == claim.entry.owner:
+                raise SpearError(
+                    ErrorCode.UNAVAILABLE,
+                    f"task {name!r} is claimed by node {claim.entry.owner}; retry",
+                    {"owner": claim.entry.owner},
+                )
+            return await self._forward(self._live_owner(claim.entry.owner, name), method, incoming)
+        return await self._run_owned(request, claim.entry, incoming)
+
+    async def _run_owned(self, request: InvokeRequest, entry: TaskEntry, incoming: IncomingRequest) -> Any:
+        """Run a NEW_TASK call for a name this node owns. Until the task is known to
+        exist here it is created under the claimed id (EXISTING_TASK with
+        create_if_not_exists: concurrent first calls make it once); after, the call
+        goes as it came (so an artifact change is checked as on a lone node)."""
+        name = entry.task_name
+        if name in self._created:
+            return await self._run_local(request, incoming)
+        created = dataclasses.replace(
+            request,
+            invocation_type=InvocationType.EXISTING_TASK,
+            task_id=entry.task_id,
+            create_if_not_exists=True,
+        )
+        try:
+            answer = await self._run_local(created, incoming)
+        except SpearError as exc:
+            never_made = exc.code in (ErrorCode.INVALID_ARGUMENT, ErrorCode.NOT_FOUND, ErrorCode.PERMISSION_DENIED)
+            if never_made and await self._local_task_id(name) is None:  # free the name
+                await _quietly(self.registry.release_task(name))
+            raise
+        self._created.add(name)
+        return answer
+
+    async def _run_local(self, request: InvokeRequest, incoming: IncomingRequest) -> Any:
+        if not request.context.execution_id:
+            request.context.execution_id = new_execution_id(self.node_id)
+        if incoming.is_stream:
+            return await self.node.invoke_request(request, incoming.send_item)
+        return await self.node.invoke_request(request)
+
+    # -- the other methods ---------------------------------------------------------------
+    async def call(self, method: Method, args: Mapping[str, Any], incoming: IncomingRequest) -> Any:
+        """Serve *method* (its validated *args*) from the cluster, forward it, or
+        answer :data:`NOT_ROUTED` for the node to serve it as usual."""
+        name = method.name
+        if name in ("list_tasks", "get_health"):
+            if args.get("scope") == "cluster":
+                return await (self._cluster_tasks(args) if name == "list_tasks" else self._cluster_health())
+            if name == "get_health":
+                health = await self.node.get_health()
+                health["cluster"] = self.registry.status().to_dict()
+                return health
+            return NOT_ROUTED
+        if _from_peer(incoming):
+            return NOT_ROUTED
+        if name in _BY_EXECUTION:
+            owner = execution_owner(args["execution_id"])
+            if owner is None or owner == self.node_id:
+                return NOT_ROUTED
+            return await self._forward(self._live_owner(owner, args["execution_id"]), method, incoming)
+        if name in _BY_TASK:
+            owner = self._task_owner(args["task_id"])
+            if owner is None or owner == self.node_id:
+                if name == "delete_task":
+                    return await self._delete_local(args)
+                return NOT_ROUTED
+            return await self._forward(self._live_owner(owner, args["task_id"]), method, incoming)
+        if name == "watch_executions":
+            return await self._watch(method, args["execution_ids"], incoming)
+        return NOT_ROUTED
+
+    async def _delete_local(self, args: Mapping[str, Any]) -> Any:
+        result = await self.node.delete_task(**args)
+        for entry in self.registry.owned_tasks():
+            if entry.task_id == result.get("task_id") or entry.task_name == args["task_id"]:
+                self._created.discard(entry.task_name)
+                await _quietly(self.registry.release_task(entry.task_name))
+        return result
+
+    async def _watch(self, method: Method, execution_ids: list[str], incoming: IncomingRequest) -> Any:
+        """Split the ids by owner: this node's watched here, the others' at their owners,
+        every record passed on as it comes."""
+        by_owner: dict[str, list[str]] = {}
+        for execution_id in execution_ids:
+            owner = execution_owner(execution_id)
+            key = self.node_id if owner is None else owner
+            by_owner.setdefault(key, []).append(execution_id)
+        if set(by_owner) == {self.node_id}:
+            return NOT_ROUTED
+        count = 0
+
+        async def watch(owner: str, ids: list[str]) -> None:
+            nonlocal count
+            if owner == self.node_id:
+                answer = await self.node.watch_executions(ids, incoming.send_item)
+                count += int(answer.get("count", len(ids)))
+                return
+            connection = await self.peers.connection(self._live_owner(owner, ids[0]))
+            async with connection.stream(
+                method.name, {"execution_ids": ids}, window=len(ids), timeout=_timeout(incoming)
+            ) as items:
+                async for item in items:
+                    await incoming.send_item(item)
+                count += int((items.result or {}).get("count", len(ids)))
+
+        async with trio.open_nursery() as nursery:
+            for owner, ids in by_owner.items():
+                nursery.start_soon(watch, owner, ids)
+        return {"count": count}
+
+    # -- cluster views -------------------------------------------------------------------
+    async def _cluster_tasks(self, args: Mapping[str, Any]) -> dict[str, Any]:
+        prefix, limit, start_after = args.get("prefix", ""), args.get("limit", 100), args.get("start_after", "")
+        alive = {node.node_id for node in self.view.nodes()}
+        entries = sorted(
+            (e for e in self.view.tasks() if e.task_name.startswith(prefix) and e.task_name > start_after),
+            key=lambda e: e.task_name,
+        )
+        page = entries[:limit]
+        tasks = [{**entry.to_dict(), "owner_alive": entry.owner in alive} for entry in page]
+        return {
+            "tasks": tasks,
+            "next_start_after": page[-1].task_name if len(entries) > limit else "",
+            "fresh": self.view.fresh,
+        }
+
+    async def _cluster_health(self) -> dict[str, Any]:
+        health = await self.node.get_health()
+        health["cluster"] = self.registry.status().to_dict()
+        health["nodes"] = [node.to_dict() for node in sorted(self.view.nodes(), key=lambda n: n.node_id)]
+        health["view_fresh"] = self.view.fresh
+        if self.view.last_error:
+            health["view_error"] = self.view.last_error
+        return health
+
+    # -- helpers -------------------------------------------------------------------------
+    def _owned(self) -> dict[str, TaskEntry]:
+        return {entry.task_name: entry for entry in self.registry.owned_tasks()}
+
+    def _local_info(self) -> NodeInfo:
+        return self.view.node(self.node_id) or NodeInfo(node_id=self.node_id, capacity=1)
+
+    def _task_owner(self, task: str) -> str | None:
+        """The node owning the task with id (or name) *task*, or None: ask locally."""
+        entry: TaskEntry | None = self.view.task_by_id(task) or self.view.task(task)
+        if entry is not None:
+            return entry.owner
+        return id_owner(task)
+
+    def _live_owner(self, owner: str, what: str) -> NodeInfo:
+        """The live node *owner*, or UNAVAILABLE naming the lost owner of *what*."""
+        node = self.view.node(owner)
+        if node is None:
+            raise SpearError(
+                ErrorCode.UNAVAILABLE,
+                f"{what!r} is owned by node {owner}, which is not in the cluster (lost); "
+                "a NEW_TASK call re-creates a lost task on a live node",
+                {"owner": owner, "lost_owner": owner},
+            )
+        return node
+
+    async def _local_task_id(self, name: str) -> str | None:
+        try:
+            task = await self.node.get_task(name)
+        except SpearError as exc:
+            if exc.code is ErrorCode.NOT_FOUND:
+                return None
+            raise
+        task_id = task.get("task_id")
+        return task_id if isinstance(task_id, str) else None
+
+    async def _forward(self, owner: NodeInfo, method: Method, incoming: IncomingRequest) -> Any:
+        """Send the client's call as it came to *owner*; its answer (or error) is ours."""
+        connection = await self.peers.connection(owner)
+        timeout = _timeout(incoming)
+        if incoming.is_stream:
+            async with connection.stream(method.name, incoming.params, window=_STREAM_WINDOW, timeout=timeout) as items:
+                async for item in items:
+                    await incoming.send_item(item)
+                return items.result
+        return await connection.request(method.name, incoming.params, timeout=timeout)
+
+
+def peer_or_client_authenticator(client_token: str, cluster_token: str) -> Authenticator:
+    """Accept a client hello with the node's token, or a node hello (role ``node``)
+    with the cluster token (constant-time compares)."""
+    for_clients = token_authenticator(client_token)
+    for_nodes = token_authenticator(cluster_token)
+
+    async def authenticate(hello: Hello) -> str:
+        if hello.role == "node":
+            return str(await for_nodes(hello))
+        return str(await for_clients(hello))
+
+    return authenticate
+
+
+def _from_peer(incoming: IncomingRequest) -> bool:
+    peer = getattr(incoming.connection, "peer", None)
+    return getattr(peer, "role", None) == "node"
+
+
+def _timeout(incoming: IncomingRequest) -> float | None:
+    """What is left of the client's deadline (it travels on with the forwarded call)."""
+    deadline = incoming.cancel_scope.deadline
+    if deadline == float("inf"):
+        return None
+    return max(0.001, deadline - trio.current_time())
+
+
+async def _quietly(call: Any) -> None:
+    try:
+        await call
+    except SpearError:
+        pass

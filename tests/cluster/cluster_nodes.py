@@ -1,0 +1,49 @@
+"""Real nodes in a cluster for the routing tests: in-process ``open_node`` instances
+on loopback, each with its own data dir, all registered in one etcd."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from spear_actors import connect
+from spear_actors.node import Node, open_node
+
+from ..conftest import fast_config
+from .cluster_helpers import cluster_config, eventually
+
+
+def node_config(tmp_path: Path, node_id: str, etcd_url: str, prefix: str, **overrides: object) -> Any:
+    """A fast node config for *node_id*, in the cluster at *etcd_url* / *prefix*."""
+    root = tmp_path / node_id
+    root.mkdir(exist_ok=True)
+    config = fast_config(root, listen=["ws://127.0.0.1:0"], node_id=node_id, store="memory")
+    config.cluster = cluster_config(etcd_url, prefix, token="cluster-secret")
+    for key, value in overrides.items():
+        setattr(config, key, value)
+    return config
+
+
+async def cluster_health(url: str) -> dict[str, Any]:
+    async with connect(url) as client:
+        health: dict[str, Any] = await client.get_health(scope="cluster")
+        return health
+
+
+@asynccontextmanager
+async def open_cluster(tmp_path: Path, etcd_url: str, prefix: str, names: list[str]) -> AsyncIterator[list[Node]]:
+    """Nodes *names*, yielded once every one of them sees all the others."""
+    async with AsyncExitStack() as stack:
+        nodes = [await stack.enter_async_context(open_node(node_config(tmp_path, n, etcd_url, prefix))) for n in names]
+        for node in nodes:
+            await eventually(
+                lambda node=node: cluster_health(url_of(node)),  # type: ignore[misc]
+                lambda health: {n["node_id"] for n in health["nodes"]} == set(names),
+            )
+        yield nodes
+
+
+def url_of(node: Node) -> str:
+    return str(node.endpoints[0])

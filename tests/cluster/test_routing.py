@@ -1,0 +1,106 @@
+"""Calls routed through any node of a real three-node cluster on a real etcd."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import trio
+
+from spear_actors import SpearError, connect
+from spear_actors.cluster import id_owner
+from spear_actors.errors import ErrorCode
+
+from ..conftest import agent_spec
+from .cluster_helpers import eventually
+from .cluster_nodes import open_cluster, url_of
+from .etcd_server import EtcdServer
+
+
+async def test_task_created_on_a_is_served_through_c_in_every_mode(
+    etcd: EtcdServer, prefix: str, tmp_path: Path
+) -> None:
+    async with open_cluster(tmp_path, etcd.url, prefix, ["node-a", "node-b", "node-c"]) as (a, _b, c):
+        async with connect(url_of(a)) as on_a:
+            created = await on_a.invoke("add", [1, 2], task_name="calc", artifact_spec=agent_spec())
+        assert created["result"] == 3
+        task_id = created["task_id"]
+        assert id_owner(task_id) == "node-a"
+        assert id_owner(created["execution_id"]) == "node-a"
+        async with connect(url_of(c)) as on_c:
+            # SYNC, by id and by name
+            by_id = await on_c.invoke("add", [2, 3], task_id=task_id)
+            assert by_id["result"] == 5 and id_owner(by_id["execution_id"]) == "node-a"
+            by_name = await on_c.invoke("add", [4, 5], task_name="calc")
+            assert by_name["result"] == 9 and by_name["task_id"] == task_id
+            # ASYNC, then status and wait through C
+            accepted = await on_c.invoke("add", [3, 4], task_id=task_id, execution_mode="ASYNC")
+            record = await on_c.wait_execution(accepted["execution_id"])
+            assert record["status"] == "COMPLETED" and record["result"] == 7
+            # STREAM: items pass through with credit
+            async with on_c.stream("count", 5, task_id=task_id, window=2) as items:
+                received = [item async for item in items]
+            assert received == [0, 1, 2, 3, 4]
+            assert items.result["result"] == {"counted": 5}
+            # the task itself, and the cluster's listing with its owner
+            task = await on_c.get_task(task_id)
+            assert task["task_name"] == "calc"
+            listing = await on_c.list_tasks(scope="cluster")
+            assert [(t["task_name"], t["owner"]) for t in listing["tasks"]] == [("calc", "node-a")]
+        # C runs no task of its own: everything ran on A
+        assert (await c.list_tasks())["tasks"] == []
+
+
+async def test_cancel_and_status_through_a_third_node(etcd: EtcdServer, prefix: str, tmp_path: Path) -> None:
+    async with (
+        open_cluster(tmp_path, etcd.url, prefix, ["node-a", "node-b", "node-c"]) as (a, b, c),
+        connect(url_of(a)) as on_a,
+        connect(url_of(b)) as on_b,
+        connect(url_of(c)) as on_c,
+    ):
+        accepted = await on_a.invoke(
+            "sleep", [30], task_name="sleeper", artifact_spec=agent_spec(), execution_mode="ASYNC"
+        )
+        execution_id = accepted["execution_id"]
+        await eventually(lambda: on_b.get_execution(execution_id), lambda r: r["status"] == "RUNNING")
+        async with on_c.watch_executions([execution_id]) as notices:
+            cancelled = await on_b.cancel_execution(execution_id, reason="stop it")
+            assert cancelled["status"] == "CANCELLED"
+            notice = [item async for item in notices]
+        assert [n["status"] for n in notice] == ["CANCELLED"]
+        assert (await on_c.get_execution(execution_id))["status"] == "CANCELLED"
+
+
+async def test_two_nodes_racing_for_one_name_create_it_once(etcd: EtcdServer, prefix: str, tmp_path: Path) -> None:
+    async with open_cluster(tmp_path, etcd.url, prefix, ["node-a", "node-b", "node-c"]) as nodes:
+        for round_ in range(3):
+            answers: list[dict[str, object]] = []
+
+            async def call(node_index: int, name: str, answers: list[dict[str, object]] = answers) -> None:
+                async with connect(url_of(nodes[node_index])) as client:
+                    answers.append(await client.invoke("add", [1, 1], task_name=name, artifact_spec=agent_spec()))
+
+            async with trio.open_nursery() as nursery:
+                for index in (0, 1, 2):
+                    nursery.start_soon(call, index, f"race-{round_}")
+            assert len({answer["task_id"] for answer in answers}) == 1
+            counts = [len((await node.list_tasks())["tasks"]) for node in nodes]
+            assert sum(counts) == round_ + 1  # each name made on exactly one node
+
+
+async def test_lost_owner_and_unknown_ids(etcd: EtcdServer, prefix: str, tmp_path: Path) -> None:
+    async with (
+        open_cluster(tmp_path, etcd.url, prefix, ["node-a", "node-b"]) as (a, _b),
+        connect(url_of(a)) as on_a,
+    ):
+        with pytest.raises(SpearError) as lost:
+            await on_a.get_execution("node-gone:exec-0123")
+        assert lost.value.code is ErrorCode.UNAVAILABLE and lost.value.details["lost_owner"] == "node-gone"
+        with pytest.raises(SpearError) as lost_task:
+            await on_a.invoke("add", [1, 2], task_id="node-gone:task-0123")
+        assert lost_task.value.code is ErrorCode.UNAVAILABLE and "node-gone" in lost_task.value.message
+        health = await on_a.get_health()
+        assert health["cluster"]["state"] == "connected"
+        with pytest.raises(SpearError) as bad_scope:
+            await on_a.list_tasks(scope="galaxy")
+        assert bad_scope.value.code is ErrorCode.INVALID_ARGUMENT

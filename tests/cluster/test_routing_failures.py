@@ -1,0 +1,119 @@
+"""A cluster losing an owner node (kill -9 of a real ``spear serve``) and losing etcd."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import trio
+
+from spear_actors import SpearError, connect
+from spear_actors.cluster import id_owner
+from spear_actors.errors import ErrorCode
+
+from ..conftest import ROOT, agent_spec
+from ..node_process import spear_serve
+from .cluster_helpers import eventually
+from .cluster_nodes import cluster_health, open_cluster, url_of
+from .etcd_server import EtcdServer
+
+
+def _served_config(tmp_path: Path, node_id: str, etcd_url: str, prefix: str) -> str:
+    return f"""
+node_id = "{node_id}"
+listen = ["ws://127.0.0.1:0"]
+store = "memory"
+agent_listen = "unix://{tmp_path}/agents.sock"
+
+[policy]
+artifact_roots = ["{ROOT}"]
+
+[cluster]
+endpoints = ["{etcd_url}"]
+prefix = "{prefix}"
+lease_ttl_s = 2
+token = "cluster-secret"
+request_timeout_s = 1.0
+retry_interval_s = 0.1
+load_publish_interval_s = 0.1
+"""
+
+
+async def test_owner_killed_then_next_new_task_recreates_it_on_a_live_node(
+    etcd: EtcdServer, prefix: str, tmp_path: Path
+) -> None:
+    async with open_cluster(tmp_path, etcd.url, prefix, ["node-b", "node-c"]) as (b, _c):
+        served_dir = tmp_path / "served"
+        served_dir.mkdir()
+        config = _served_config(served_dir, "node-k", etcd.url, prefix)
+        async with spear_serve(served_dir, config) as served, connect(url_of(b)) as on_b:
+            await eventually(
+                lambda: cluster_health(url_of(b)), lambda h: "node-k" in {n["node_id"] for n in h["nodes"]}
+            )
+            async with connect(served.url) as on_k:
+                made = await on_k.invoke("add", [1, 2], task_name="phoenix", artifact_spec=agent_spec())
+            assert id_owner(made["task_id"]) == "node-k"
+            await eventually(
+                lambda: on_b.list_tasks(scope="cluster"), lambda page: [t["owner"] for t in page["tasks"]] == ["node-k"]
+            )
+            assert (await on_b.invoke("add", [2, 2], task_name="phoenix"))["result"] == 4  # forwarded to k
+
+            served.process.kill()  # kill -9: no goodbye, the lease has to expire
+            await served.process.wait()
+
+            # the old id: UNAVAILABLE naming the lost owner (whether or not its lease ran out yet)
+            with pytest.raises(SpearError) as lost:
+                await on_b.invoke("add", [1, 1], task_id=made["task_id"])
+            assert lost.value.code is ErrorCode.UNAVAILABLE and "node-k" in lost.value.message
+
+            # the next NEW_TASK call, once the lease has expired, makes it again on a live node
+            async def new_task() -> dict[str, object]:
+                answer: dict[str, object] = await on_b.invoke(
+                    "add", [5, 5], task_name="phoenix", artifact_spec=agent_spec()
+                )
+                return answer
+
+            again = await eventually(new_task, lambda answer: answer["result"] == 10)
+            assert id_owner(str(again["task_id"])) in {"node-b", "node-c"}
+            assert again["task_id"] != made["task_id"]
+
+
+async def test_etcd_lost_and_back_while_calls_run(own_etcd: EtcdServer, prefix: str, tmp_path: Path) -> None:
+    async with (
+        open_cluster(tmp_path, own_etcd.url, prefix, ["node-a", "node-b"]) as (a, b),
+        connect(url_of(a)) as on_a,
+        connect(url_of(b)) as on_b,
+    ):
+        made = await on_a.invoke("add", [1, 2], task_name="steady", artifact_spec=agent_spec())
+        await eventually(lambda: on_b.list_tasks(scope="cluster"), lambda page: len(page["tasks"]) == 1)
+        served = 0
+
+        async def keep_calling(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+            nonlocal served
+            task_status.started()
+            while True:
+                assert (await on_a.invoke("add", [served, 1], task_name="steady"))["result"] == served + 1
+                assert (await on_b.invoke("add", [1, 1], task_id=made["task_id"]))["result"] == 2  # via a's gateway
+                served += 1
+                await trio.sleep(0.01)
+
+        async with trio.open_nursery() as nursery:
+            await nursery.start(keep_calling)
+            await own_etcd.astop()
+            await eventually(on_a.get_health, lambda h: h["cluster"]["state"] == "lost")
+            before = served
+            await eventually(lambda: trio.sleep(0), lambda _: served >= before + 3)  # still serving its task
+            with pytest.raises(SpearError) as refused:
+                await on_a.invoke("add", [1, 2], task_name="brand-new", artifact_spec=agent_spec())
+            assert refused.value.code is ErrorCode.UNAVAILABLE  # no new claims without etcd
+            await own_etcd.astart()
+            await eventually(on_a.get_health, lambda h: h["cluster"]["state"] == "connected")
+            await eventually(on_b.get_health, lambda h: h["cluster"]["state"] == "connected")
+            before = served
+            await eventually(lambda: trio.sleep(0), lambda _: served >= before + 3)
+            nursery.cancel_scope.cancel()
+        fresh = await eventually(
+            lambda: on_a.invoke("add", [2, 2], task_name="brand-new", artifact_spec=agent_spec()),
+            lambda answer: answer["result"] == 4,
+        )
+        assert id_owner(fresh["task_id"]) == "node-a"

@@ -59,6 +59,10 @@ async def _run(client: Client, args: argparse.Namespace) -> None:
 
         await run_top(client, args)
         return
+    if args.command == "nodes":
+        health = await client.get_health(scope="cluster")
+        show({"cluster_state": health["cluster"]["state"], "nodes": health["nodes"]}, args.json)
+        return
     method = COMMANDS[args.command]
     if args.command == "status" and args.wait:
         method = COMMANDS["wait"]
@@ -67,6 +71,8 @@ async def _run(client: Client, args: argparse.Namespace) -> None:
         params["task_id"] = await _task_id(client, params["task_id"])
     if args.command == "task":
         params["include_executions"] = True
+    if args.command == "tasks" and args.cluster:
+        params["scope"] = "cluster"
     show(await client.call(method.name, params), args.json)
 
 

@@ -22,6 +22,13 @@ _COLUMNS = (
     "executions",
     "execution_time_ms",
     "description",
+    "owner",
+    "owner_alive",
+    "node_id",
+    "endpoints",
+    "load",
+    "capacity",
+    "version",
 )
 
 
@@ -75,5 +82,7 @@ def _cell(value: Any) -> str:
     if value is None:
         return "-"
     if isinstance(value, list):
+        if value and all(isinstance(item, str) for item in value):
+            return ",".join(value)
         return str(len(value))
     return str(value)

@@ -158,7 +158,17 @@ def build_parser() -> argparse.ArgumentParser:
                 _param_argument(sub, param)
         if name == "status":
             sub.add_argument("--wait", action="store_true", help="wait until it finishes (no polling)")
+        if name == "tasks":
+            sub.add_argument("--cluster", action="store_true", help="every task of the cluster, with its owner node")
         _client_options(sub)
+
+    nodes = _sub(
+        commands,
+        "nodes",
+        "list the cluster's nodes with their load (a node in a cluster)",
+        ("spear nodes", "spear nodes --json"),
+    )
+    _client_options(nodes)
 
     top = _sub(
         commands,

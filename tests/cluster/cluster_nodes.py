@@ -33,10 +33,19 @@ async def cluster_health(url: str) -> dict[str, Any]:
 
 
 @asynccontextmanager
-async def open_cluster(tmp_path: Path, etcd_url: str, prefix: str, names: list[str]) -> AsyncIterator[list[Node]]:
-    """Nodes *names*, yielded once every one of them sees all the others."""
+async def open_cluster(
+    tmp_path: Path, etcd_url: str, prefix: str, names: list[str], overrides: dict[str, dict[str, Any]] | None = None
+) -> AsyncIterator[list[Node]]:
+    """Nodes *names* (with config *overrides* by name), yielded once every one of
+    them sees all the others."""
+    overrides = overrides or {}
     async with AsyncExitStack() as stack:
-        nodes = [await stack.enter_async_context(open_node(node_config(tmp_path, n, etcd_url, prefix))) for n in names]
+        nodes = [
+            await stack.enter_async_context(
+                open_node(node_config(tmp_path, n, etcd_url, prefix, **overrides.get(n, {})))
+            )
+            for n in names
+        ]
         for node in nodes:
             await eventually(
                 lambda node=node: cluster_health(url_of(node)),  # type: ignore[misc]

@@ -104,3 +104,54 @@ async def test_lost_owner_and_unknown_ids(etcd: EtcdServer, prefix: str, tmp_pat
         with pytest.raises(SpearError) as bad_scope:
             await on_a.list_tasks(scope="galaxy")
         assert bad_scope.value.code is ErrorCode.INVALID_ARGUMENT
+
+
+async def test_cancelling_or_timing_out_a_forwarded_call_ends_it_at_the_owner(
+    etcd: EtcdServer, prefix: str, tmp_path: Path
+) -> None:
+    async with (
+        open_cluster(tmp_path, etcd.url, prefix, ["node-a", "node-c"]) as (a, c),
+        connect(url_of(a)) as on_a,
+        connect(url_of(c)) as on_c,
+    ):
+        made = await on_a.invoke("add", [1, 2], task_name="slow", artifact_spec=agent_spec())
+
+        async def running() -> list[dict[str, object]]:
+            page = await a.list_executions(task_id=made["task_id"], status_filter=["RUNNING"])
+            return list(page["executions"])
+
+        # the client goes away: the forwarded call is cancelled at the owner
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(lambda: on_c.invoke("sleep", [30], task_id=made["task_id"]))
+            [execution] = await eventually(running, lambda rows: len(rows) == 1)
+            nursery.cancel_scope.cancel()
+        record = await eventually(
+            lambda: a.get_execution(str(execution["execution_id"])), lambda r: r["status"] != "RUNNING"
+        )
+        assert record["status"] == "CANCELLED"
+        # the client's deadline travels with the call
+        with pytest.raises(SpearError) as late:
+            await on_c.call(
+                "invoke",
+                {
+                    "task_id": made["task_id"],
+                    "function_name": "sleep",
+                    "parameters": [30],
+                    "invocation_type": "EXISTING_TASK",
+                },
+                timeout=1.0,
+            )
+        assert late.value.code is ErrorCode.DEADLINE_EXCEEDED
+        await eventually(running, lambda rows: rows == [])
+
+
+async def test_a_full_node_places_a_new_task_on_the_least_loaded_one(
+    etcd: EtcdServer, prefix: str, tmp_path: Path
+) -> None:
+    configs = {"node-full": {"max_running_executions": 0}}
+    async with open_cluster(tmp_path, etcd.url, prefix, ["node-full", "node-b"], configs) as (full, b):
+        async with connect(url_of(full)) as on_full:
+            made = await on_full.invoke("add", [1, 2], task_name="placed", artifact_spec=agent_spec())
+        assert made["result"] == 3 and id_owner(made["task_id"]) == "node-b"
+        assert (await full.list_tasks())["tasks"] == []
+        assert [t["task_name"] for t in (await b.list_tasks())["tasks"]] == ["placed"]

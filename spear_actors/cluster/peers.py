@@ -25,14 +25,17 @@ __all__ = ["PeerPool", "open_peer_pool", "peer_url"]
 
 log = logging.getLogger(__name__)
 
-_DIALABLE = ("ws://", "wss://", "tcp://", "tls://")
+_PREFERRED = ("tcp://", "tls://", "ws://", "wss://")
+"""Raw sockets first: the node-to-node hop is cheapest without websocket framing."""
 
 
 def peer_url(node: NodeInfo) -> str | None:
-    """The first endpoint of *node* another machine can dial (not a unix socket)."""
-    for endpoint in node.endpoints:
-        if endpoint.startswith(_DIALABLE):
-            return endpoint
+    """The endpoint of *node* to dial: its first tcp:// or tls:// one, else ws:// or
+    wss:// (never a unix socket: another machine cannot reach it)."""
+    for scheme in _PREFERRED:
+        for endpoint in node.endpoints:
+            if endpoint.startswith(scheme):
+                return endpoint
     return None
 
 

@@ -430,6 +430,11 @@ class ClusterRegistry:
         """The claims this node holds (as far as it knows)."""
         return [owned.entry for owned in self._owned.values()]
 
+    def owned_task(self, task_name: str) -> TaskEntry | None:
+        """This node's claim of *task_name*, if it holds one (as far as it knows)."""
+        owned = self._owned.get(task_name)
+        return None if owned is None else owned.entry
+
     # -- load -------------------------------------------------------------------------
 
     def set_load(self, load: int, capacity: int | None = None) -> None:

@@ -14,6 +14,7 @@ the client's call cancels the forwarded one; the deadline travels with it.
 from __future__ import annotations
 
 import dataclasses
+import uuid
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Final
 
@@ -55,6 +56,7 @@ class ClusterRouter:
         self.view = view
         self.peers = peers
         self._created: set[str] = set()  # owned names whose task exists here
+        self._execution_prefix = new_execution_id(self.node_id).rsplit("-", 1)[0] + "-"  # "<node>:exec-"
 
     # -- invoke / stream_function ------------------------------------------------------
     async def invoke(self, method: Method, request: InvokeRequest, incoming: IncomingRequest) -> Any:
@@ -67,7 +69,7 @@ class ClusterRouter:
             return await self._forward(self._live_owner(owner, request.task_id), method, incoming)
         request.validate()
         name = request.task_name
-        owned = self._owned().get(name)
+        owned = self.registry.owned_task(name)
         if owned is not None:
             return await self._run_owned(request, owned, incoming)
         entry = self.view.task(name)
@@ -122,7 +124,7 @@ class ClusterRouter:
 
     async def _run_local(self, request: InvokeRequest, incoming: IncomingRequest) -> Any:
         if not request.context.execution_id:
-            request.context.execution_id = new_execution_id(self.node_id)
+            request.context.execution_id = f"{self._execution_prefix}{uuid.uuid4().hex}"
         if incoming.is_stream:
             return await self.node.invoke_request(request, incoming.send_item)
         return await self.node.invoke_request(request)
@@ -223,9 +225,6 @@ class ClusterRouter:
         return health
 
     # -- helpers -------------------------------------------------------------------------
-    def _owned(self) -> dict[str, TaskEntry]:
-        return {entry.task_name: entry for entry in self.registry.owned_tasks()}
-
     def _local_info(self) -> NodeInfo:
         return self.view.node(self.node_id) or NodeInfo(node_id=self.node_id, capacity=1)
 

@@ -178,25 +178,34 @@ class ClusterRouter:
             by_owner.setdefault(key, []).append(execution_id)
         if set(by_owner) == {self.node_id}:
             return NOT_ROUTED
+        # every owner must be live before anything is watched: one answer, not a partial one
+        peers = {owner: self._live_owner(owner, ids[0]) for owner, ids in by_owner.items() if owner != self.node_id}
         count = 0
+        failure: SpearError | None = None
 
-        async def watch(owner: str, ids: list[str]) -> None:
-            nonlocal count
-            if owner == self.node_id:
-                answer = await self.node.watch_executions(ids, incoming.send_item)
-                count += int(answer.get("count", len(ids)))
-                return
-            connection = await self.peers.connection(self._live_owner(owner, ids[0]))
-            async with connection.stream(
-                method.name, {"execution_ids": ids}, window=len(ids), timeout=_timeout(incoming)
-            ) as items:
-                async for item in items:
-                    await incoming.send_item(item)
-                count += int((items.result or {}).get("count", len(ids)))
+        async def watch(owner: str, ids: list[str], scope: trio.CancelScope) -> None:
+            nonlocal count, failure
+            try:
+                if owner == self.node_id:
+                    answer = await self.node.watch_executions(ids, incoming.send_item)
+                    count += int(answer.get("count", len(ids)))
+                    return
+                connection = await self.peers.connection(peers[owner])
+                async with connection.stream(
+                    method.name, {"execution_ids": ids}, window=len(ids), timeout=_timeout(incoming)
+                ) as items:
+                    async for item in items:
+                        await incoming.send_item(item)
+                    count += int((items.result or {}).get("count", len(ids)))
+            except SpearError as exc:
+                failure = failure or exc
+                scope.cancel()
 
         async with trio.open_nursery() as nursery:
             for owner, ids in by_owner.items():
-                nursery.start_soon(watch, owner, ids)
+                nursery.start_soon(watch, owner, ids, nursery.cancel_scope)
+        if failure is not None:
+            raise failure
         return {"count": count}
 
     # -- cluster views -------------------------------------------------------------------

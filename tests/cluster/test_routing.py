@@ -9,7 +9,9 @@ import trio
 
 from spear_actors import SpearError, connect
 from spear_actors.cluster import id_owner
+from spear_actors.config import NodeConfig
 from spear_actors.errors import ErrorCode
+from spear_actors.node import open_node
 
 from ..conftest import agent_spec
 from .cluster_helpers import eventually
@@ -155,3 +157,46 @@ async def test_a_full_node_places_a_new_task_on_the_least_loaded_one(
         assert made["result"] == 3 and id_owner(made["task_id"]) == "node-b"
         assert (await full.list_tasks())["tasks"] == []
         assert [t["task_name"] for t in (await b.list_tasks())["tasks"]] == ["placed"]
+
+
+async def test_watch_of_executions_on_two_nodes_and_a_lost_one(etcd: EtcdServer, prefix: str, tmp_path: Path) -> None:
+    async with (
+        open_cluster(tmp_path, etcd.url, prefix, ["node-a", "node-b"]) as (a, b),
+        connect(url_of(a)) as on_a,
+        connect(url_of(b)) as on_b,
+    ):
+        on_a_id = (
+            await on_a.invoke("sleep", [0.3], task_name="wa", artifact_spec=agent_spec(), execution_mode="ASYNC")
+        )["execution_id"]
+        on_b_id = (
+            await on_b.invoke("sleep", [0.3], task_name="wb", artifact_spec=agent_spec(), execution_mode="ASYNC")
+        )["execution_id"]
+        assert (id_owner(on_a_id), id_owner(on_b_id)) == ("node-a", "node-b")
+        async with on_b.watch_executions([on_a_id, on_b_id]) as notices:
+            records = [item async for item in notices]
+        assert sorted(r["execution_id"] for r in records) == sorted([on_a_id, on_b_id])
+        assert {r["status"] for r in records} == {"COMPLETED"}
+        assert notices.result == {"count": 2}
+        with pytest.raises(SpearError) as lost:
+            async with on_b.watch_executions([on_a_id, "node-gone:exec-1"]) as notices:
+                [item async for item in notices]
+        assert lost.value.code is ErrorCode.UNAVAILABLE
+
+
+async def test_cluster_config_in_the_node_config(tmp_path: Path) -> None:
+    config = NodeConfig.from_dict(
+        {"listen": "ws://127.0.0.1:0", "cluster": {"endpoints": "http://127.0.0.1:2379", "lease_ttl_s": 5}}
+    )
+    assert config.cluster is not None and config.cluster.endpoints == ["http://127.0.0.1:2379"]
+    assert config.cluster.lease_ttl_s == 5
+    with pytest.raises(SpearError) as unknown:
+        NodeConfig.from_dict({"cluster": {"endpoints": "http://127.0.0.1:2379", "ttl": 5}})
+    assert unknown.value.code is ErrorCode.INVALID_ARGUMENT
+    with pytest.raises(SpearError) as not_a_table:
+        NodeConfig.from_dict({"cluster": "http://127.0.0.1:2379"})
+    assert not_a_table.value.code is ErrorCode.INVALID_ARGUMENT
+    alone = NodeConfig.from_dict({"cluster": {"endpoints": ["http://127.0.0.1:2379"]}}, base=tmp_path)
+    with pytest.raises(SpearError) as no_listen:
+        async with open_node(alone):
+            pass
+    assert no_listen.value.code is ErrorCode.INVALID_ARGUMENT and "listen" in no_listen.value.message

@@ -221,7 +221,7 @@ class ClusterRouter:
         return {
             "tasks": tasks,
             "next_start_after": page[-1].task_name if len(entries) > limit else "",
-            "fresh": self.view.fresh,
+            "view_fresh": self.view.fresh,
         }
 
     async def _cluster_health(self) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import AsyncExitStack
 from pathlib import Path
 
 import pytest
@@ -10,11 +11,15 @@ import trio
 from spear_actors import SpearError, connect
 from spear_actors.cluster import id_owner
 from spear_actors.errors import ErrorCode
+from spear_actors.node import open_node
+from spear_actors.protocol.handshake import open_connection
+from spear_actors.protocol.messages import Hello
+from spear_actors.protocol.transports import open_transport
 
 from ..conftest import ROOT, agent_spec
 from ..node_process import spear_serve
 from .cluster_helpers import eventually
-from .cluster_nodes import cluster_health, open_cluster, url_of
+from .cluster_nodes import cluster_health, node_config, open_cluster, url_of
 from .etcd_server import EtcdServer
 
 
@@ -117,3 +122,55 @@ async def test_etcd_lost_and_back_while_calls_run(own_etcd: EtcdServer, prefix: 
             lambda answer: answer["result"] == 4,
         )
         assert id_owner(fresh["task_id"]) == "node-a"
+
+
+async def test_a_node_started_without_etcd_serves_and_joins_when_etcd_comes(
+    own_etcd: EtcdServer, prefix: str, tmp_path: Path
+) -> None:
+    await own_etcd.astop()
+    async with (
+        open_node(node_config(tmp_path, "node-early", own_etcd.url, prefix)) as node,
+        connect(url_of(node)) as client,
+    ):
+        health = await client.get_health()
+        assert health["cluster"]["state"] in ("connecting", "lost")
+        # a new name needs a claim, so etcd
+        with pytest.raises(SpearError) as refused:
+            await client.invoke("add", [1, 2], task_name="early", artifact_spec=agent_spec())
+        assert refused.value.code is ErrorCode.UNAVAILABLE
+        await own_etcd.astart()
+        await eventually(client.get_health, lambda h: h["cluster"]["state"] == "connected")
+        made = await eventually(
+            lambda: client.invoke("add", [1, 2], task_name="early", artifact_spec=agent_spec()),
+            lambda answer: answer["result"] == 3,
+        )
+        assert id_owner(made["task_id"]) == "node-early"
+
+
+async def test_peers_prove_the_cluster_token_and_clients_cannot_pose_as_nodes(
+    etcd: EtcdServer, prefix: str, tmp_path: Path
+) -> None:
+    async with AsyncExitStack() as stack:
+        nodes = [
+            await stack.enter_async_context(
+                open_node(node_config(tmp_path, name, etcd.url, prefix, token="client-secret"))
+            )
+            for name in ("node-a", "node-b")
+        ]
+        a, b = nodes
+        on_a = await stack.enter_async_context(connect(url_of(a), token="client-secret"))
+        on_b = await stack.enter_async_context(connect(url_of(b), token="client-secret"))
+        await eventually(
+            lambda: on_b.get_health(scope="cluster"),
+            lambda h: {n["node_id"] for n in h["nodes"]} == {"node-a", "node-b"},
+        )
+        made = await on_a.invoke("add", [1, 2], task_name="guarded", artifact_spec=agent_spec())
+        assert (await on_b.invoke("add", [3, 4], task_id=made["task_id"]))["result"] == 7  # b -> a, cluster token
+        # a client that knows the client token but says it is a node is refused
+        with pytest.raises(SpearError) as posing:
+            async with (
+                open_transport(url_of(a)) as transport,
+                open_connection(transport, Hello(role="node", peer_id="node-x", auth="client-secret")),
+            ):
+                pass
+        assert posing.value.code is ErrorCode.UNAUTHENTICATED

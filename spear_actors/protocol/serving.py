@@ -175,6 +175,10 @@ class Server(Caller):
                 if body is None:
                     core.receive_body(None, trio.current_time())
                     event = core.next_event()
+                    if event is None:
+                        # the core had closed already (e.g. our goodbye): nothing more
+                        # will come, and a closed websocket answers None without waiting
+                        return
                 else:
                     event = core.event_for(body, trio.current_time())
                 if core.has_data_to_send:

@@ -73,8 +73,8 @@ class NodeConfig:
     """Gateway endpoints for client services (ws://, tcp://, unix://). Empty: none
     (an embedded node is used in-process); ``spear serve`` defaults to DEFAULT_LISTEN."""
     agent_listen: str | None = None
-    """Where process agents dial back: unix:///path or tcp://host:port. None: a unix
-    socket in a fresh private temp directory."""
+    """Where process agents dial back: unix:///path, tcp://host:port or ws://host:port.
+    None: a unix socket in a fresh private temp directory."""
     data_dir: Path = dataclasses.field(default_factory=_default_data_dir)
     token: str | None = None
     """If set, client hellos must carry it (UNAUTHENTICATED otherwise)."""

@@ -232,7 +232,13 @@ class AgentLink:
 
 
 def dial(address: str) -> socket.socket:
-    """Connect to ``unix:///path`` or ``tcp://host:port`` (``SERVICE_ADDR``)."""
+    """Connect to ``unix:///path``, ``tcp://host:port`` or ``ws(s)://host:port/path``
+    (``SERVICE_ADDR``)."""
+    if address.startswith(("ws://", "wss://")):
+        from .websocket_dial import dial_websocket  # only agents that dial over websocket pay for it
+
+        # duck-typed: it has the socket methods the link uses
+        return dial_websocket(address)  # type: ignore[return-value]
     if address.startswith("unix://"):
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.connect(address[len("unix://") :])

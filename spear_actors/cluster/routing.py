@@ -257,14 +257,13 @@ class ClusterRouter:
         return node
 
     async def _local_task_id(self, name: str) -> str | None:
-        try:
-            task = await self.node.get_task(name)
-        except SpearError as exc:
-            if exc.code is ErrorCode.NOT_FOUND:
-                return None
-            raise
-        task_id = task.get("task_id")
-        return task_id if isinstance(task_id, str) else None
+        """The id of this node's task named *name* (e.g. declared in its config, or
+        made before it joined), or None."""
+        page = await self.node.list_tasks(prefix=name, limit=1)
+        for task in page["tasks"]:
+            if task.get("task_name") == name and isinstance(task.get("task_id"), str):
+                return str(task["task_id"])
+        return None
 
     async def _forward(self, owner: NodeInfo, method: Method, incoming: IncomingRequest) -> Any:
         """Send the client's call as it came to *owner*; its answer (or error) is ours."""

@@ -9,8 +9,9 @@ import trio
 
 from spear_actors import SpearError, connect
 from spear_actors.cluster import id_owner
-from spear_actors.config import NodeConfig
+from spear_actors.config import NodeConfig, TaskDeclaration
 from spear_actors.errors import ErrorCode
+from spear_actors.model import ArtifactSpec
 from spear_actors.node import open_node
 
 from ..conftest import agent_spec
@@ -200,3 +201,26 @@ async def test_cluster_config_in_the_node_config(tmp_path: Path) -> None:
         async with open_node(alone):
             pass
     assert no_listen.value.code is ErrorCode.INVALID_ARGUMENT and "listen" in no_listen.value.message
+
+
+async def test_a_task_declared_in_a_nodes_config_is_reached_by_name_from_another(
+    etcd: EtcdServer, prefix: str, tmp_path: Path
+) -> None:
+    spec = agent_spec()
+    declared = TaskDeclaration(
+        name="declared",
+        artifact=ArtifactSpec(location=str(spec["location"]), artifact_type="process"),
+    )
+    configs = {"node-a": {"tasks": [declared]}}
+    async with (
+        open_cluster(tmp_path, etcd.url, prefix, ["node-a", "node-b"], configs) as (a, b),
+        connect(url_of(b)) as on_b,
+    ):
+        [local] = (await a.list_tasks())["tasks"]
+        await eventually(
+            lambda: on_b.list_tasks(scope="cluster"),
+            lambda page: [(t["task_name"], t["owner"]) for t in page["tasks"]] == [("declared", "node-a")],
+        )
+        answer = await on_b.invoke("add", [2, 2], task_name="declared")  # no artifact: it exists on a
+        assert answer["result"] == 4 and answer["task_id"] == local["task_id"]
+        assert (await b.list_tasks())["tasks"] == []

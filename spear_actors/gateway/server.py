@@ -22,7 +22,7 @@ from ..protocol.calls import IncomingRequest
 from ..protocol.connection import Connection, ConnectionConfig
 from ..protocol.handshake import accept_connection, token_authenticator
 from ..protocol.messages import Error, Welcome
-from ..protocol.transports import Endpoint, Transport
+from ..protocol.transports import Endpoint, Transport, parse_endpoint
 from .exposure import AuthThrottle
 from .isolation import isolated_connection, isolated_request
 from .listeners import listen
@@ -101,6 +101,8 @@ class Gateway:
     async def run(self, urls: list[str], *, task_status: trio.TaskStatus[list[Endpoint]]) -> None:
         """Listen on *urls* until cancelled or closed; ``task_status`` gets the bound
         endpoints (real ports for port 0)."""
+        secure = [url for url in urls if parse_endpoint(url).scheme in ("tls", "wss")]
+        ssl_context = self.node.config.tls.server_context() if secure else None
         async with trio.open_nursery() as connections:
             with self._accepting:
                 async with trio.open_nursery() as listeners:
@@ -113,6 +115,7 @@ class Gateway:
                                 admission=self,
                                 refusals=self.refusals,
                                 connections=connections,
+                                ssl_context=ssl_context,
                             )
                         )
                         self.endpoints.append(endpoint)

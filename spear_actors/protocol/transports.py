@@ -354,7 +354,12 @@ async def open_transport(
     endpoint = url if isinstance(url, Endpoint) else parse_endpoint(url)
     if endpoint.scheme in ("tls", "wss") and ssl_context is None:
         ssl_context = ssl.create_default_context()
-    if endpoint.scheme in ("ws", "wss"):
+    if endpoint.scheme == "wss":
+        assert ssl_context is not None
+        async with _open_wss_transport(endpoint, ssl_context, max_frame_size, connect_timeout) as wss_transport:
+            yield wss_transport
+        return
+    if endpoint.scheme == "ws":
         # connect_timeout bounds the connect and handshake only (trio-websocket applies
         # it); errors raised by the caller's block pass through unchanged.
         connected = False
@@ -396,12 +401,69 @@ async def open_transport(
             else:
                 stream = await trio.open_unix_socket(endpoint.path)
     except (OSError, trio.TooSlowError, trio.BrokenResourceError) as exc:
-        raise SpearError(ErrorCode.UNAVAILABLE, f"cannot connect to {endpoint}: {exc}") from None
+        raise SpearError(ErrorCode.UNAVAILABLE, f"cannot connect to {endpoint}: {_reason(exc)}") from None
     transport_ = stream_transport(stream, max_frame_size=max_frame_size, description=str(endpoint))
     try:
         yield transport_
     finally:
         await transport_.aclose()
+
+
+@asynccontextmanager
+async def _open_wss_transport(
+    endpoint: Endpoint, ssl_context: ssl.SSLContext, max_frame_size: int, connect_timeout: float
+) -> AsyncIterator[Transport]:
+    """A websocket over a TLS stream whose handshake is done first: trio-websocket
+    does it lazily, and when it fails (an untrusted certificate) waits for its connect
+    timeout and leaves the socket open."""
+    try:
+        with trio.fail_after(connect_timeout):
+            tcp = await trio.open_tcp_stream(endpoint.host, endpoint.port)
+            tls = trio.SSLStream(tcp, ssl_context, server_hostname=endpoint.host, https_compatible=True)
+            try:
+                await tls.do_handshake()
+            except BaseException:
+                await trio.aclose_forcefully(tcp)
+                raise
+    except (OSError, trio.TooSlowError, trio.BrokenResourceError) as exc:
+        raise SpearError(ErrorCode.UNAVAILABLE, f"cannot connect to {endpoint}: {_reason(exc)}") from None
+    tcp.setsockopt(stdlib_socket.IPPROTO_TCP, stdlib_socket.TCP_NODELAY, 1)
+    try:
+        async with trio.open_nursery() as nursery:  # the websocket's reader task
+            try:
+                with trio.fail_after(connect_timeout):
+                    ws = await trio_websocket.wrap_client_stream(
+                        nursery,
+                        tls,
+                        f"{_host(endpoint.host)}:{endpoint.port}",
+                        "/",
+                        message_queue_size=_WS_QUEUE,
+                        max_message_size=max_frame_size,
+                    )
+            except (trio.TooSlowError, trio_websocket.HandshakeError, trio_websocket.ConnectionClosed) as exc:
+                await trio.aclose_forcefully(tls)
+                nursery.cancel_scope.cancel()
+                raise SpearError(ErrorCode.UNAVAILABLE, f"cannot connect to {endpoint}: {exc!r}") from None
+            transport = WebsocketTransport(ws, description=str(endpoint))
+            try:
+                yield transport
+            finally:
+                await transport.aclose()
+                nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        # the reader task ends quietly: what is in the group is the caller's error
+        if len(group.exceptions) == 1:
+            raise group.exceptions[0] from None
+        raise
+
+
+def _reason(exc: BaseException) -> str:
+    """*exc* in words; a failed TLS handshake names its cause (e.g. certificate
+    verify failed), which trio keeps as the BrokenResourceError's cause."""
+    cause = exc.__cause__
+    if isinstance(exc, trio.BrokenResourceError) and isinstance(cause, ssl.SSLError):
+        return f"TLS handshake failed: {getattr(cause, 'verify_message', None) or cause.reason or cause}"
+    return str(exc) or repr(exc)
 
 
 TransportHandler = Callable[[Transport], Awaitable[None]]

@@ -115,7 +115,7 @@ class Gateway:
                                 admission=self,
                                 refusals=self.refusals,
                                 connections=connections,
-                                ssl_context=ssl_context,
+                                ssl_context=ssl_context if url in secure else None,
                             )
                         )
                         self.endpoints.append(endpoint)

@@ -24,7 +24,7 @@ TOKEN = "tls-s3cret"
 def tls_config(tmp_path: Path, certificates: Certificates) -> NodeConfig:
     return fast_config(
         tmp_path,
-        listen=["wss://127.0.0.1:0", "tls://127.0.0.1:0"],
+        listen=["wss://127.0.0.1:0", "tls://127.0.0.1:0", "ws://127.0.0.1:0"],
         token=TOKEN,
         tls=TlsConfig(cert=certificates.cert, key=certificates.key),
     )
@@ -34,9 +34,11 @@ async def test_wss_and_tls_nodes_serve_the_python_client_with_a_token(
     tmp_path: Path, certificates: Certificates, no_leaked_processes: None
 ) -> None:
     async with open_node(tls_config(tmp_path, certificates)) as node:
-        assert [endpoint.scheme for endpoint in node.endpoints] == ["wss", "tls"]
+        assert [endpoint.scheme for endpoint in node.endpoints] == ["wss", "tls", "ws"]
+        async with connect(str(node.endpoints[2]), TOKEN) as plain:  # next to them, a plain listener
+            assert (await plain.get_health())["status"]
         trusting = ssl.create_default_context(cafile=str(certificates.cacert))
-        for endpoint in node.endpoints:
+        for endpoint in node.endpoints[:2]:
             # by the CA file, and by a context the caller made
             for options in ({"cacert": certificates.cacert}, {"ssl_context": trusting}):
                 async with connect(str(endpoint), TOKEN, **options) as client:  # type: ignore[arg-type]

@@ -21,6 +21,7 @@ from .config import NodeConfig
 from .gateway import Gateway
 from .gateway.exposure import check_exposure
 from .metrics import serve_metrics
+from .metrics.events import RuntimeEvents, recording
 from .metrics.gauges import ScrapeRefresher
 from .node import Node, open_core
 
@@ -42,7 +43,17 @@ async def open_node(config: NodeConfig | None = None) -> AsyncIterator[Node]:
     """
     config = config or NodeConfig()
     check_exposure(config)
+    runtime_events = RuntimeEvents() if config.metrics_listen else None
+    with recording(runtime_events):  # for the runtimes, artifacts and gateway of this node
+        async with _open_node(config, runtime_events) as node:
+            yield node
+
+
+@asynccontextmanager
+async def _open_node(config: NodeConfig, runtime_events: RuntimeEvents | None) -> AsyncIterator[Node]:
     async with open_core(config) as node, background_nursery() as nursery:
+        if runtime_events is not None:
+            runtime_events.register(node.metrics.registry)
         gateway: Gateway | None = None
         if config.listen:
             gateway = Gateway(node)

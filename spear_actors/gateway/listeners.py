@@ -24,6 +24,7 @@ from ..protocol.framing import DEFAULT_MAX_FRAME_SIZE
 from ..protocol.messages import Error, encode_message
 from ..protocol.transports import Endpoint, Transport, WebsocketTransport, parse_endpoint, stream_transport
 from ..protocol.wsguard import FrameGuard
+from .bytecount import ByteCounts
 from .refusals import RefusalLog
 
 __all__ = ["Admission", "listen"]
@@ -58,6 +59,7 @@ async def listen(
     refusals: RefusalLog,
     connections: trio.Nursery,
     ssl_context: ssl.SSLContext | None = None,
+    byte_counts: ByteCounts | None = None,
     task_status: trio.TaskStatus[Endpoint] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Accept on *url* until cancelled; each admitted connection is served by *serve*
@@ -83,7 +85,7 @@ async def listen(
         async with trio.open_nursery() as nursery:
             for listener in listeners:
                 nursery.start_soon(
-                    _accept_loop, listener, endpoint, serve, admission, refusals, connections, ssl_context
+                    _accept_loop, listener, endpoint, serve, admission, refusals, connections, ssl_context, byte_counts
                 )
             task_status.started(endpoint)
     finally:
@@ -103,6 +105,7 @@ async def _accept_loop(
     refusals: RefusalLog,
     connections: trio.Nursery,
     ssl_context: ssl.SSLContext | None,
+    byte_counts: ByteCounts | None,
 ) -> None:
     while True:
         try:
@@ -122,7 +125,11 @@ async def _accept_loop(
             continue
         if endpoint.scheme != "unix":
             stream.setsockopt(stdlib_socket.IPPROTO_TCP, stdlib_socket.TCP_NODELAY, 1)
-        connections.start_soon(_connection, stream, endpoint, peer, address, serve, admission, refusals, ssl_context)
+            if byte_counts is not None:
+                byte_counts.opened(str(endpoint), stream.socket)
+        connections.start_soon(
+            _connection, stream, endpoint, peer, address, serve, admission, refusals, ssl_context, byte_counts
+        )
 
 
 def _refuse_now(stream: trio.SocketStream, endpoint: Endpoint, refusal: Error) -> None:
@@ -152,6 +159,7 @@ async def _connection(
     admission: Admission,
     refusals: RefusalLog,
     ssl_context: ssl.SSLContext | None,
+    byte_counts: ByteCounts | None,
 ) -> None:
     description = f"{endpoint} ({peer})"
     inner: trio.abc.Stream = stream
@@ -189,6 +197,8 @@ async def _connection(
                 nursery.cancel_scope.cancel()
     finally:
         admission.release(address)
+        if byte_counts is not None:
+            byte_counts.closing(stream.socket)
         await trio.aclose_forcefully(stream)
 
 

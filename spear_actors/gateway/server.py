@@ -23,6 +23,7 @@ from ..protocol.connection import Connection, ConnectionConfig
 from ..protocol.handshake import accept_connection, token_authenticator
 from ..protocol.messages import Error, Welcome
 from ..protocol.transports import Endpoint, Transport, parse_endpoint
+from .bytecount import ByteCounts
 from .exposure import AuthThrottle
 from .isolation import isolated_connection, isolated_request
 from .listeners import listen
@@ -83,6 +84,8 @@ class Gateway:
                 config.connection_fd_reserve,
             )
         self.refusals = RefusalLog()
+        self.byte_counts = ByteCounts()
+        """Bytes in and out per TCP listener (for metrics)."""
         self.connections_by_listener: dict[str, int] = {}
         """Open client connections per listener endpoint (for metrics)."""
         self._auth_throttle = AuthThrottle(config.max_auth_failures, config.auth_failure_window_s, self.refusals)
@@ -116,6 +119,7 @@ class Gateway:
                                 refusals=self.refusals,
                                 connections=connections,
                                 ssl_context=ssl_context if url in secure else None,
+                                byte_counts=self.byte_counts,
                             )
                         )
                         self.endpoints.append(endpoint)

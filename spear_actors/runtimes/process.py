@@ -255,8 +255,8 @@ class ProcessRuntime(Runtime):
                 # (started with the first agent) to come up.
                 nursery.start_soon(self._guardian.register, process.pid)
                 line_cap = self.sandbox.max_line_bytes
-                nursery.start_soon(_pump, process.stdout, agent_log, None, line_cap)
-                nursery.start_soon(_pump, process.stderr, agent_log, stderr_tail, line_cap)
+                nursery.start_soon(_pump, process.stdout, agent_log, None, line_cap, context)
+                nursery.start_soon(_pump, process.stderr, agent_log, stderr_tail, line_cap, context)
                 nursery.start_soon(instance._reap, arrival.changed)
                 with trio.move_on_after(self.start_timeout):
                     await arrival.changed.wait()
@@ -458,7 +458,11 @@ def _open_to_other_users(path: str) -> None:
 
 
 async def _pump(
-    stream: trio.abc.ReceiveStream, logger: logging.Logger, tail: collections.deque[str] | None, max_line: int
+    stream: trio.abc.ReceiveStream,
+    logger: logging.Logger,
+    tail: collections.deque[str] | None,
+    max_line: int,
+    context: dict[str, str] | None = None,
 ) -> None:
     """Copy an agent's output to the node's log, line by line, keeping a tail.
 
@@ -472,7 +476,7 @@ async def _pump(
     def emit(line: str) -> None:
         if tail is not None:
             tail.append(line)
-        logger.info("%s%s", prefix, line)
+        logger.info("%s%s", prefix, line, extra=context)
 
     try:
         while True:

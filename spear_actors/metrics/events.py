@@ -108,4 +108,7 @@ def recording(runtime_events: RuntimeEvents | None) -> Iterator[None]:
     try:
         yield
     finally:
-        _current.reset(token)
+        try:
+            _current.reset(token)
+        except ValueError:
+            pass  # ended from another context (a generator closed elsewhere): nothing to undo here

@@ -125,6 +125,17 @@ class ActorRef(Generic[M]):
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             raise SpearError(ErrorCode.UNAVAILABLE, f"{self.name} has stopped") from None
 
+    async def send(self, message: M) -> None:
+        """Like :meth:`tell`, but without a pass through trio's run loop when the
+        inbox has room (no checkpoint: the caller must checkpoint afterwards, as
+        one that then waits for an answer does)."""
+        try:
+            self._send.send_nowait(message)
+        except trio.WouldBlock:
+            await self.tell(message)
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            raise SpearError(ErrorCode.UNAVAILABLE, f"{self.name} has stopped") from None
+
     async def ask(self, build: Callable[[Reply[T]], M]) -> T:
         """Send ``build(reply)`` and wait for the reply's value (or its error).
 

@@ -339,7 +339,7 @@ class ManagerActor(ManagerQueries, Actor[ManagerMessage]):
             environment=context.environment,
             headers=context.headers,
         )
-        outcome: Reply[Outcome] = Reply()
+        outcome: Reply[Outcome] = message.outcome or Reply()
         submit = Submit(call, outcome, deadline, message.sink, request.force_new_instance, context.max_retries)
         try:
             entry.ref.tell_nowait(submit)
@@ -376,7 +376,7 @@ class ManagerActor(ManagerQueries, Actor[ManagerMessage]):
 
     def _route_duplicate(self, record: ExecutionRecord, message: Invoke) -> None:
         """A second submission of an execution id: report the first, never run twice."""
-        watcher: Reply[Outcome] = Reply()
+        watcher: Reply[Outcome] = message.outcome or Reply()
         self.registry.watch(record, watcher)
         entry = self._tasks.get(record.task_id)
         timeout = message.request.context.timeout_ms / 1000 or self._default_timeout

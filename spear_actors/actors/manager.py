@@ -22,6 +22,7 @@ from ..store import NODE_RESTARTED, ExecutionRow, StoredTask, pack
 from .admission import AdmissionGate, queue_full_error
 from .budget import InstanceBudget
 from .executions import ExecutionRecord, ExecutionRegistry, LatencyWindow, not_found
+from .ids import RandomIds
 from .mailbox import Actor, ActorRef, Reply, fail_reply, take_queued
 from .messages import (
     CancelExecution,
@@ -122,6 +123,7 @@ class ManagerActor(ManagerQueries, Actor[ManagerMessage]):
         self._artifacts = artifacts
         self._defaults = defaults
         self._default_timeout = default_timeout_ms / 1000
+        self._execution_ids = RandomIds("exec-")
         self._tasks: dict[str, _TaskEntry] = {}
         self._by_name: dict[str, str] = {}
         self._creating: dict[str, list[Invoke | DeclareTask]] = {}
@@ -324,7 +326,7 @@ class ManagerActor(ManagerQueries, Actor[ManagerMessage]):
             message.reply.fail(queue_full_error(entry.definition.task_name))
             return
         context = request.context
-        execution_id = context.execution_id or f"exec-{uuid.uuid4().hex}"
+        execution_id = context.execution_id or self._execution_ids.new()
         if execution_id in self.registry:  # created by a racing duplicate while the task was made
             self._route_duplicate(self.registry.require(execution_id), message)
             return

@@ -6,7 +6,10 @@ holds every rule; here it is guarded by one lock, and three threads move bytes:
 * the *reader* (the thread that called :meth:`AgentLink.serve`) receives bytes, feeds
   the core and hands events to the agent. It never waits to write: what it must
   send (pongs) is queued, so it keeps reading however slowly the node reads;
-* the *writer* sends queued bodies in order, all that queued up in one write;
+* the *writer* sends queued frames in order, all that queued up in one write. A
+  thread that sends writes its frame itself when nothing is queued or being
+  written and the socket takes it at once (``MSG_DONTWAIT``): the common case, with
+  no hand-off to the writer;
 * the *heartbeat* pings on the node's interval and ends the link when the node has
   been silent past the timeout, or has not taken our bytes for as long.
 
@@ -141,10 +144,25 @@ class AgentLink:
             self._enqueue(produce(self.core))
 
     def _enqueue(self, body: bytes | None) -> None:
-        if body is not None:
-            self._queue.append(body)
-            self._queued_bytes += len(body)
-            self.lock.notify_all()
+        """Send *body* from this thread when nothing is queued or being written and
+        the socket takes it without waiting (the common case: no hand-off to the
+        writer thread); otherwise, or for the rest of a frame the socket did not
+        take, queue it for the writer. Called under the lock, so bodies keep the
+        core's order; never waits, so the reader never stops reading to write."""
+        if body is None:
+            return
+        frame = encode_frame(body)
+        if not self._queue and self._write_started is None and not self.closed:
+            try:
+                sent = self._sock.send(frame, socket.MSG_DONTWAIT)
+            except OSError:  # full (BlockingIOError), or broken: the writer finds out
+                sent = 0
+            if sent == len(frame):
+                return
+            frame = frame[sent:]
+        self._queue.append(frame)
+        self._queued_bytes += len(frame)
+        self.lock.notify_all()
 
     def _flush_core(self) -> None:
         assert self.core is not None
@@ -165,11 +183,8 @@ class AgentLink:
                 self._queued_bytes = 0
                 self._write_started = time.monotonic()
                 lock.notify_all()  # room for senders waiting on the high-water mark
-            out = bytearray()
-            for body in bodies:
-                out += encode_frame(body)
             try:
-                sock.sendall(out)
+                sock.sendall(b"".join(bodies))
             except OSError:
                 self._abort()
                 return
@@ -180,11 +195,11 @@ class AgentLink:
         """Send what the core queued on closing (a protocol error), briefly."""
         with self.lock:
             self._flush_core()
-            bodies, self._queue = list(self._queue), deque()
-        if bodies:
+            frames, self._queue = list(self._queue), deque()
+        if frames:
             try:
                 self._sock.settimeout(0.5)
-                self._sock.sendall(b"".join(encode_frame(b) for b in bodies))
+                self._sock.sendall(b"".join(frames))
             except OSError:
                 pass
 

@@ -52,6 +52,9 @@ class AgentLink:
         self._queued_bytes = 0
         self._write_started: float | None = None
         self.closed = False
+        self._on_event: Callable[[Event], None] | None = None
+        self._reader_epoch = 0  # which thread reads: see hand_over_reading
+        self._ended = threading.Event()
 
     # -- the handshake -------------------------------------------------------------
     def handshake(self, hello: Hello) -> None:
@@ -94,19 +97,40 @@ class AgentLink:
     # -- serving ---------------------------------------------------------------------
     def serve(self, on_event: Callable[[Event], None]) -> None:
         """Run the writer and heartbeat threads and read until the link ends; every
-        event but the close goes to *on_event* (called without the lock)."""
-        core = self.core
-        assert core is not None
+        event but the close goes to *on_event* (called without the lock). Returns
+        when the link has ended, whichever thread was reading by then."""
+        assert self.core is not None
+        self._on_event = on_event
         threading.Thread(target=self._writer, name="spear-writer", daemon=True).start()
         threading.Thread(target=self._heartbeat, name="spear-heartbeat", daemon=True).start()
+        if not self._read(self._reader_epoch):
+            self._ended.wait()  # another thread reads now (see hand_over_reading)
+
+    def hand_over_reading(self) -> None:
+        """Start a new reader thread: the current reader is running a function
+        inline and must not hold up reading (cancels, pings) any longer. It leaves
+        its loop once that event is handled. Call under the lock."""
+        self._reader_epoch += 1
+        epoch = self._reader_epoch
+        threading.Thread(target=self._read, args=(epoch,), name="spear-reader", daemon=True).start()
+
+    def _read(self, epoch: int) -> bool:
+        """Read and hand events on while this thread is the reader (*epoch*).
+        True when the link ended here; False once another thread took over."""
+        core = self.core
+        assert core is not None
+        on_event = self._on_event
+        assert on_event is not None
         sock = self._sock
         try:
             while True:
                 with self.lock:
+                    if self._reader_epoch != epoch:
+                        return False
                     event = core.next_event()
                     if event is None:
                         if core.closed:  # closed by the heartbeat thread
-                            return
+                            break
                         self._flush_core()
                 if event is None:
                     try:
@@ -120,10 +144,17 @@ class AgentLink:
                     if event.error.code != ErrorCode.UNAVAILABLE:
                         print(f"spear agent: node reported {event.error}", file=sys.stderr)
                     self._last_words()
-                    return
+                    break
                 on_event(event)
-        finally:
-            self.close()
+        except BaseException:
+            self._end()
+            raise
+        self._end()
+        return True
+
+    def _end(self) -> None:
+        self.close()
+        self._ended.set()
 
     # -- sending ---------------------------------------------------------------------
     def send(self, produce: Callable[[ProtocolCore], bytes | None]) -> None:

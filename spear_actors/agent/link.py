@@ -122,9 +122,13 @@ class AgentLink:
         on_event = self._on_event
         assert on_event is not None
         sock = self._sock
+        data: bytes | None = None
         try:
             while True:
-                with self.lock:
+                with self.lock:  # once per read and once per event
+                    if data is not None:
+                        core.receive_data(data, time.monotonic())
+                        data = None
                     if self._reader_epoch != epoch:
                         return False
                     event = core.next_event()
@@ -137,8 +141,6 @@ class AgentLink:
                         data = sock.recv(_RECEIVE_SIZE)
                     except OSError:
                         data = b""
-                    with self.lock:
-                        core.receive_data(data, time.monotonic())
                     continue
                 if isinstance(event, ConnectionClosed):
                     if event.error.code != ErrorCode.UNAVAILABLE:

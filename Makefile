@@ -12,13 +12,19 @@ setup: $(STAMP)
 	@$(PY) -m compileall -q spear_actors examples >/dev/null
 
 $(STAMP): pyproject.toml
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
-	touch $(STAMP)
+	@echo "setup: creating the virtual environment in $(VENV) (first run only)"
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@echo "setup: upgrading pip"
+	@$(PY) -m pip install --quiet --upgrade pip
+	@echo "setup: installing spear_actors and its test tools (about a minute the first time)"
+	@$(PY) -m pip install --quiet -e '.[test]'
+	@touch $(STAMP)
+	@echo "setup: done"
 
+# `make run PORT=7500` serves on another port (SPEAR_LISTEN overrides the config's listen).
+PORT ?=
 run: setup
-	$(VENV)/bin/spear serve --config examples/node.toml
+	$(if $(PORT),SPEAR_LISTEN=ws://127.0.0.1:$(PORT) )$(VENV)/bin/spear serve --config examples/node.toml
 
 lint: setup
 	$(VENV)/bin/ruff check spear_actors tests benchmarks examples
@@ -34,6 +40,11 @@ test: lint typecheck pytest
 
 bench: setup
 	@for f in benchmarks/[!_]*.py; do echo "== $$f"; $(PY) $$f || exit 1; done
+
+# spear against Ray and tractor (installed in .venv-peers/ on first use); ARGS=--quick
+.PHONY: bench-peers
+bench-peers: setup
+	$(PY) benchmarks/peers.py $(ARGS)
 
 # The C examples compiled to wasm32-wasi (rules in examples/c/Makefile; WASM_OUT=dir
 # puts the .wasm files elsewhere).

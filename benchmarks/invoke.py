@@ -396,6 +396,61 @@ async def store_comparison(total: int, rounds: int = 3) -> None:
     row("sqlite / memory", note=f"{ratio:.2f}x (target ≥ 0.9x: {'met' if ratio >= 0.9 else 'MISSED'})")
 
 
+async def metrics_overhead(total: int, rounds: int = 7) -> None:
+    """Websocket invoke at 64 in flight with metrics off and on (``metrics_listen``
+    set, scraped once a second), alternating rounds in the same run: throughput, and
+    the CPU time per call of this process (client and node both run here; CPU time
+    is much less disturbed than wall time by other load on the machine)."""
+    spec = {"location": str(AGENT)}
+    policy = {"max_instances": 4, "max_concurrency": 16}
+    rates: dict[bool, list[float]] = {False: [], True: []}
+    cpu: dict[bool, list[float]] = {False: [], True: []}
+    for _ in range(rounds):
+        for metrics in (False, True):
+            config = NodeConfig(
+                listen=["ws://127.0.0.1:0"],
+                data_dir=Path(tempfile.mkdtemp()),
+                metrics_listen="http://127.0.0.1:0" if metrics else None,
+            )
+            async with open_node(config) as node, trio.open_nursery() as nursery:
+                await node.invoke("echo", PAYLOAD, task_name="bench", artifact_spec=spec, policy=policy)
+                if node.metrics_url is not None:
+                    nursery.start_soon(_scrape_every_second, node.metrics_url)
+                clients = [await nursery.start(_client, str(node.endpoints[0])) for _ in range(8)]
+                calls = [lambda c=c: c.invoke("echo", PAYLOAD, task_name="bench") for c in clients]
+                before = time.process_time()
+                rates[metrics].append(await throughput(calls, 64, total))
+                cpu[metrics].append((time.process_time() - before) / total)
+                nursery.cancel_scope.cancel()
+
+    def median(values: list[float]) -> float:
+        return sorted(values)[len(values) // 2]
+
+    for metrics in (False, True):
+        spread = "/".join(f"{r:.0f}" for r in rates[metrics])
+        row(
+            f"websocket invoke, 64 in flight, metrics {'on' if metrics else 'off'}",
+            rate=median(rates[metrics]),
+            note=f"CPU {median(cpu[metrics]) * 1e6:.1f} µs/call here; rounds {spread}",
+        )
+    off, on = median(cpu[False]), median(cpu[True])
+    print(
+        f"  metrics cost: {100 * (on - off) / off:+.1f} % CPU per call, "
+        f"{100 * (median(rates[False]) - median(rates[True])) / median(rates[False]):+.1f} % throughput "
+        f"(median of {rounds} alternating rounds; target ≤ 3 %)",
+        flush=True,
+    )
+
+
+async def _scrape_every_second(url: str) -> None:
+    import httpx
+
+    async with httpx.AsyncClient() as http:
+        while True:
+            await http.get(url)
+            await trio.sleep(1.0)
+
+
 async def _client(url: str, task_status: trio.TaskStatus[Any]) -> None:
     async with connect(url) as client:
         task_status.started(client)
@@ -405,4 +460,10 @@ async def _client(url: str, task_status: trio.TaskStatus[Any]) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="fewer samples (about 20 s)")
-    trio.run(main, parser.parse_args().quick or bool(os.environ.get("BENCH_QUICK")))
+    parser.add_argument("--metrics-only", action="store_true", help="only metrics off vs on")
+    arguments = parser.parse_args()
+    quick = arguments.quick or bool(os.environ.get("BENCH_QUICK"))
+    if not arguments.metrics_only:
+        trio.run(main, quick)
+    print("\nmetrics:")
+    trio.run(metrics_overhead, 2_000 if quick else 4_000, 7 if quick else 15)

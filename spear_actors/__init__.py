@@ -17,7 +17,8 @@ if TYPE_CHECKING:
 
     from .client import Client, connect
     from .config import NodeConfig
-    from .node import Node, open_node
+    from .node import Node
+    from .serving import open_node
 
 __all__ = ["Client", "ErrorCode", "Node", "NodeConfig", "SpearError", "connect", "open_node"]
 __version__ = "0.1.0"
@@ -27,7 +28,7 @@ _LAZY = {
     "connect": ".client",
     "NodeConfig": ".config",
     "Node": ".node",
-    "open_node": ".node",
+    "open_node": ".serving",
 }
 
 

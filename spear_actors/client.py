@@ -10,10 +10,12 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import inspect
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from .api import METHODS, Method
 from .model import build_invoke_request
 from .protocol.calls import ResponseStream
 from .protocol.connection import Connection, ConnectionConfig
@@ -25,7 +27,9 @@ __all__ = ["Client", "connect"]
 
 
 class Client:
-    """A connection to a node, with one method per node method."""
+    """A connection to a node, with one method per method of
+    :data:`spear_actors.api.METHODS` (same names and params; ``wait_execution``
+    takes ``timeout`` in seconds; stream methods are async context managers)."""
 
     def __init__(self, connection: Connection) -> None:
         self.connection = connection
@@ -54,75 +58,72 @@ class Client:
         async with self.connection.stream("stream_function", request, window=window) as items:
             yield items
 
-    async def get_execution(
-        self, execution_id: str, include_result: bool = True, include_logs: bool = False
-    ) -> dict[str, Any]:
-        """An execution record (NOT_FOUND when unknown or evicted)."""
-        return await self._map(
-            "get_execution", execution_id=execution_id, include_result=include_result, include_logs=include_logs
-        )
+    stream_function = stream
 
-    async def wait_execution(
-        self, execution_id: str, timeout: float | None = None, include_logs: bool = False
-    ) -> dict[str, Any]:
-        """Wait (server side, no polling) until the execution finishes or *timeout*
-        seconds pass; returns the record, whose status says which."""
-        timeout_ms = None if timeout is None else max(0, round(timeout * 1000))
-        return await self._map(
-            "wait_execution", execution_id=execution_id, timeout_ms=timeout_ms, include_logs=include_logs
-        )
+    if TYPE_CHECKING:  # the table's methods, installed below; typed loosely for mypy
 
-    @asynccontextmanager
-    async def watch_executions(self, execution_ids: list[str]) -> AsyncIterator[ResponseStream]:
-        """Completion notices: yields each execution's record as it finishes."""
-        async with self.connection.stream(
-            "watch_executions", {"execution_ids": execution_ids}, window=max(1, len(execution_ids))
-        ) as items:
-            yield items
+        def __getattr__(self, name: str) -> Callable[..., Any]: ...
 
-    async def cancel_execution(
-        self, execution_id: str, reason: str = "cancelled by client", force: bool = False
-    ) -> dict[str, Any]:
-        """Cancel an execution; returns its record once it has ended."""
-        return await self._map("cancel_execution", execution_id=execution_id, reason=reason, force=force)
 
-    async def list_executions(
-        self, task_id: str = "", status_filter: list[str] | None = None, limit: int = 100, start_after: str = ""
-    ) -> dict[str, Any]:
-        """A page of execution records (oldest first)."""
-        return await self._map(
-            "list_executions", task_id=task_id, status_filter=status_filter, limit=limit, start_after=start_after
-        )
+def _wire_params(method: Method, bound: Mapping[str, Any]) -> dict[str, Any]:
+    """The request params for Python arguments *bound* by name (scaled back to the
+    wire's units; nil values left out, so the node applies its defaults)."""
+    params: dict[str, Any] = {}
+    for param in method.params or ():
+        value = bound.get(param.py_name)
+        if value is None:
+            continue
+        if param.scale != 1.0:
+            value = round(value * param.scale) if param.kind is int else value * param.scale
+        params[param.name] = value
+    return params
 
-    async def list_tasks(self, prefix: str = "", limit: int = 100, start_after: str = "") -> dict[str, Any]:
-        """A page of tasks sorted by name."""
-        return await self._map("list_tasks", prefix=prefix, limit=limit, start_after=start_after)
 
-    async def get_task(
-        self, task_id: str, include_executions: bool = False, execution_limit: int = 20
-    ) -> dict[str, Any]:
-        """One task: policy, instances, optionally recent executions."""
-        return await self._map(
-            "get_task", task_id=task_id, include_executions=include_executions, execution_limit=execution_limit
-        )
+def _signature(method: Method) -> inspect.Signature:
+    parameters = [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+    for param in method.params or ():
+        default = inspect.Parameter.empty if param.required else param.default
+        parameters.append(inspect.Parameter(param.py_name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=default))
+    return inspect.Signature(parameters)
 
-    async def delete_task(self, task_id: str, force: bool = False) -> dict[str, Any]:
-        """Delete a task (FAILED_PRECONDITION when busy and not forced)."""
-        return await self._map("delete_task", task_id=task_id, force=force)
 
-    async def get_health(self) -> dict[str, Any]:
-        """The node's health summary."""
-        return await self._map("get_health")
+def _client_method(method: Method) -> Callable[..., Any]:
+    """A Client method for a table entry: unary → coroutine, stream → async context
+    manager yielding a :class:`ResponseStream`."""
+    signature = _signature(method)
 
-    health = get_health
+    def params_of(args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+        bound = signature.bind(None, *args, **kwargs)
+        bound.apply_defaults()
+        return _wire_params(method, bound.arguments)
 
-    async def get_stats(self) -> dict[str, Any]:
-        """Per node and per task statistics."""
-        return await self._map("get_stats")
+    if method.stream:
 
-    async def _map(self, method: str, **params: Any) -> dict[str, Any]:
-        result: dict[str, Any] = await self.call(method, {k: v for k, v in params.items() if v is not None})
-        return result
+        @asynccontextmanager
+        async def stream(self: Client, *args: Any, **kwargs: Any) -> AsyncIterator[ResponseStream]:
+            params = params_of(args, kwargs)
+            # room for every item a list param can produce (one record per watched id)
+            window = max([len(v) for v in params.values() if isinstance(v, list)], default=16)
+            async with self.connection.stream(method.name, params, window=window) as items:
+                yield items
+
+        function: Callable[..., Any] = stream
+    else:
+
+        async def unary(self: Client, *args: Any, **kwargs: Any) -> Any:
+            return await self.call(method.name, params_of(args, kwargs))
+
+        function = unary
+    function.__name__ = function.__qualname__ = method.name
+    function.__doc__ = method.doc
+    function.__signature__ = signature  # type: ignore[attr-defined]
+    return function
+
+
+for _method in METHODS:
+    if _method.params is not None:  # invoke and stream_function are written out above
+        for _name in (_method.name, *_method.aliases):
+            setattr(Client, _name, _client_method(_method))
 
 
 @asynccontextmanager

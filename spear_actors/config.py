@@ -77,6 +77,14 @@ class NodeConfig:
     data_dir: Path = dataclasses.field(default_factory=_default_data_dir)
     token: str | None = None
     """If set, client hellos must carry it (UNAUTHENTICATED otherwise)."""
+    insecure: bool = False
+    """Allow listening beyond loopback without a token (refused otherwise)."""
+    metrics_listen: str | None = None
+    """Serve Prometheus metrics over HTTP here (``http://127.0.0.1:9464``); None: off."""
+    max_auth_failures: int = 5
+    """Failed authentications per peer address within ``auth_failure_window_s``; past
+    them, that address's hellos are refused without being checked."""
+    auth_failure_window_s: float = 60.0
     defaults: InstancePolicy = dataclasses.field(default_factory=_default_policy)
     default_timeout_ms: int = 30_000
     """Deadline of a call whose context.timeout_ms is 0."""
@@ -113,6 +121,15 @@ class NodeConfig:
     agent_heartbeat_timeout_s: float = 5.0
     client_heartbeat_interval_s: float = 5.0
     client_heartbeat_timeout_s: float = 20.0
+    max_connections: int = 1024
+    """Client connections served at once over all gateway listeners; one more is
+    refused (RESOURCE_EXHAUSTED error frame, or HTTP 503 on websocket) before its hello."""
+    max_connections_per_address: int = 256
+    """Client connections served at once from one peer address (tcp and ws; unix
+    sockets are exempt): one client cannot take every slot."""
+    connection_fd_reserve: int = 256
+    """Descriptors kept free of client connections (for agents, artifacts, the node):
+    the gateway serves at most RLIMIT_NOFILE minus this many connections."""
     max_total_instances: int = 256
     """Node-wide cap on live instances, over all tasks."""
     max_running_executions: int = 100_000
@@ -169,7 +186,7 @@ class NodeConfig:
                 config.data_dir = (base / str(value)).resolve()
             elif key == "listen":
                 config.listen = [value] if isinstance(value, str) else list(value)
-            elif key in ("token", "agent_listen"):
+            elif key in ("token", "agent_listen", "metrics_listen"):
                 if value is not None and not isinstance(value, str):
                     raise SpearError(ErrorCode.INVALID_ARGUMENT, f"config: {key} must be str")
                 setattr(config, key, value)

@@ -9,13 +9,14 @@ Embed it in any trio program::
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import trio
 
@@ -40,8 +41,9 @@ from .actors.messages import (
 from .artifacts import ArtifactStore
 from .config import NodeConfig
 from .errors import ErrorCode, SpearError
+from .metrics import NodeMetrics
 from .model import ArtifactSpec, ExecutionMode, ExecutionStatus, InstancePolicy, InvokeRequest, build_invoke_request
-from .policy import OperatorPolicy, listens_beyond_loopback
+from .policy import OperatorPolicy
 from .protocol.transports import Endpoint
 from .runtimes.base import Runtime, StreamSink
 from .runtimes.process import ProcessRuntime
@@ -58,7 +60,7 @@ from .store import (
     unpack,
 )
 
-__all__ = ["Node", "open_node"]
+__all__ = ["ExecutionStream", "FrontEnd", "Node", "open_core"]
 
 log = logging.getLogger(__name__)
 
@@ -84,9 +86,16 @@ class Node:
         self._manager = manager
         self._admission = admission or AdmissionGate()
         self._nursery = nursery
-        self._listeners: list[trio.CancelScope] = []
         self.endpoints: list[Endpoint] = []
         """Gateway endpoints this node listens on (with real ports)."""
+        self.metrics = NodeMetrics()
+        """This node's Prometheus metrics, updated and served when ``metrics_listen``
+        is set."""
+        self._counting = config.metrics_listen is not None  # nobody scrapes otherwise
+        self.metrics_url: str | None = None
+        """Where the metrics are served (the real port for port 0), if they are."""
+        self.front_ends: list[FrontEnd] = []
+        """What serves this node to the network (stopped first by :meth:`drain`)."""
 
     # -- invocation -------------------------------------------------------------------
     async def invoke(self, function_name: str, parameters: Any = None, **fields: Any) -> dict[str, Any]:
@@ -103,6 +112,34 @@ class Node:
     async def invoke_request(self, request: InvokeRequest, sink: StreamSink | None = None) -> dict[str, Any]:
         """Run a parsed request (the gateway's entry point). With *sink*, the call is
         a stream: its items go to *sink* and the final response is returned."""
+        if not self._counting:
+            return await self._run_request(request, sink)
+        start = time.perf_counter()
+        code = "CANCELLED"  # unless something else is learnt below
+        response: dict[str, Any] | None = None
+        try:
+            response = await self._run_request(request, sink)
+            code = "ACCEPTED" if request.execution_mode is ExecutionMode.ASYNC else "OK"
+            return response
+        except SpearError as exc:
+            code = exc.code.value
+            raise
+        except trio.Cancelled:
+            raise
+        except Exception:
+            code = ErrorCode.INTERNAL.value
+            raise
+        finally:
+            synchronous = request.execution_mode is not ExecutionMode.ASYNC
+            self.metrics.invoked(
+                request.task_name or request.task_id,
+                request.function_name,
+                code,
+                time.perf_counter() - start if synchronous else None,
+                response.get("execution_time_ms") if synchronous and response is not None else None,
+            )
+
+    async def _run_request(self, request: InvokeRequest, sink: StreamSink | None) -> dict[str, Any]:
         request.validate()
         if sink is not None:
             request.execution_mode = ExecutionMode.STREAM
@@ -110,6 +147,7 @@ class Node:
             raise SpearError(ErrorCode.INVALID_ARGUMENT, "STREAM mode is served by stream_function, not invoke")
         refusal = self._admission.refusal(request)
         if refusal is not None:  # overloaded task: answered here, at once
+            self.metrics.admission_refusals.labels(self.metrics.task_label(request.task_name or request.task_id)).inc()
             raise refusal
         if request.execution_mode is ExecutionMode.ASYNC:
             routed: Routed = await self._manager.ask(lambda reply: Invoke(request, reply, sink))
@@ -209,6 +247,10 @@ class Node:
     ) -> dict[str, Any]:
         """Wait until the execution finishes (or *timeout* seconds pass) and return its
         record; the record's status says which."""
+        if timeout is not None and not (isinstance(timeout, (int, float)) and 0 <= timeout < math.inf):
+            raise SpearError(
+                ErrorCode.INVALID_ARGUMENT, f"wait_execution: timeout must be a finite number ≥ 0, got {timeout!r}"
+            )
         with trio.move_on_after(math.inf if timeout is None else timeout):
             done: Reply[Outcome] = Reply()
             await self._manager.tell(WaitExecution(execution_id, done))
@@ -218,6 +260,39 @@ class Node:
                 if exc.code is ErrorCode.NOT_FOUND:
                     raise
         return await self.get_execution(execution_id, include_logs=include_logs)
+
+    async def watch_executions(self, execution_ids: list[str], sink: StreamSink) -> dict[str, Any]:
+        """Send each execution's record to *sink* as it finishes (an unknown id: a map
+        with its ``error``, at once); returns ``{count}``. No task per id: each id is
+        one waiter in the registry whose answer lands in one channel, so a large
+        watch never holds the loop (the gateway bounds the ids: ``MAX_WATCH_IDS``)."""
+        send, receive = trio.open_memory_channel[tuple[str, SpearError | None]](len(execution_ids) or 1)
+
+        def finished(execution_id: str, done: Reply[Outcome]) -> None:
+            error = done.error if done.error is not None and done.error.code is ErrorCode.NOT_FOUND else None
+            if done.error is not None:
+                # its traceback holds the answering frame, which holds this reply: a
+                # cycle per id that only a full GC pass (~100 ms at 10,000 ids) frees
+                done.error.__traceback__ = None
+            try:
+                send.send_nowait((execution_id, error))
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass  # the watcher has left
+
+        with receive:
+            for execution_id in execution_ids:
+                done: Reply[Outcome] = Reply()
+                done.on_done = functools.partial(finished, execution_id)
+                await self._manager.tell(WaitExecution(execution_id, done))  # yields: others run
+            for _ in execution_ids:
+                execution_id, error = await receive.receive()
+                if error is None:
+                    try:
+                        record = await self.get_execution(execution_id)
+                    except SpearError as exc:
+                        error = exc
+                await sink({"execution_id": execution_id, "error": error.to_dict()} if error else record)
+        return {"count": len(execution_ids)}
 
     async def cancel_execution(
         self, execution_id: str, reason: str = "cancelled", force: bool = False
@@ -279,41 +354,34 @@ class Node:
         answer: dict[str, Any] = await self._manager.ask(lambda reply: Query(method, params, reply))
         return answer
 
-    async def listen(self, url: str) -> Endpoint:
-        """Start a gateway on *url* (ws://, tcp://, unix://); return the bound endpoint."""
-        from .gateway import Gateway
-
-        scope = trio.CancelScope()
-        self._listeners.append(scope)
-
-        async def serve(task_status: trio.TaskStatus[Endpoint]) -> None:
-            with scope:
-                await Gateway(self).serve(url, task_status=task_status)
-
-        endpoint: Endpoint = await self._nursery.start(serve)
-        self.endpoints.append(endpoint)
-        if url not in self.config.listen and listens_beyond_loopback([url]):
-            log.warning(
-                "listening beyond loopback on %s, but the policy's defaults were decided for the start-up "
-                "listeners %s (set artifact_roots, sources and fetch_block_private explicitly)",
-                endpoint,
-                self.config.listen,
-            )
-        log.info("node %s listening on %s", self.config.node_id, endpoint)
-        return endpoint
-
     async def drain(self, grace: float | None = None) -> bool:
-        """Stop accepting: listeners close and new calls get UNAVAILABLE; then wait up
-        to *grace* seconds (default ``shutdown_grace_s``) for running calls to finish.
-        Returns True if everything finished in time. Leaving :func:`open_node`
-        afterwards ends whatever is left (UNAVAILABLE, records FAILED)."""
-        for scope in self._listeners:
-            scope.cancel()
+        """Stop accepting: front ends close their listeners and answer new calls
+        UNAVAILABLE, the manager refuses new calls; running calls get up to *grace*
+        seconds (default ``shutdown_grace_s``) to finish, and their callers their
+        answers; then the front ends close their connections. Returns True if
+        everything finished in time. Leaving :func:`open_node` afterwards ends
+        whatever is left (UNAVAILABLE, records FAILED)."""
+        for front_end in self.front_ends:
+            front_end.stop_accepting()
         grace = self.config.shutdown_grace_s if grace is None else grace
-        with trio.move_on_after(grace):
+        deadline = trio.current_time() + grace
+        finished = False
+        with trio.move_on_at(deadline):
             await self._manager.ask(lambda reply: Drain("node is shutting down", reply))
-            return True
-        return False
+            finished = True
+        for front_end in self.front_ends:
+            await front_end.close(deadline)
+        return finished
+
+
+class FrontEnd(Protocol):
+    """What serves the node to the outside (the gateway), as the node's drain sees it."""
+
+    def stop_accepting(self) -> None:
+        """Accept no more connections; answer new invocations UNAVAILABLE."""
+
+    async def close(self, deadline: float) -> None:
+        """Let the calls being served finish (until *deadline*), then close."""
 
 
 class ExecutionStream:
@@ -389,12 +457,12 @@ def _runtimes(config: NodeConfig, policy: OperatorPolicy) -> dict[str, Runtime]:
 
 
 @asynccontextmanager
-async def open_node(config: NodeConfig | None = None) -> AsyncIterator[Node]:
-    """Run a node for the duration of the block.
+async def open_core(config: NodeConfig | None = None) -> AsyncIterator[Node]:
+    """Run a node without network front ends for the duration of the block
+    (:func:`spear_actors.open_node` adds its gateways to this).
 
-    On exit every gateway closes, calls still in flight get UNAVAILABLE, every
-    instance is stopped (agent processes terminated and reaped) and no task of
-    the node is left running.
+    On exit calls still in flight get UNAVAILABLE, every instance is stopped (agent
+    processes terminated and reaped) and no task of the node is left running.
     """
     config = config or NodeConfig()
     store = _store(config)
@@ -549,8 +617,6 @@ async def _serving(
             )
         await _restore_tasks(node, stored_tasks)
         await _run_again(node, store, resubmit)
-        for url in config.listen:
-            await node.listen(url)
         try:
             yield node
         finally:
@@ -559,3 +625,13 @@ async def _serving(
             manager.stop()
             with trio.CancelScope(shield=True):
                 await manager_done.wait()
+
+
+def __getattr__(name: str) -> Any:
+    # ``from spear_actors.node import open_node`` keeps working; the node itself
+    # knows nothing of its front ends (open_node lives in spear_actors.serving)
+    if name == "open_node":
+        from .serving import open_node
+
+        return open_node
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -7,10 +7,14 @@ none of it (except evicting records past their age).
 
 from __future__ import annotations
 
+import heapq
+import itertools
+import logging
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from ..api import MAX_LIST_LIMIT
 from ..errors import ErrorCode, SpearError
 from ..model import ExecutionStatus
 from ..store import ExecutionRow
@@ -23,9 +27,13 @@ if TYPE_CHECKING:
 
 __all__ = ["ManagerQueries"]
 
+log = logging.getLogger(__name__)
+
+_NODE_LATENCY_SAMPLES = 65_536
+
 
 class ManagerQueries:
-    """``Query(method, params, reply)`` → ``_q_<method>(**params)``."""
+    """``Query(method, params, reply)`` → the ``_q_<method>`` of that name."""
 
     registry: ExecutionRegistry
     draining: str | None
@@ -38,15 +46,28 @@ class ManagerQueries:
 
     def _query(self, message: Query) -> None:
         self.registry.evict()  # age limits apply even when nothing finishes
+        handlers: dict[str, Callable[..., Any]] = {
+            "get_execution": self._q_get_execution,
+            "list_executions": self._q_list_executions,
+            "list_tasks": self._q_list_tasks,
+            "get_task": self._q_get_task,
+            "get_health": self._q_get_health,
+            "get_stats": self._q_get_stats,
+        }
         try:
-            handler = getattr(self, f"_q_{message.method}", None)
+            handler = handlers.get(message.method)
             if handler is None:
                 raise SpearError(ErrorCode.NOT_FOUND, f"no such query: {message.method!r}")
+            # params were validated by the caller (the node's methods, the api table):
+            # a TypeError here is a bug, answered INTERNAL, never INVALID_ARGUMENT
             result = handler(**message.params)
         except SpearError as exc:
             message.reply.fail(exc)
-        except TypeError as exc:  # a bad or missing parameter
-            message.reply.fail(SpearError(ErrorCode.INVALID_ARGUMENT, f"{message.method}: {exc}"))
+        except Exception as exc:
+            log.error("query %s failed (a bug; answered INTERNAL)", message.method, exc_info=exc)
+            message.reply.fail(
+                SpearError(ErrorCode.INTERNAL, f"{message.method}: internal error ({type(exc).__name__})")
+            )
         else:
             if isinstance(result, Reply):  # answered later, by another actor
                 result.on_done = lambda done: _forward(done, message.reply)
@@ -85,10 +106,14 @@ class ManagerQueries:
         return {"executions": [r.to_dict(include_result=False) for r in page], "next_start_after": cursor}
 
     def _q_list_tasks(self, prefix: str = "", limit: int = 100, start_after: str = "") -> dict[str, Any]:
-        names = sorted(
-            name for name in self._by_name if name.startswith(prefix) and (not start_after or name > start_after)
+        size = _limit(limit)
+        # the page's names and one more (to know whether a next page exists), without
+        # sorting every task name: O(n log page) per request
+        names = heapq.nsmallest(
+            size + 1,
+            (name for name in self._by_name if name.startswith(prefix) and (not start_after or name > start_after)),
         )
-        page = names[: _limit(limit)]
+        page = names[:size]
         cursor = page[-1] if len(names) > len(page) else ""
         return {"tasks": [self._tasks[self._by_name[name]].summary() for name in page], "next_start_after": cursor}
 
@@ -130,9 +155,13 @@ class ManagerQueries:
 
     def _q_get_stats(self) -> dict[str, Any]:
         tasks = {}
-        node_latency = LatencyWindow(size=10**9)
+        node_latency = LatencyWindow(size=_NODE_LATENCY_SAMPLES)
+        # the node's percentiles from a bounded sample: each task's most recent
+        # executions, at most _NODE_LATENCY_SAMPLES in all (one sort, whatever the task count)
+        per_task = max(1, _NODE_LATENCY_SAMPLES // max(1, len(self._tasks)))
         for entry in self._tasks.values():
-            node_latency.samples.extend(entry.latency.samples)
+            samples = entry.latency.samples
+            node_latency.samples.extend(itertools.islice(samples, max(0, len(samples) - per_task), None))
             tasks[entry.definition.task_id] = {
                 "task_name": entry.definition.task_name,
                 "instances": entry.instances,
@@ -164,8 +193,8 @@ def _percentiles(window: LatencyWindow) -> dict[str, float | None]:
 
 
 def _limit(limit: object) -> int:
-    if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= 10_000:
-        raise SpearError(ErrorCode.INVALID_ARGUMENT, "limit must be an integer from 1 to 10000")
+    if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= MAX_LIST_LIMIT:
+        raise SpearError(ErrorCode.INVALID_ARGUMENT, f"limit must be an integer from 1 to {MAX_LIST_LIMIT:,}")
     return limit
 
 

@@ -1,0 +1,5 @@
+"""``python -m spear_actors.cli``."""
+
+from . import main
+
+main()

@@ -31,7 +31,7 @@ from wsproto.utilities import LocalProtocolError
 
 from ..errors import ErrorCode, SpearError
 from .framing import CLOSE_FRAME, DEFAULT_MAX_FRAME_SIZE, FrameDecoder, ProtocolError
-from .wsguard import FrameGuard, GuardedListener
+from .wsguard import GuardedListener, NowaitWriter
 
 __all__ = [
     "Endpoint",
@@ -258,13 +258,13 @@ class WebsocketTransport(Transport):
         self._close_code = WS_NORMAL
         self._close_reason = ""
         stream = getattr(ws, "_stream", None)
-        self._guard = stream if isinstance(stream, FrameGuard) and stream.can_write_now else None
+        self._guard = stream if isinstance(stream, NowaitWriter) and stream.can_write_now else None
         self._kept: list[bytes] = []  # bodies send_nowait could not write: they go first
 
     @property
     def can_send_nowait(self) -> bool:
-        """Whether :meth:`send_nowait` can write at all: a server connection over a
-        plain socket (behind the :class:`FrameGuard`)."""
+        """Whether :meth:`send_nowait` can write at all: over a plain socket, behind
+        a :class:`NowaitWriter` (the server's :class:`FrameGuard` is one)."""
         return self._guard is not None
 
     def send_nowait(self, bodies: list[bytes]) -> bool:
@@ -410,6 +410,10 @@ async def open_transport(
                 disconnect_timeout=1.0,
             ) as ws:
                 connected = True
+                if isinstance(ws._stream, trio.SocketStream):
+                    # writes without waiting (WebsocketTransport.send_nowait): the
+                    # reader task and trio-websocket's own sends see the same stream
+                    ws._stream = NowaitWriter(ws._stream)
                 transport = WebsocketTransport(ws, description=str(endpoint))
                 try:
                     yield transport

@@ -8,8 +8,8 @@ headers in the bytes going up (after the HTTP upgrade request), and when one
 announces more than the limit it sends the close frame itself (code 1009, message
 too big) and ends the stream, so the connection closes at once.
 
-It also lets the connection write a message without waiting
-(:meth:`FrameGuard.write_nowait`, used by ``WebsocketTransport.send_nowait``): a
+Its base, :class:`NowaitWriter` (alone under a client connection), lets the
+connection write a message without waiting (``WebsocketTransport.send_nowait``): a
 non-blocking write when no send is under way, whose unwritten rest goes first on the
 next send, so the answer to a request leaves from the task that made it instead of
 waking the connection's writer task (and trio-websocket's lock) for every message.
@@ -22,7 +22,7 @@ from typing import Final
 
 import trio
 
-__all__ = ["FrameGuard", "GuardedListener"]
+__all__ = ["FrameGuard", "GuardedListener", "NowaitWriter"]
 
 _END_OF_HTTP: Final = b"\r\n\r\n"
 _MAX_HTTP: Final = 64 * 1024  # past this, trio-websocket refuses the upgrade itself
@@ -30,62 +30,18 @@ _TOO_BIG_CLOSE: Final = b"\x88\x02\x03\xf1"  # FIN + close, 2 bytes, code 1009
 _MAX_HEADER: Final = 14  # 2 + 8 (64-bit length) + 4 (mask)
 
 
-class FrameGuard(trio.abc.Stream):
-    """A server-side stream that ends itself on a frame header over *max_payload*."""
+class NowaitWriter(trio.abc.Stream):
+    """A stream under trio-websocket that a connection may also write to without
+    waiting (:meth:`write_nowait`); everything else passes through."""
 
-    def __init__(self, stream: trio.abc.Stream, max_payload: int) -> None:
+    def __init__(self, stream: trio.abc.Stream) -> None:
         self.stream = stream
-        self._max_payload = max_payload
-        self._http: bytes | None = b""  # the upgrade request so far; None once past it
-        self._header = b""  # a frame header not complete yet
-        self._skip = 0  # payload bytes of the current frame still to come
         self._send_lock = trio.StrictFIFOLock()
-        self._refused = False
         self._pending = b""  # the rest of a write_nowait the socket did not take
+        self._refused = False
 
-    # -- receiving ----------------------------------------------------------------
     async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
-        if self._refused:
-            raise trio.BrokenResourceError("frame over the size limit")
-        data = await self.stream.receive_some(max_bytes)
-        if data and self._too_big(bytes(data)):
-            self._refused = True
-            async with self._send_lock:
-                with trio.move_on_after(1.0), _suppress_broken():
-                    await self.stream.send_all(_TOO_BIG_CLOSE)
-            raise trio.BrokenResourceError("frame over the size limit")
-        return data
-
-    def _too_big(self, data: bytes) -> bool:
-        """Follow the frame structure through *data*; True at an oversized header."""
-        if self._http is not None:
-            seen = self._http + data
-            end = seen.find(_END_OF_HTTP)
-            if end < 0:
-                self._http = seen[-len(_END_OF_HTTP) :] if len(seen) <= _MAX_HTTP else None
-                return False
-            data = seen[end + len(_END_OF_HTTP) :]
-            self._http = None
-        index = 0
-        while index < len(data):
-            if self._skip:
-                step = min(self._skip, len(data) - index)
-                self._skip -= step
-                index += step
-                continue
-            chunk = data[index : index + _MAX_HEADER - len(self._header)]
-            header = self._header + chunk
-            length, size = _payload_length(header)
-            if length is None:  # the rest of the header comes with later bytes
-                self._header = header
-                index += len(chunk)
-                continue
-            if length > self._max_payload:
-                return True
-            index += size - len(self._header)  # this chunk's bytes that were header
-            self._header = b""
-            self._skip = length
-        return False
+        return await self.stream.receive_some(max_bytes)
 
     # -- sending and closing --------------------------------------------------------
     def write_nowait(self, data: bytes) -> bool | None:
@@ -137,6 +93,62 @@ class FrameGuard(trio.abc.Stream):
 
     async def aclose(self) -> None:
         await self.stream.aclose()
+
+
+class FrameGuard(NowaitWriter):
+    """A server-side stream that ends itself on a frame header over *max_payload*."""
+
+    def __init__(self, stream: trio.abc.Stream, max_payload: int) -> None:
+        super().__init__(stream)
+        self._max_payload = max_payload
+        self._http: bytes | None = b""  # the upgrade request so far; None once past it
+        self._header = b""  # a frame header not complete yet
+        self._skip = 0  # payload bytes of the current frame still to come
+
+    # -- receiving ----------------------------------------------------------------
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        if self._refused:
+            raise trio.BrokenResourceError("frame over the size limit")
+        data = await self.stream.receive_some(max_bytes)
+        if data and self._too_big(bytes(data)):
+            self._refused = True
+            async with self._send_lock:
+                with trio.move_on_after(1.0), _suppress_broken():
+                    await self._send_pending()  # a frame cut in two would hide the close
+                    await self.stream.send_all(_TOO_BIG_CLOSE)
+            raise trio.BrokenResourceError("frame over the size limit")
+        return data
+
+    def _too_big(self, data: bytes) -> bool:
+        """Follow the frame structure through *data*; True at an oversized header."""
+        if self._http is not None:
+            seen = self._http + data
+            end = seen.find(_END_OF_HTTP)
+            if end < 0:
+                self._http = seen[-len(_END_OF_HTTP) :] if len(seen) <= _MAX_HTTP else None
+                return False
+            data = seen[end + len(_END_OF_HTTP) :]
+            self._http = None
+        index = 0
+        while index < len(data):
+            if self._skip:
+                step = min(self._skip, len(data) - index)
+                self._skip -= step
+                index += step
+                continue
+            chunk = data[index : index + _MAX_HEADER - len(self._header)]
+            header = self._header + chunk
+            length, size = _payload_length(header)
+            if length is None:  # the rest of the header comes with later bytes
+                self._header = header
+                index += len(chunk)
+                continue
+            if length > self._max_payload:
+                return True
+            index += size - len(self._header)  # this chunk's bytes that were header
+            self._header = b""
+            self._skip = length
+        return False
 
 
 def _payload_length(header: bytes) -> tuple[int | None, int]:

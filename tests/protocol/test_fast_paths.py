@@ -241,3 +241,25 @@ async def test_websocket_answers_written_without_waiting_stay_whole_when_the_cli
         await peer.send(Request(99, "echo", "after"))
         with trio.fail_after(PROMPTLY):
             assert (await peer.receive_skipping_pings()) == Response(99, "after")
+
+
+async def test_websocket_client_requests_written_without_waiting_arrive_whole() -> None:
+    """A client websocket writes requests from the calling tasks too: 24 concurrent
+    requests of 1 MiB (each larger than the socket takes at once) all come back whole."""
+
+    async def echo(request: IncomingRequest) -> Any:
+        return request.params
+
+    big = 1024 * 1024
+    results: dict[int, Any] = {}
+    async with serving("ws://127.0.0.1:0", echo) as server, connected(server) as connection:
+
+        async def call(i: int) -> None:
+            results[i] = await connection.request("echo", bytes([i]) * big)
+
+        with trio.fail_after(PROMPTLY * 4):
+            async with trio.open_nursery() as nursery:
+                for i in range(1, 25):
+                    nursery.start_soon(call, i)
+        assert results == {i: bytes([i]) * big for i in range(1, 25)}
+        assert await connection.request("echo", "after") == "after"

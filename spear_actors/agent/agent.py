@@ -55,7 +55,7 @@ class Agent:
         self.max_workers = max_workers
         self.functions: dict[str, Callable[..., Any]] = {}
         self._link: AgentLink | None = None
-        self._calls: dict[int, CallState] = {}  # guarded by the link's lock
+        self._calls: dict[int, CallState] = {}  # added by the reader; else under the link's lock
         self._jobs: SimpleQueue[tuple[Callable[..., Any], CallState] | None] = SimpleQueue()
         self._idle_workers = 0
         self._workers = 0
@@ -156,10 +156,15 @@ class Agent:
         state = CallState(
             request.id,
             request.window is not None,
-            {key: params.get(key) for key in ("execution_id", "environment", "headers")},
+            {
+                "execution_id": params.get("execution_id"),
+                "environment": params.get("environment"),
+                "headers": params.get("headers"),
+            },
         )
-        with link.lock:
-            self._calls[request.id] = state
+        # Without the lock: only the reader adds, and a dict's one assignment is
+        # atomic; the lock orders what others do with an entry (answer, cancel).
+        self._calls[request.id] = state
         args = params.get("params")
         if _is_async(fn):
             import asyncio

@@ -26,10 +26,12 @@ from urllib.parse import urlsplit
 
 import trio
 import trio_websocket
+from wsproto.events import BytesMessage
+from wsproto.utilities import LocalProtocolError
 
 from ..errors import ErrorCode, SpearError
 from .framing import CLOSE_FRAME, DEFAULT_MAX_FRAME_SIZE, FrameDecoder, ProtocolError
-from .wsguard import GuardedListener
+from .wsguard import GuardedListener, NowaitWriter
 
 __all__ = [
     "Endpoint",
@@ -255,6 +257,42 @@ class WebsocketTransport(Transport):
         self.description = description
         self._close_code = WS_NORMAL
         self._close_reason = ""
+        stream = getattr(ws, "_stream", None)
+        self._guard = stream if isinstance(stream, NowaitWriter) and stream.can_write_now else None
+        self._kept: list[bytes] = []  # bodies send_nowait could not write: they go first
+
+    @property
+    def can_send_nowait(self) -> bool:
+        """Whether :meth:`send_nowait` can write at all: over a plain socket, behind
+        a :class:`NowaitWriter` (the server's :class:`FrameGuard` is one)."""
+        return self._guard is not None
+
+    def send_nowait(self, bodies: list[bytes]) -> bool:
+        """Write *bodies* now, each as one binary message made by trio-websocket's
+        own wsproto connection, when nothing else is being sent; True when all of it
+        went. Otherwise what did not go (bodies, or the rest of the bytes) is kept
+        and goes first on the next :meth:`send_bodies`. Raises :class:`SpearError`
+        UNAVAILABLE if the link is gone."""
+        guard = self._guard
+        ws = self.ws
+        if (
+            self._kept
+            or guard is None
+            or ws._close_reason is not None
+            or ws._stream_lock.locked()
+            or not guard.can_write_now
+        ):
+            self._kept.extend(bodies)
+            return False
+        try:
+            data = b"".join([ws._wsproto.send(BytesMessage(data=body)) for body in bodies])
+        except LocalProtocolError:  # closing: send_bodies reports it
+            self._kept.extend(bodies)
+            return False
+        try:
+            return bool(guard.write_nowait(data))
+        except OSError as exc:
+            raise _lost("sending", exc) from None
 
     def closing_because(self, error: SpearError) -> None:
         if self._close_code == WS_NORMAL:
@@ -262,7 +300,11 @@ class WebsocketTransport(Transport):
             self._close_reason = error.message[:120]  # a close frame carries 123 bytes at most
 
     async def send_bodies(self, bodies: list[bytes]) -> None:
+        if self._kept:
+            bodies, self._kept = [*self._kept, *bodies], []
         try:
+            if self._guard is not None:
+                await self._guard.flush()
             for body in bodies:
                 await self.ws.send_message(body)
         except trio_websocket.ConnectionClosed as exc:
@@ -373,6 +415,10 @@ async def open_transport(
                 disconnect_timeout=1.0,
             ) as ws:
                 connected = True
+                if isinstance(ws._stream, trio.SocketStream):
+                    # writes without waiting (WebsocketTransport.send_nowait): the
+                    # reader task and trio-websocket's own sends see the same stream
+                    ws._stream = NowaitWriter(ws._stream)
                 transport = WebsocketTransport(ws, description=str(endpoint))
                 try:
                     yield transport

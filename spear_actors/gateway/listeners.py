@@ -22,7 +22,14 @@ import trio_websocket
 from ..errors import ErrorCode, SpearError
 from ..protocol.framing import DEFAULT_MAX_FRAME_SIZE
 from ..protocol.messages import Error, encode_message
-from ..protocol.transports import Endpoint, Transport, WebsocketTransport, parse_endpoint, stream_transport
+from ..protocol.transports import (
+    Endpoint,
+    Transport,
+    WebsocketTransport,
+    open_unix_listener,
+    parse_endpoint,
+    stream_transport,
+)
 from ..protocol.wsguard import FrameGuard
 from .bytecount import ByteCounts
 from .refusals import RefusalLog
@@ -78,7 +85,7 @@ async def listen(
             listeners = await trio.open_tcp_listeners(endpoint.port, host=endpoint.host)
             endpoint = Endpoint(endpoint.scheme, host=endpoint.host, port=listeners[0].socket.getsockname()[1])
         else:
-            listeners = [await _unix_listener(endpoint.path)]
+            listeners = [await open_unix_listener(endpoint.path)]
     except OSError as exc:
         raise _cannot_listen(endpoint, exc) from None
     try:
@@ -210,20 +217,6 @@ def _peer(stream: trio.SocketStream) -> str:
     if isinstance(name, tuple):
         return f"{name[0]}:{name[1]}"
     return str(name) or "local"
-
-
-async def _unix_listener(path: str) -> trio.SocketListener:
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)  # a stale socket from a previous run
-    sock = trio.socket.socket(stdlib_socket.AF_UNIX, stdlib_socket.SOCK_STREAM)
-    try:
-        await sock.bind(path)
-        os.chmod(path, 0o600)
-        sock.listen(1024)
-    except BaseException:
-        sock.close()
-        raise
-    return trio.SocketListener(sock)
 
 
 def _cannot_listen(endpoint: Endpoint, exc: OSError) -> SpearError:

@@ -41,6 +41,7 @@ __all__ = [
     "TransportHandler",
     "WebsocketTransport",
     "open_transport",
+    "open_unix_listener",
     "parse_endpoint",
     "serve_endpoint",
     "server_ssl_context",
@@ -549,7 +550,7 @@ async def serve_endpoint(
         bound = listeners[0].socket.getsockname()
         endpoint = Endpoint(endpoint.scheme, host=endpoint.host, port=bound[1])
     else:
-        listeners = [await _open_unix_listener(endpoint.path)]
+        listeners = [await open_unix_listener(endpoint.path)]
     is_tcp = endpoint.scheme in ("tcp", "tls")
 
     async def on_stream(socket_stream: trio.SocketStream) -> None:
@@ -585,7 +586,7 @@ async def _run_handler(handler: TransportHandler, transport: Transport) -> None:
         log.info("%s: connection ended: %s", transport.description, exc)
 
 
-async def _open_unix_listener(path: str) -> trio.SocketListener:
+async def open_unix_listener(path: str) -> trio.SocketListener:
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)  # a stale socket from a previous run
     sock = trio.socket.socket(stdlib_socket.AF_UNIX, stdlib_socket.SOCK_STREAM)

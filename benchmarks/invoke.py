@@ -442,6 +442,49 @@ async def metrics_overhead(total: int, rounds: int = 7) -> None:
     )
 
 
+# -- TLS: wss next to ws (issue 13) -----------------------------------------------------
+async def tls_comparison(n: int, rounds: int = 3) -> None:
+    """Sequential invoke p50 over ws and wss (a trustme certificate) on one node,
+    rounds alternated in one run; prints the medians and the wss / ws ratio."""
+    import ssl
+
+    import trustme
+
+    from spear_actors.config import TlsConfig
+
+    print(f"\nTLS (warm sequential invoke, median of {rounds} alternating rounds of {n}):")
+    directory = Path(tempfile.mkdtemp())
+    ca = trustme.CA()
+    ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(str(directory / "cert.pem"))
+    trusting = ssl.create_default_context()
+    ca.configure_trust(trusting)
+    config = NodeConfig(
+        listen=["ws://127.0.0.1:0", "wss://127.0.0.1:0"],
+        data_dir=directory / "data",
+        tls=TlsConfig(cert=directory / "cert.pem", key=directory / "cert.pem"),
+    )
+    p50s: dict[str, list[float]] = {"ws": [], "wss": []}
+    p99s: dict[str, list[float]] = {"ws": [], "wss": []}
+    async with open_node(config) as node:
+        await node.invoke("echo", PAYLOAD, task_name="bench", artifact_spec={"location": str(AGENT)})
+        async with connect(str(node.endpoints[0])) as ws, connect(str(node.endpoints[1]), ssl_context=trusting) as wss:
+            for _ in range(rounds):
+                for label, client in (("ws", ws), ("wss", wss)):
+                    p50, p99 = await sequential(lambda c=client: c.invoke("echo", PAYLOAD, task_name="bench"), n)
+                    p50s[label].append(p50)
+                    p99s[label].append(p99)
+    for label in ("ws", "wss"):
+        spread = "/".join(f"{p * 1e6:.0f}" for p in p50s[label])
+        row(
+            f"{label} invoke (warm, sequential)",
+            statistics.median(p50s[label]),
+            statistics.median(p99s[label]),
+            note=f"p50 rounds {spread} µs",
+        )
+    ratio = statistics.median(p50s["wss"]) / statistics.median(p50s["ws"])
+    row("wss / ws p50", note=f"{ratio:.2f}x (target ≤ 1.3x: {'met' if ratio <= 1.3 else 'MISSED'})")
+
+
 async def _scrape_every_second(url: str) -> None:
     import httpx
 
@@ -461,8 +504,13 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="fewer samples (about 20 s)")
     parser.add_argument("--metrics-only", action="store_true", help="only metrics off vs on")
+    parser.add_argument("--tls-only", action="store_true", help="only wss next to ws")
     arguments = parser.parse_args()
     quick = arguments.quick or bool(os.environ.get("BENCH_QUICK"))
+    if arguments.tls_only:
+        trio.run(tls_comparison, 1000 if quick else 3000, 3 if quick else 5)
+        raise SystemExit(0)
+    trio.run(tls_comparison, 1000 if quick else 3000, 3 if quick else 5)
     if not arguments.metrics_only:
         trio.run(main, quick)
     print("\nmetrics:")

@@ -48,6 +48,31 @@ def main() -> None:
     cost = per_call(update, n)
     print(f"empty call              {base * 1e6:6.2f} µs")
     print(f"NodeMetrics.invoked     {cost * 1e6:6.2f} µs  (target < 2 µs; {(cost - base) * 1e6:.2f} µs above the call)")
+    runtime_events()
+
+
+def runtime_events() -> None:
+    """The events recorded outside the per-call path (cold starts, failures, fetches)
+    and the one inside it only when a call fails (a WASM trap): events() and an
+    update, as the runtimes make them."""
+    from spear_actors.metrics.events import RuntimeEvents, events, recording
+
+    n = 100_000
+    with recording(RuntimeEvents()):
+
+        def trap() -> None:
+            recorder = events()
+            if recorder is not None:
+                recorder.wasm_trapped("unreachable")
+
+        def started() -> None:
+            recorder = events()
+            if recorder is not None:
+                recorder.instance_started("process", "task-1", 0.02)
+
+        print(f"WASM trap counted       {per_call(trap, n) * 1e6:6.2f} µs  (failed calls only)")
+        print(f"cold start counted      {per_call(started, n) * 1e6:6.2f} µs  (once per instance)")
+    print("bytes per listener      0 µs per call (read from TCP_INFO at close and at scrape)")
 
 
 if __name__ == "__main__":

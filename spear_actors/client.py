@@ -11,11 +11,14 @@
 from __future__ import annotations
 
 import inspect
+import os
+import ssl
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 from .api import METHODS, Method
+from .errors import ErrorCode, SpearError
 from .model import build_invoke_request
 from .protocol.calls import ResponseStream
 from .protocol.connection import Connection, ConnectionConfig
@@ -23,7 +26,18 @@ from .protocol.handshake import open_connection
 from .protocol.messages import Hello
 from .protocol.transports import open_transport
 
-__all__ = ["Client", "connect"]
+__all__ = ["Client", "client_ssl_context", "connect"]
+
+
+def client_ssl_context(cacert: str | os.PathLike[str] | None = None) -> ssl.SSLContext:
+    """A client TLS context that trusts the CA certificates in the PEM file *cacert*
+    (None: the system's trusted CAs). INVALID_ARGUMENT if the file cannot be used."""
+    try:
+        return ssl.create_default_context(cafile=None if cacert is None else os.fspath(cacert))
+    except (OSError, ssl.SSLError) as exc:
+        raise SpearError(
+            ErrorCode.INVALID_ARGUMENT, f"cannot load CA certificates from {str(cacert)!r}: {exc}"
+        ) from None
 
 
 class Client:
@@ -133,14 +147,25 @@ async def connect(
     *,
     connect_timeout: float = 10.0,
     config: ConnectionConfig | None = None,
+    ssl_context: ssl.SSLContext | None = None,
+    cacert: str | os.PathLike[str] | None = None,
 ) -> AsyncIterator[Client]:
-    """Connect to a node at ``ws://host:port``, ``tcp://host:port`` or ``unix:///path``.
+    """Connect to a node at ``ws://host:port``, ``wss://host:port``,
+    ``tcp://host:port``, ``tls://host:port`` or ``unix:///path``.
+
+    Over ``wss://`` and ``tls://`` the node's certificate is checked against
+    *ssl_context* if given, else the CA certificates in the PEM file *cacert*, else
+    the system's trusted CAs.
 
     Raises :class:`~spear_actors.errors.SpearError` UNAVAILABLE if the node cannot be
-    reached and UNAUTHENTICATED if it refuses the token.
+    reached (a failed TLS handshake included, named in the message) and
+    UNAUTHENTICATED if it refuses the token; INVALID_ARGUMENT if *cacert* cannot be
+    read.
     """
+    if ssl_context is None and cacert is not None:
+        ssl_context = client_ssl_context(cacert)
     async with (
-        open_transport(url, connect_timeout=connect_timeout) as transport,
+        open_transport(url, connect_timeout=connect_timeout, ssl_context=ssl_context) as transport,
         open_connection(transport, Hello(role="client", auth=token), config=config) as connection,
     ):
         yield Client(connection)

@@ -20,6 +20,7 @@ import dataclasses
 import json
 import math
 import os
+import ssl
 import tempfile
 import tomllib
 from collections.abc import Mapping
@@ -30,8 +31,9 @@ from .cluster.config import ClusterConfig
 from .errors import ErrorCode, SpearError
 from .model import ArtifactSpec, InstancePolicy
 from .policy import OperatorPolicy
+from .protocol.transports import server_ssl_context
 
-__all__ = ["DEFAULT_LISTEN", "NodeConfig", "TaskDeclaration"]
+__all__ = ["DEFAULT_LISTEN", "NodeConfig", "TaskDeclaration", "TlsConfig"]
 
 DEFAULT_LISTEN = "ws://127.0.0.1:7411"
 
@@ -63,6 +65,47 @@ class TaskDeclaration:
 
 
 @dataclasses.dataclass(slots=True)
+class TlsConfig:
+    """The ``[tls]`` table: the certificate of the node's ``tls://`` and ``wss://``
+    listeners (docs/security.md)."""
+
+    cert: Path | None = None
+    """PEM certificate chain (the server's certificate first)."""
+    key: Path | None = None
+    """PEM private key of the certificate."""
+
+    @classmethod
+    def from_dict(cls, value: object, base: Path) -> TlsConfig:
+        """The ``[tls]`` table; relative paths are taken from *base*."""
+        table = _mapping(value, "tls")
+        unknown = set(table) - {"cert", "key"}
+        if unknown:
+            raise SpearError(ErrorCode.INVALID_ARGUMENT, f"config: tls: unknown keys {sorted(unknown)}")
+        paths: dict[str, Path] = {}
+        for key in ("cert", "key"):
+            if key in table:
+                if not isinstance(table[key], str):
+                    raise SpearError(ErrorCode.INVALID_ARGUMENT, f"config: tls.{key} must be str")
+                paths[key] = (base / table[key]).resolve()
+        return cls(**paths)
+
+    def server_context(self) -> ssl.SSLContext:
+        """The listeners' TLS context; INVALID_ARGUMENT naming what is missing or
+        unreadable."""
+        if self.cert is None or self.key is None:
+            raise SpearError(
+                ErrorCode.INVALID_ARGUMENT,
+                "tls:// and wss:// listeners need a certificate and key ([tls] cert and key, or --tls-cert/--tls-key)",
+            )
+        try:
+            return server_ssl_context(str(self.cert), str(self.key))
+        except (OSError, ssl.SSLError) as exc:
+            raise SpearError(
+                ErrorCode.INVALID_ARGUMENT, f"cannot load the TLS certificate {str(self.cert)!r} and key: {exc}"
+            ) from None
+
+
+@dataclasses.dataclass(slots=True)
 class NodeConfig:
     """Everything a node needs; every field has a working default."""
 
@@ -70,7 +113,8 @@ class NodeConfig:
     """The node's identity. Empty: the one kept in the store (``<data_dir>/state``),
     else a fresh ``node-<hex>`` (kept from then on with the SQLite store)."""
     listen: list[str] = dataclasses.field(default_factory=list)
-    """Gateway endpoints for client services (ws://, tcp://, unix://). Empty: none
+    """Gateway endpoints for client services (ws://, wss://, tcp://, tls://, unix://;
+    the TLS ones use ``tls``). Empty: none
     (an embedded node is used in-process); ``spear serve`` defaults to DEFAULT_LISTEN."""
     agent_listen: str | None = None
     """Where process agents dial back: unix:///path, tcp://host:port or ws://host:port.
@@ -150,6 +194,8 @@ class NodeConfig:
     """What clients may run (the ``[policy]`` table; docs/security.md)."""
     cluster: ClusterConfig | None = None
     """The ``[cluster]`` table: join a cluster on etcd (docs/cluster.md); None: alone."""
+    tls: TlsConfig = dataclasses.field(default_factory=TlsConfig)
+    """Certificate and key of the ``tls://`` and ``wss://`` listeners (``[tls]``)."""
 
     def agent_endpoint(self) -> str:
         """The agent listener URL, choosing a private temp unix socket if unset."""
@@ -185,6 +231,8 @@ class NodeConfig:
                 config.cluster = None if value is None else ClusterConfig.from_mapping(_mapping(value, "cluster"))
             elif key == "policy":
                 config.policy = OperatorPolicy.from_dict(value, base)
+            elif key == "tls":
+                config.tls = TlsConfig.from_dict(value, base)
             elif key == "defaults":
                 config.defaults = InstancePolicy.from_dict(value, "defaults.").merged_over(config.defaults)
             elif key == "data_dir":

@@ -149,27 +149,62 @@ class Node:
         if refusal is not None:  # overloaded task: answered here, at once
             self.metrics.admission_refusals.labels(self.metrics.task_label(request.task_name or request.task_id)).inc()
             raise refusal
-        routed: Routed = await self._manager.ask(lambda reply: Invoke(request, reply, sink))
         if request.execution_mode is ExecutionMode.ASYNC:
+            routed: Routed = await self._manager.ask(lambda reply: Invoke(request, reply, sink))
             if routed.write_seq:
                 # Acknowledged only once its record is durable: an accepted id
                 # always has a record, even after a crash (docs/execution-modes.md).
                 await self._store.committed(routed.write_seq)
             return _accepted(routed)
+        return await self._wait_outcome(request, sink)
+
+    async def _wait_outcome(self, request: InvokeRequest, sink: StreamSink | None) -> dict[str, Any]:
+        """A SYNC or STREAM call: the caller's task wakes once, when the outcome is in.
+
+        The manager routes the execution's result into *outcome*, the reply slot made
+        here; a routing refusal fails it too (through ``on_done`` of the routing
+        reply, which also arms the deadline: the routed deadline + a grace)."""
+        outcome: Reply[Outcome] = Reply()
+        routing: Reply[Routed] = Reply()
+        scope = trio.CancelScope()
+
+        def on_routed(answer: Reply[Routed]) -> None:
+            if answer.value is not None:
+                scope.deadline = answer.value.deadline + _DEADLINE_GRACE
+            elif answer.error is not None:
+                outcome.fail(answer.error)
+
+        routing.on_done = on_routed
+        await self._manager.send(Invoke(request, routing, sink, outcome))
         try:
-            with trio.move_on_at(routed.deadline + _DEADLINE_GRACE):
-                outcome = await routed.outcome.wait()
-                return _response(routed, outcome)
-            self._cancel(routed.execution_id, "deadline exceeded")
-            raise SpearError(ErrorCode.DEADLINE_EXCEEDED, "execution did not finish before its deadline")
+            with scope:
+                await outcome.wait()
         except trio.Cancelled:
             # The caller went away (e.g. its connection closed): a SYNC or STREAM
-            # execution has nobody to answer to, so it is cancelled.
-            self._cancel(routed.execution_id, "caller went away")
+            # execution has nobody to answer to, so it is cancelled (once routed).
+            if routing.value is not None:
+                self._cancel(routing.value.execution_id, "caller went away")
+            elif not routing.done:
+                routing.on_done = self._cancel_when_routed
             raise
         except SpearError as exc:
+            routed = routing.value
+            if routed is None:  # refused by the manager: nothing ran
+                raise
             details = {**exc.details, "execution_id": routed.execution_id, "task_id": routed.task_id}
             raise SpearError(exc.code, exc.message, details) from None
+        routed = routing.value
+        assert routed is not None
+        if scope.cancelled_caught:
+            self._cancel(routed.execution_id, "deadline exceeded")
+            raise SpearError(ErrorCode.DEADLINE_EXCEEDED, "execution did not finish before its deadline")
+        value = outcome.value
+        assert value is not None
+        return _response(routed, value)
+
+    def _cancel_when_routed(self, answer: Reply[Routed]) -> None:
+        if answer.value is not None:
+            self._cancel(answer.value.execution_id, "caller went away")
 
     @asynccontextmanager
     async def stream(

@@ -23,6 +23,7 @@ from .errors import ErrorCode, SpearError
 from .gateway import Gateway
 from .gateway.exposure import check_exposure
 from .metrics import serve_metrics
+from .metrics.events import RuntimeEvents, recording
 from .metrics.gauges import ScrapeRefresher
 from .node import Node, open_core
 
@@ -46,7 +47,17 @@ async def open_node(config: NodeConfig | None = None) -> AsyncIterator[Node]:
     check_exposure(config)
     if config.cluster is not None and not config.listen:
         raise SpearError(ErrorCode.INVALID_ARGUMENT, "config: a cluster node needs a listen endpoint (peers dial it)")
+    runtime_events = RuntimeEvents() if config.metrics_listen else None
+    with recording(runtime_events):  # for the runtimes, artifacts and gateway of this node
+        async with _open_node(config, runtime_events) as node:
+            yield node
+
+
+@asynccontextmanager
+async def _open_node(config: NodeConfig, runtime_events: RuntimeEvents | None) -> AsyncIterator[Node]:
     async with open_core(config) as node, background_nursery() as nursery:
+        if runtime_events is not None:
+            runtime_events.register(node.metrics.registry)
         gateway: Gateway | None = None
         if config.listen:
             gateway = Gateway(node)

@@ -22,6 +22,7 @@ from ..store import NODE_RESTARTED, ExecutionRow, StoredTask, pack
 from .admission import AdmissionGate, queue_full_error
 from .budget import InstanceBudget
 from .executions import ExecutionRecord, ExecutionRegistry, LatencyWindow, not_found
+from .ids import RandomIds
 from .mailbox import Actor, ActorRef, Reply, fail_reply, take_queued
 from .messages import (
     CancelExecution,
@@ -122,6 +123,7 @@ class ManagerActor(ManagerQueries, Actor[ManagerMessage]):
         self._artifacts = artifacts
         self._defaults = defaults
         self._default_timeout = default_timeout_ms / 1000
+        self._execution_ids = RandomIds("exec-")
         self._tasks: dict[str, _TaskEntry] = {}
         self._by_name: dict[str, str] = {}
         self._creating: dict[str, list[Invoke | DeclareTask]] = {}
@@ -324,7 +326,7 @@ class ManagerActor(ManagerQueries, Actor[ManagerMessage]):
             message.reply.fail(queue_full_error(entry.definition.task_name))
             return
         context = request.context
-        execution_id = context.execution_id or f"exec-{uuid.uuid4().hex}"
+        execution_id = context.execution_id or self._execution_ids.new()
         if execution_id in self.registry:  # created by a racing duplicate while the task was made
             self._route_duplicate(self.registry.require(execution_id), message)
             return
@@ -339,7 +341,7 @@ class ManagerActor(ManagerQueries, Actor[ManagerMessage]):
             environment=context.environment,
             headers=context.headers,
         )
-        outcome: Reply[Outcome] = Reply()
+        outcome: Reply[Outcome] = message.outcome or Reply()
         submit = Submit(call, outcome, deadline, message.sink, request.force_new_instance, context.max_retries)
         try:
             entry.ref.tell_nowait(submit)
@@ -376,7 +378,7 @@ class ManagerActor(ManagerQueries, Actor[ManagerMessage]):
 
     def _route_duplicate(self, record: ExecutionRecord, message: Invoke) -> None:
         """A second submission of an execution id: report the first, never run twice."""
-        watcher: Reply[Outcome] = Reply()
+        watcher: Reply[Outcome] = message.outcome or Reply()
         self.registry.watch(record, watcher)
         entry = self._tasks.get(record.task_id)
         timeout = message.request.context.timeout_ms / 1000 or self._default_timeout

@@ -78,6 +78,10 @@ class Invoke:
     request: InvokeRequest
     reply: Reply[Routed]
     sink: StreamSink | None = None
+    outcome: Reply[Outcome] | None = None
+    """The caller's own slot for the outcome (SYNC and STREAM): the manager routes
+    the execution's result into it, so the caller waits once, on the outcome, and is
+    not woken for :class:`Routed` first. None: the manager makes one."""
 
 
 @dataclasses.dataclass(slots=True)

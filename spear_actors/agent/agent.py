@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
+import time
 import types
 from _queue import SimpleQueue
 
@@ -22,6 +23,10 @@ if TYPE_CHECKING:  # typing, inspect, queue and traceback stay out of the cold s
     F = TypeVar("F", bound=Callable[..., Any])
 
 __all__ = ["Agent"]
+
+_WATCH_PERIOD = 0.002  # an inline call running over 2-4 ms hands reading over
+_WATCH_QUIET_PERIODS = 500  # about 1 s without inline calls: the watchdog sleeps
+_IDLE_RECHECK = 5.0
 
 _CO_COROUTINE = 0x80
 _CO_ASYNC_GENERATOR = 0x200
@@ -50,12 +55,19 @@ class Agent:
         self.max_workers = max_workers
         self.functions: dict[str, Callable[..., Any]] = {}
         self._link: AgentLink | None = None
-        self._calls: dict[int, CallState] = {}  # guarded by the link's lock
+        self._calls: dict[int, CallState] = {}  # added by the reader; else under the link's lock
         self._jobs: SimpleQueue[tuple[Callable[..., Any], CallState] | None] = SimpleQueue()
         self._idle_workers = 0
         self._workers = 0
         self._pool_lock = threading.Lock()
         self._loop: Any = None
+        # Calls run on the reader thread itself (see _run_inline):
+        self._inline: CallState | None = None  # the one running now, if any
+        self._inline_count = 0  # inline calls started so far: the watchdog's clock
+        self._handed_over = 0  # threads still running a call after handing reading over
+        self._slow: set[str] = set()  # functions that once ran too long to run inline
+        self._watchdog: threading.Condition | None = None
+        self._watchdog_sleeping = False
 
     # -- registration ----------------------------------------------------------
     def function(self, fn: F | str | None = None, /, *, name: str | None = None) -> Any:
@@ -144,17 +156,24 @@ class Agent:
         state = CallState(
             request.id,
             request.window is not None,
-            {key: params.get(key) for key in ("execution_id", "environment", "headers")},
+            {
+                "execution_id": params.get("execution_id"),
+                "environment": params.get("environment"),
+                "headers": params.get("headers"),
+            },
         )
-        with link.lock:
-            self._calls[request.id] = state
+        # Without the lock: only the reader adds, and a dict's one assignment is
+        # atomic; the lock orders what others do with an entry (answer, cancel).
+        self._calls[request.id] = state
         args = params.get("params")
         if _is_async(fn):
             import asyncio
 
             state.future = asyncio.run_coroutine_threadsafe(self._run_async(fn, args, state), self._loop)
-        else:
+        elif state.stream or name in self._slow or self._handed_over >= self.max_workers:
             self._submit(fn, args, state)
+        else:
+            self._run_inline(name, fn, args, state)
 
     def _cancel(self, message: Cancel) -> None:
         """The node cancelled a call: a coroutine is cancelled (it answers when it
@@ -200,6 +219,63 @@ class Agent:
             f"{type(exc).__name__}: {exc}",
             {"type": type(exc).__name__, "traceback": traceback.format_exc(), "logs": state.logs},
         )
+
+    # -- on the reader thread ------------------------------------------------------
+    def _run_inline(self, name: str, fn: Callable[..., Any], args: Any, state: CallState) -> None:
+        """Run a plain function on the reader thread: no hand-off to a worker, the
+        common case of a short function. A watchdog thread checks every
+        ``_WATCH_PERIOD``: if the same inline call is still running, it starts a
+        new reader (so cancels and pings are read) and marks the function slow,
+        whose later calls go to the worker threads; this thread then finishes the
+        call like a worker and leaves (:meth:`AgentLink.hand_over_reading`)."""
+        link = self._link
+        assert link is not None
+        self._inline = state
+        self._inline_count += 1
+        if self._watchdog_sleeping or self._watchdog is None:
+            self._wake_watchdog()
+        try:
+            self._run_sync(lambda: _call(fn, args), state)
+        finally:
+            with link.lock:
+                if self._inline is state:
+                    self._inline = None
+                else:  # handed over: this thread is a worker that leaves now
+                    self._slow.add(name)
+                    self._handed_over -= 1
+
+    def _wake_watchdog(self) -> None:
+        if self._watchdog is None:
+            self._watchdog = threading.Condition(threading.Lock())
+            threading.Thread(target=self._watch_inline, name="spear-watchdog", daemon=True).start()
+            return
+        with self._watchdog:
+            self._watchdog.notify()
+
+    def _watch_inline(self) -> None:
+        link = self._link
+        watchdog = self._watchdog
+        assert link is not None and watchdog is not None
+        seen = -1
+        quiet = 0  # periods without a new inline call
+        while not link.closed:
+            time.sleep(_WATCH_PERIOD)
+            with link.lock:
+                count = self._inline_count
+                state = self._inline
+                if state is not None and count == seen:  # the same call, a whole period
+                    self._inline = None
+                    self._handed_over += 1
+                    link.hand_over_reading()
+            quiet = quiet + 1 if count == seen else 0
+            seen = count
+            if quiet >= _WATCH_QUIET_PERIODS:  # idle: sleep until the next inline call
+                with watchdog:
+                    self._watchdog_sleeping = True
+                    if self._inline_count == seen and not link.closed:
+                        watchdog.wait(_IDLE_RECHECK)
+                    self._watchdog_sleeping = False
+                quiet = 0
 
     # -- threads -------------------------------------------------------------------
     def _submit(self, fn: Callable[..., Any], args: Any, state: CallState) -> None:

@@ -6,7 +6,10 @@ holds every rule; here it is guarded by one lock, and three threads move bytes:
 * the *reader* (the thread that called :meth:`AgentLink.serve`) receives bytes, feeds
   the core and hands events to the agent. It never waits to write: what it must
   send (pongs) is queued, so it keeps reading however slowly the node reads;
-* the *writer* sends queued bodies in order, all that queued up in one write;
+* the *writer* sends queued frames in order, all that queued up in one write. A
+  thread that sends writes its frame itself when nothing is queued or being
+  written and the socket takes it at once (``MSG_DONTWAIT``): the common case, with
+  no hand-off to the writer;
 * the *heartbeat* pings on the node's interval and ends the link when the node has
   been silent past the timeout, or has not taken our bytes for as long.
 
@@ -49,6 +52,9 @@ class AgentLink:
         self._queued_bytes = 0
         self._write_started: float | None = None
         self.closed = False
+        self._on_event: Callable[[Event], None] | None = None
+        self._reader_epoch = 0  # which thread reads: see hand_over_reading
+        self._ended = threading.Event()
 
     # -- the handshake -------------------------------------------------------------
     def handshake(self, hello: Hello) -> None:
@@ -91,36 +97,66 @@ class AgentLink:
     # -- serving ---------------------------------------------------------------------
     def serve(self, on_event: Callable[[Event], None]) -> None:
         """Run the writer and heartbeat threads and read until the link ends; every
-        event but the close goes to *on_event* (called without the lock)."""
-        core = self.core
-        assert core is not None
+        event but the close goes to *on_event* (called without the lock). Returns
+        when the link has ended, whichever thread was reading by then."""
+        assert self.core is not None
+        self._on_event = on_event
         threading.Thread(target=self._writer, name="spear-writer", daemon=True).start()
         threading.Thread(target=self._heartbeat, name="spear-heartbeat", daemon=True).start()
+        if not self._read(self._reader_epoch):
+            self._ended.wait()  # another thread reads now (see hand_over_reading)
+
+    def hand_over_reading(self) -> None:
+        """Start a new reader thread: the current reader is running a function
+        inline and must not hold up reading (cancels, pings) any longer. It leaves
+        its loop once that event is handled. Call under the lock."""
+        self._reader_epoch += 1
+        epoch = self._reader_epoch
+        threading.Thread(target=self._read, args=(epoch,), name="spear-reader", daemon=True).start()
+
+    def _read(self, epoch: int) -> bool:
+        """Read and hand events on while this thread is the reader (*epoch*).
+        True when the link ended here; False once another thread took over."""
+        core = self.core
+        assert core is not None
+        on_event = self._on_event
+        assert on_event is not None
         sock = self._sock
+        data: bytes | None = None
         try:
             while True:
-                with self.lock:
+                with self.lock:  # once per read and once per event
+                    if data is not None:
+                        core.receive_data(data, time.monotonic())
+                        data = None
+                    if self._reader_epoch != epoch:
+                        return False
                     event = core.next_event()
                     if event is None:
                         if core.closed:  # closed by the heartbeat thread
-                            return
+                            break
                         self._flush_core()
                 if event is None:
                     try:
                         data = sock.recv(_RECEIVE_SIZE)
                     except OSError:
                         data = b""
-                    with self.lock:
-                        core.receive_data(data, time.monotonic())
                     continue
                 if isinstance(event, ConnectionClosed):
                     if event.error.code != ErrorCode.UNAVAILABLE:
                         print(f"spear agent: node reported {event.error}", file=sys.stderr)
                     self._last_words()
-                    return
+                    break
                 on_event(event)
-        finally:
-            self.close()
+        except BaseException:
+            self._end()
+            raise
+        self._end()
+        return True
+
+    def _end(self) -> None:
+        self.close()
+        self._ended.set()
 
     # -- sending ---------------------------------------------------------------------
     def send(self, produce: Callable[[ProtocolCore], bytes | None]) -> None:
@@ -141,10 +177,25 @@ class AgentLink:
             self._enqueue(produce(self.core))
 
     def _enqueue(self, body: bytes | None) -> None:
-        if body is not None:
-            self._queue.append(body)
-            self._queued_bytes += len(body)
-            self.lock.notify_all()
+        """Send *body* from this thread when nothing is queued or being written and
+        the socket takes it without waiting (the common case: no hand-off to the
+        writer thread); otherwise, or for the rest of a frame the socket did not
+        take, queue it for the writer. Called under the lock, so bodies keep the
+        core's order; never waits, so the reader never stops reading to write."""
+        if body is None:
+            return
+        frame = encode_frame(body)
+        if not self._queue and self._write_started is None and not self.closed:
+            try:
+                sent = self._sock.send(frame, socket.MSG_DONTWAIT)
+            except OSError:  # full (BlockingIOError), or broken: the writer finds out
+                sent = 0
+            if sent == len(frame):
+                return
+            frame = frame[sent:]
+        self._queue.append(frame)
+        self._queued_bytes += len(frame)
+        self.lock.notify_all()
 
     def _flush_core(self) -> None:
         assert self.core is not None
@@ -165,11 +216,8 @@ class AgentLink:
                 self._queued_bytes = 0
                 self._write_started = time.monotonic()
                 lock.notify_all()  # room for senders waiting on the high-water mark
-            out = bytearray()
-            for body in bodies:
-                out += encode_frame(body)
             try:
-                sock.sendall(out)
+                sock.sendall(b"".join(bodies))
             except OSError:
                 self._abort()
                 return
@@ -180,11 +228,11 @@ class AgentLink:
         """Send what the core queued on closing (a protocol error), briefly."""
         with self.lock:
             self._flush_core()
-            bodies, self._queue = list(self._queue), deque()
-        if bodies:
+            frames, self._queue = list(self._queue), deque()
+        if frames:
             try:
                 self._sock.settimeout(0.5)
-                self._sock.sendall(b"".join(encode_frame(b) for b in bodies))
+                self._sock.sendall(b"".join(frames))
             except OSError:
                 pass
 

@@ -3,8 +3,8 @@ for agents that run in another container or on another machine.
 
 The agent link speaks length-prefixed frames over a stream socket; a node's
 websocket listener carries one binary message per frame body. :class:`WebSocketStream`
-sits between them: it has the socket methods the link uses (``recv``, ``sendall``,
-``settimeout``, ``shutdown``, ``close``) and turns frames into messages and back,
+sits between them: it has the socket methods the link uses (``recv``, ``send``,
+``sendall``, ``settimeout``, ``shutdown``, ``close``) and turns frames into messages and back,
 with :mod:`wsproto` driven synchronously over a plain (or TLS) socket. The link reads
 from one thread and writes from others: wsproto's state is guarded by one lock,
 writes to the socket by another (never taken in the other order).
@@ -121,6 +121,12 @@ class WebSocketStream:
                         wire += self._ws.send(BytesMessage(data=body))
             if wire:
                 self._sock.sendall(wire)
+
+    def send(self, data: bytes, flags: int = 0) -> int:
+        """The link's try-without-waiting write: always "would block", so the bytes go
+        through the writer thread's :meth:`sendall` (a websocket frame is written whole
+        or not at all, and this must never wait)."""
+        raise BlockingIOError("websocket: frames are written by sendall")
 
     def settimeout(self, timeout: float | None) -> None:
         """As :meth:`socket.socket.settimeout`."""

@@ -37,6 +37,7 @@ import httpx
 import trio
 
 from ..errors import ErrorCode, SpearError
+from ..metrics.events import events
 from ..model import ArtifactSpec
 from .cache import CacheEntry, ContentCache
 from .fetch import FetchRules, RetryPolicy, download
@@ -263,9 +264,14 @@ class ArtifactStore:
             while (flight := self._flights.get(digest)) is not None:
                 await flight.done.wait()  # the same directory being committed right now
             entry = self.cache.lookup(digest)
+            recorder = events()
             if entry is not None:
                 await self.cache.touch(entry)
+                if recorder is not None:
+                    recorder.artifact_cache_hits.labels("directory").inc()
                 return ResolvedArtifact(entry.content, digest)
+            if recorder is not None:
+                recorder.artifact_fetches.labels("directory", "OK").inc()  # copied, hashed
             flight = _Flight((source.location, None, False))
             self._flights[digest] = flight
             try:
@@ -352,18 +358,34 @@ class ArtifactStore:
             flight.done.set()
 
     async def _materialize(self, digest: str, source: Source, local: Path | None, wasm: bool, deadline: float) -> None:
+        recorder = events()
+        kind = source.kind.name.lower()
         entry = self.cache.lookup(digest)
         if entry is not None:
             problem = await self.cache.verify(entry)
             if problem is None:
                 await self._reuse(entry, source, wasm)
+                if recorder is not None:
+                    recorder.artifact_cache_hits.labels(kind).inc()
                 return
             log.warning("artifact %r: cached copy is corrupted (%s); fetching it again", source.shown, problem)
             await self.cache.discard(digest)
         work = await self.cache.workdir()
+        outcome = "OK"
         try:
             await self._build(work, digest, source, local, wasm, deadline)
+        except SpearError as exc:
+            outcome = exc.code.name
+            raise
+        except trio.Cancelled:
+            outcome = "CANCELLED"
+            raise
+        except BaseException:
+            outcome = "INTERNAL"
+            raise
         finally:
+            if recorder is not None:
+                recorder.artifact_fetches.labels(kind, outcome).inc()
             with trio.CancelScope(shield=True):
                 # Gone already after a successful commit (renamed into objects/).
                 await trio.to_thread.run_sync(shutil.rmtree, work, True)

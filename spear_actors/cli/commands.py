@@ -19,7 +19,7 @@ import trio
 
 from .._nursery import background_nursery
 from ..api import Method
-from ..client import Client, connect
+from ..client import Client, client_ssl_context, connect
 from ..config import DEFAULT_LISTEN
 from ..errors import ErrorCode, SpearError
 from ..protocol.transports import parse_endpoint
@@ -41,12 +41,14 @@ def node_url(args: argparse.Namespace) -> str:
 async def run_client_command(args: argparse.Namespace) -> None:
     """Connect and run the command *args* names."""
     url = node_url(args)
+    cacert = args.cacert or os.environ.get("SPEAR_CACERT") or None
+    ssl_context = client_ssl_context(cacert) if cacert else None
     try:
-        async with connect(url, token=token_from(args), connect_timeout=5.0) as client:
+        async with connect(url, token=token_from(args), connect_timeout=5.0, ssl_context=ssl_context) as client:
             await _run(client, args)
     except SpearError as exc:
         if exc.code is ErrorCode.UNAVAILABLE and exc.message.startswith("cannot connect"):
-            raise await _not_running(url) from None
+            raise await _not_running(url, exc) from None
         raise
 
 
@@ -122,13 +124,21 @@ def _no_such_task(name: str, tasks: dict[str, str], what: str) -> SpearError:
     return SpearError(ErrorCode.NOT_FOUND, message)
 
 
-async def _not_running(url: str) -> SpearError:
-    """Why *url* cannot be reached, said plainly, with what to do about it."""
+async def _not_running(url: str, error: SpearError) -> SpearError:
+    """Why *url* cannot be reached (*error* said so), said plainly, with what to do
+    about it."""
     hint = "start one with `spear serve` (or `make run`), or give the right --url / $SPEAR_URL"
     try:
         endpoint = parse_endpoint(url)
     except SpearError:
         return SpearError(ErrorCode.UNAVAILABLE, f"cannot connect to {url}", {"hint": hint})
+    if "TLS handshake failed" in error.message:
+        cause = error.message.split(": ", 1)[1]
+        return SpearError(
+            ErrorCode.UNAVAILABLE,
+            f"cannot connect to the spear node at {url}: {cause}",
+            {"hint": "give the CA certificate that signed the node's certificate with --cacert or $SPEAR_CACERT"},
+        )
     cause = "the handshake failed (is it a spear node, and the right scheme?)"
     address: Any
     try:

@@ -16,7 +16,7 @@ __all__ = ["COMMANDS", "build_parser"]
 COMMANDS: dict[str, Method] = {m.cli.name: m for m in METHODS if m.cli is not None}
 """Subcommand name → the method it calls."""
 
-_ENV_HELP = "environment: SPEAR_URL (default --url), SPEAR_TOKEN (default token)"
+_ENV_HELP = "environment: SPEAR_URL (default --url), SPEAR_TOKEN (default token), SPEAR_CACERT (default --cacert)"
 
 
 def _examples(*lines: str) -> str:
@@ -40,6 +40,12 @@ def _client_options(sub: argparse.ArgumentParser) -> None:
     group.add_argument("--url", default=None, help=f"node endpoint (default $SPEAR_URL or {DEFAULT_LISTEN})")
     group.add_argument("--token-file", type=Path, help="read the client token from this file")
     group.add_argument("--token", help="client token (visible in ps: prefer --token-file or $SPEAR_TOKEN)")
+    group.add_argument(
+        "--cacert",
+        type=Path,
+        help="PEM CA certificates to check a wss:// or tls:// node against (default $SPEAR_CACERT, else the "
+        "system's trusted CAs)",
+    )
     group.add_argument("--json", action="store_true", help="machine-readable JSON output (errors too, on stderr)")
     group.add_argument("--debug", action="store_true", help="show Python tracebacks of the CLI's own failures")
 
@@ -105,6 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="allow listening beyond loopback without a token (anyone who can connect may run code)",
     )
+    serve.add_argument("--tls-cert", type=Path, help="PEM certificate chain of the wss:// and tls:// listeners")
+    serve.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
     serve.add_argument("--metrics-listen", metavar="URL", help="serve Prometheus metrics, e.g. http://127.0.0.1:9464")
     serve.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR (default INFO)")
     serve.add_argument("--log-format", choices=["text", "json"], default="text", help="log lines as text or JSON")

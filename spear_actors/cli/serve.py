@@ -40,6 +40,10 @@ def _config(args: argparse.Namespace) -> NodeConfig:
         config.insecure = True
     if args.metrics_listen:
         config.metrics_listen = args.metrics_listen
+    if args.tls_cert:
+        config.tls.cert = args.tls_cert.resolve()
+    if args.tls_key:
+        config.tls.key = args.tls_key.resolve()
     return config
 
 

@@ -1,4 +1,4 @@
-"""Accepting connections on one endpoint (ws://, tcp://, unix://).
+"""Accepting connections on one endpoint (ws://, wss://, tcp://, tls://, unix://).
 
 The gateway owns its accept loops (rather than one ``serve_endpoint`` call per URL)
 so that a drain can stop accepting while the connections already open carry on, and
@@ -12,6 +12,7 @@ import contextlib
 import errno
 import os
 import socket as stdlib_socket
+import ssl
 from collections.abc import Awaitable, Callable
 from typing import Final, Protocol
 
@@ -21,8 +22,16 @@ import trio_websocket
 from ..errors import ErrorCode, SpearError
 from ..protocol.framing import DEFAULT_MAX_FRAME_SIZE
 from ..protocol.messages import Error, encode_message
-from ..protocol.transports import Endpoint, Transport, WebsocketTransport, parse_endpoint, stream_transport
+from ..protocol.transports import (
+    Endpoint,
+    Transport,
+    WebsocketTransport,
+    open_unix_listener,
+    parse_endpoint,
+    stream_transport,
+)
 from ..protocol.wsguard import FrameGuard
+from .bytecount import ByteCounts
 from .refusals import RefusalLog
 
 __all__ = ["Admission", "listen"]
@@ -56,24 +65,35 @@ async def listen(
     admission: Admission,
     refusals: RefusalLog,
     connections: trio.Nursery,
+    ssl_context: ssl.SSLContext | None = None,
+    byte_counts: ByteCounts | None = None,
     task_status: trio.TaskStatus[Endpoint] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Accept on *url* until cancelled; each admitted connection is served by *serve*
     in the *connections* nursery (which outlives this listener: cancelling the
-    listener stops accepting and nothing else)."""
+    listener stops accepting and nothing else). ``tls://`` and ``wss://`` need
+    *ssl_context*; their TLS handshake runs within the hello's (or the websocket
+    upgrade's) time limit, on the connection's own task."""
     endpoint = parse_endpoint(url)
+    secure = endpoint.scheme in ("tls", "wss")
+    if secure and ssl_context is None:
+        raise SpearError(
+            ErrorCode.INVALID_ARGUMENT, f"{endpoint.scheme}:// listener {endpoint} needs a certificate and key"
+        )
     try:
-        if endpoint.scheme in ("tcp", "ws"):
+        if endpoint.scheme != "unix":
             listeners = await trio.open_tcp_listeners(endpoint.port, host=endpoint.host)
             endpoint = Endpoint(endpoint.scheme, host=endpoint.host, port=listeners[0].socket.getsockname()[1])
         else:
-            listeners = [await _unix_listener(endpoint.path)]
+            listeners = [await open_unix_listener(endpoint.path)]
     except OSError as exc:
         raise _cannot_listen(endpoint, exc) from None
     try:
         async with trio.open_nursery() as nursery:
             for listener in listeners:
-                nursery.start_soon(_accept_loop, listener, endpoint, serve, admission, refusals, connections)
+                nursery.start_soon(
+                    _accept_loop, listener, endpoint, serve, admission, refusals, connections, ssl_context, byte_counts
+                )
             task_status.started(endpoint)
     finally:
         for listener in listeners:
@@ -91,6 +111,8 @@ async def _accept_loop(
     admission: Admission,
     refusals: RefusalLog,
     connections: trio.Nursery,
+    ssl_context: ssl.SSLContext | None,
+    byte_counts: ByteCounts | None,
 ) -> None:
     while True:
         try:
@@ -110,12 +132,19 @@ async def _accept_loop(
             continue
         if endpoint.scheme != "unix":
             stream.setsockopt(stdlib_socket.IPPROTO_TCP, stdlib_socket.TCP_NODELAY, 1)
-        connections.start_soon(_connection, stream, endpoint, peer, address, serve, admission, refusals)
+            if byte_counts is not None:
+                byte_counts.opened(str(endpoint), stream.socket)
+        connections.start_soon(
+            _connection, stream, endpoint, peer, address, serve, admission, refusals, ssl_context, byte_counts
+        )
 
 
 def _refuse_now(stream: trio.SocketStream, endpoint: Endpoint, refusal: Error) -> None:
     """One refusal message if the socket takes it at once (never waiting): an error
-    frame, or for websocket an HTTP 503 with the same text."""
+    frame, or for websocket an HTTP 503 with the same text (nothing over TLS, whose
+    handshake would have to come first: the socket is just closed)."""
+    if endpoint.scheme in ("tls", "wss"):
+        return
     if endpoint.scheme == "ws":
         text = f"{refusal.code}: {refusal.message}\n".encode()
         data = (
@@ -136,21 +165,31 @@ async def _connection(
     serve: ServeTransport,
     admission: Admission,
     refusals: RefusalLog,
+    ssl_context: ssl.SSLContext | None,
+    byte_counts: ByteCounts | None,
 ) -> None:
     description = f"{endpoint} ({peer})"
+    inner: trio.abc.Stream = stream
+    if ssl_context is not None:
+        inner = trio.SSLStream(stream, ssl_context, server_side=True, https_compatible=endpoint.scheme == "wss")
     try:
-        if endpoint.scheme != "ws":
+        if endpoint.scheme not in ("ws", "wss"):
             # stream_transport: the socket's fast paths (and the hello size cap) come
-            # with the transport's own class
-            await serve(stream_transport(stream, description=description), address)
+            # with the transport's own class (over TLS: the plain stream transport)
+            await serve(stream_transport(inner, description=description), address)
             return
         async with trio.open_nursery() as nursery:  # the websocket's reader task
             try:
                 with trio.fail_after(_WS_HANDSHAKE_TIMEOUT):
+                    if isinstance(inner, trio.SSLStream):
+                        # first, and on its own: trio-websocket's reader would end
+                        # quietly on a failed TLS handshake and leave the upgrade
+                        # waiting for its timeout with the socket open
+                        await inner.do_handshake()
                     # FrameGuard: an oversized frame is refused from its header (1009)
                     request = await trio_websocket.wrap_server_stream(
                         nursery,
-                        FrameGuard(stream, DEFAULT_MAX_FRAME_SIZE),
+                        FrameGuard(inner, DEFAULT_MAX_FRAME_SIZE),
                         message_queue_size=_WS_QUEUE,
                         max_message_size=DEFAULT_MAX_FRAME_SIZE,
                     )
@@ -165,6 +204,8 @@ async def _connection(
                 nursery.cancel_scope.cancel()
     finally:
         admission.release(address)
+        if byte_counts is not None:
+            byte_counts.closing(stream.socket)
         await trio.aclose_forcefully(stream)
 
 
@@ -176,20 +217,6 @@ def _peer(stream: trio.SocketStream) -> str:
     if isinstance(name, tuple):
         return f"{name[0]}:{name[1]}"
     return str(name) or "local"
-
-
-async def _unix_listener(path: str) -> trio.SocketListener:
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)  # a stale socket from a previous run
-    sock = trio.socket.socket(stdlib_socket.AF_UNIX, stdlib_socket.SOCK_STREAM)
-    try:
-        await sock.bind(path)
-        os.chmod(path, 0o600)
-        sock.listen(1024)
-    except BaseException:
-        sock.close()
-        raise
-    return trio.SocketListener(sock)
 
 
 def _cannot_listen(endpoint: Endpoint, exc: OSError) -> SpearError:

@@ -23,7 +23,8 @@ from ..protocol.calls import IncomingRequest
 from ..protocol.connection import Connection, ConnectionConfig
 from ..protocol.handshake import accept_connection, token_authenticator
 from ..protocol.messages import Error, Welcome
-from ..protocol.transports import Endpoint, Transport
+from ..protocol.transports import Endpoint, Transport, parse_endpoint
+from .bytecount import ByteCounts
 from .exposure import AuthThrottle
 from .isolation import isolated_connection, isolated_request
 from .listeners import listen
@@ -88,6 +89,8 @@ class Gateway:
                 config.connection_fd_reserve,
             )
         self.refusals = RefusalLog()
+        self.byte_counts = ByteCounts()
+        """Bytes in and out per TCP listener (for metrics)."""
         self.connections_by_listener: dict[str, int] = {}
         """Open client connections per listener endpoint (for metrics)."""
         self._auth_throttle = AuthThrottle(config.max_auth_failures, config.auth_failure_window_s, self.refusals)
@@ -106,6 +109,8 @@ class Gateway:
     async def run(self, urls: list[str], *, task_status: trio.TaskStatus[list[Endpoint]]) -> None:
         """Listen on *urls* until cancelled or closed; ``task_status`` gets the bound
         endpoints (real ports for port 0)."""
+        secure = [url for url in urls if parse_endpoint(url).scheme in ("tls", "wss")]
+        ssl_context = self.node.config.tls.server_context() if secure else None
         async with trio.open_nursery() as connections:
             with self._accepting:
                 async with trio.open_nursery() as listeners:
@@ -118,6 +123,8 @@ class Gateway:
                                 admission=self,
                                 refusals=self.refusals,
                                 connections=connections,
+                                ssl_context=ssl_context if url in secure else None,
+                                byte_counts=self.byte_counts,
                             )
                         )
                         self.endpoints.append(endpoint)

@@ -25,6 +25,7 @@ class ScrapeRefresher:
         self.node = node
         self.gateway = gateway
         self._refusals_seen: dict[str, int] = {}
+        self._bytes_seen: dict[tuple[str, str], int] = {}
 
     async def __call__(self) -> None:
         metrics: NodeMetrics = self.node.metrics
@@ -51,6 +52,15 @@ class ScrapeRefresher:
         if self.gateway is not None:
             for listener, count in self.gateway.connections_by_listener.items():
                 metrics.client_connections.labels(listener).set(count)
+            for listener, (received, sent) in self.gateway.byte_counts.totals().items():
+                for way, counter, total in (
+                    ("in", metrics.bytes_received, received),
+                    ("out", metrics.bytes_sent, sent),
+                ):
+                    new_bytes = total - self._bytes_seen.get((way, listener), 0)
+                    if new_bytes > 0:
+                        counter.labels(listener).inc(new_bytes)
+                        self._bytes_seen[(way, listener)] = total
             for reason, count in self.gateway.refusals.counts.items():
                 new = count - self._refusals_seen.get(reason, 0)
                 if new > 0:

@@ -106,6 +106,14 @@ class NodeMetrics:
         self.client_connections = Gauge(
             "spear_client_connections", "Open client connections, by gateway listener.", ["listener"], registry=r
         )
+        self.bytes_received = Counter(
+            "spear_received_bytes", "Bytes received from clients (TCP payload), by gateway listener.",
+            ["listener"], registry=r,
+        )  # fmt: skip
+        self.bytes_sent = Counter(
+            "spear_sent_bytes", "Bytes sent to clients and acknowledged (TCP payload), by gateway listener.",
+            ["listener"], registry=r,
+        )  # fmt: skip
         self.tasks = Gauge("spear_tasks", "Tasks on the node.", registry=r)
         self.instances = Gauge("spear_instances", "Live instances, by task.", ["task"], registry=r)
         self.instances_by_state = Gauge(

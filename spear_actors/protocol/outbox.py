@@ -13,9 +13,11 @@ write. So no sender is ever held by other tasks' data, a sender may stop waiting
 its own body at any time (cancelled, past its deadline: :meth:`Outbox.withdraw` takes
 it back if no byte of it left), and a task that reads never stops reading to write.
 
-Over a transport that cannot write without waiting (websocket, TLS), every body
-goes through the writer task: a write cut by a cancel would break the stream, so no
-other task ever writes there, and nobody needs a shield.
+Over a transport that cannot write without waiting (TLS, a websocket client), every
+body goes through the writer task: a write cut by a cancel would break the stream,
+so no other task ever writes there, and nobody needs a shield. A server websocket
+over a plain socket writes without waiting like a socket
+(``WebsocketTransport.send_nowait``: wsproto encodes, one non-blocking write).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from collections.abc import Callable
 import trio
 
 from ..errors import SpearError
-from .transports import SocketTransport, Transport
+from .transports import SocketTransport, Transport, WebsocketTransport
 
 __all__ = ["Outbox"]
 
@@ -37,7 +39,11 @@ class Outbox:
 
     def __init__(self, transport: Transport, *, high_water: int, on_lost: Callable[[SpearError], None]) -> None:
         self._transport = transport
-        self._direct = transport if isinstance(transport, SocketTransport) else None
+        self._direct: SocketTransport | WebsocketTransport | None = None
+        if isinstance(transport, SocketTransport) or (
+            isinstance(transport, WebsocketTransport) and transport.can_send_nowait
+        ):
+            self._direct = transport
         self._high_water = high_water
         self._on_lost = on_lost
         self._queue: collections.deque[tuple[int, bytes]] = collections.deque()

@@ -11,8 +11,10 @@ per request costs a pass of trio's run loop before the handler starts. So the ta
 that reads a request serves it: it first takes every body the same read brought in
 (starting a task for each further request), then runs the handler inline and starts
 its successor as the connection's reader just before the handler would first wait
-(:func:`~.inline.run_inline`), or once it is done. A handler that answers at once
-has its answer written before that spawn; every request still has a task of its own.
+(:func:`~.inline.run_inline`). A handler that answers without waiting has its answer
+written and the same task goes back to reading: no task is spawned at all for it
+(each request still has its own cancel scope; a handler that waits has its own task,
+the one that read it, while the successor reads).
 """
 
 from __future__ import annotations
@@ -152,7 +154,25 @@ class Server(Caller):
             await self._serving_room.wait()
 
     async def _reader(self) -> None:
-        """Read and dispatch until a request arrives; then serve it (module docstring)."""
+        """Read and dispatch until a request arrives; serve it; and read on if it was
+        answered without waiting (else the successor started then reads)."""
+        while not self.closed:
+            first = await self._read_request()
+            if first is None:
+                return
+            successor = _Once(self._start_reader)
+            try:
+                await self._serve(first, successor)
+            except BaseException:
+                successor()
+                raise
+            if successor.fired:
+                return
+
+    async def _read_request(self) -> IncomingRequest | None:
+        """Read and dispatch until a request arrives, and take every body the same
+        read brought in (a task for each further request); None when the
+        connection ended."""
         core = self.core
         outbox = self._outbox
         first: IncomingRequest | None = None
@@ -178,7 +198,7 @@ class Server(Caller):
                     if event is None:
                         # the core had closed already (e.g. our goodbye): nothing more
                         # will come, and a closed websocket answers None without waiting
-                        return
+                        return None
                 else:
                     event = core.event_for(body, trio.current_time())
                 if core.has_data_to_send:
@@ -203,22 +223,16 @@ class Server(Caller):
                 elif kind is ConnectionClosed:
                     assert isinstance(event, ConnectionClosed)
                     await self._closing(event)
-                    return
+                    return None
                 else:
                     self._dispatch(event)
         except ProtocolError as exc:
             await self._protocol_error(exc)
-            return
+            return None
         except SpearError as exc:
             self._die(exc)
-            return
-        # The successor starts when this task is about to wait: a handler that
-        # answers without waiting has its answer written before the spawn.
-        successor = _Once(self._start_reader)
-        try:
-            await self._serve(first, successor)
-        finally:
-            successor()
+            return None
+        return first
 
     def _spawn_server(self, incoming: IncomingRequest) -> None:
         assert self._nursery is not None
@@ -300,6 +314,11 @@ class _Once:
 
     def __init__(self, fn: Callable[[], None]) -> None:
         self._fn: Callable[[], None] | None = fn
+
+    @property
+    def fired(self) -> bool:
+        """True once called."""
+        return self._fn is None
 
     def __call__(self) -> None:
         fn, self._fn = self._fn, None

@@ -26,10 +26,12 @@ from urllib.parse import urlsplit
 
 import trio
 import trio_websocket
+from wsproto.events import BytesMessage
+from wsproto.utilities import LocalProtocolError
 
 from ..errors import ErrorCode, SpearError
 from .framing import CLOSE_FRAME, DEFAULT_MAX_FRAME_SIZE, FrameDecoder, ProtocolError
-from .wsguard import GuardedListener
+from .wsguard import GuardedListener, NowaitWriter
 
 __all__ = [
     "Endpoint",
@@ -39,6 +41,7 @@ __all__ = [
     "TransportHandler",
     "WebsocketTransport",
     "open_transport",
+    "open_unix_listener",
     "parse_endpoint",
     "serve_endpoint",
     "server_ssl_context",
@@ -255,6 +258,42 @@ class WebsocketTransport(Transport):
         self.description = description
         self._close_code = WS_NORMAL
         self._close_reason = ""
+        stream = getattr(ws, "_stream", None)
+        self._guard = stream if isinstance(stream, NowaitWriter) and stream.can_write_now else None
+        self._kept: list[bytes] = []  # bodies send_nowait could not write: they go first
+
+    @property
+    def can_send_nowait(self) -> bool:
+        """Whether :meth:`send_nowait` can write at all: over a plain socket, behind
+        a :class:`NowaitWriter` (the server's :class:`FrameGuard` is one)."""
+        return self._guard is not None
+
+    def send_nowait(self, bodies: list[bytes]) -> bool:
+        """Write *bodies* now, each as one binary message made by trio-websocket's
+        own wsproto connection, when nothing else is being sent; True when all of it
+        went. Otherwise what did not go (bodies, or the rest of the bytes) is kept
+        and goes first on the next :meth:`send_bodies`. Raises :class:`SpearError`
+        UNAVAILABLE if the link is gone."""
+        guard = self._guard
+        ws = self.ws
+        if (
+            self._kept
+            or guard is None
+            or ws._close_reason is not None
+            or ws._stream_lock.locked()
+            or not guard.can_write_now
+        ):
+            self._kept.extend(bodies)
+            return False
+        try:
+            data = b"".join([ws._wsproto.send(BytesMessage(data=body)) for body in bodies])
+        except LocalProtocolError:  # closing: send_bodies reports it
+            self._kept.extend(bodies)
+            return False
+        try:
+            return bool(guard.write_nowait(data))
+        except OSError as exc:
+            raise _lost("sending", exc) from None
 
     def closing_because(self, error: SpearError) -> None:
         if self._close_code == WS_NORMAL:
@@ -262,7 +301,11 @@ class WebsocketTransport(Transport):
             self._close_reason = error.message[:120]  # a close frame carries 123 bytes at most
 
     async def send_bodies(self, bodies: list[bytes]) -> None:
+        if self._kept:
+            bodies, self._kept = [*self._kept, *bodies], []
         try:
+            if self._guard is not None:
+                await self._guard.flush()
             for body in bodies:
                 await self.ws.send_message(body)
         except trio_websocket.ConnectionClosed as exc:
@@ -354,7 +397,12 @@ async def open_transport(
     endpoint = url if isinstance(url, Endpoint) else parse_endpoint(url)
     if endpoint.scheme in ("tls", "wss") and ssl_context is None:
         ssl_context = ssl.create_default_context()
-    if endpoint.scheme in ("ws", "wss"):
+    if endpoint.scheme == "wss":
+        assert ssl_context is not None
+        async with _open_wss_transport(endpoint, ssl_context, max_frame_size, connect_timeout) as wss_transport:
+            yield wss_transport
+        return
+    if endpoint.scheme == "ws":
         # connect_timeout bounds the connect and handshake only (trio-websocket applies
         # it); errors raised by the caller's block pass through unchanged.
         connected = False
@@ -368,6 +416,10 @@ async def open_transport(
                 disconnect_timeout=1.0,
             ) as ws:
                 connected = True
+                if isinstance(ws._stream, trio.SocketStream):
+                    # writes without waiting (WebsocketTransport.send_nowait): the
+                    # reader task and trio-websocket's own sends see the same stream
+                    ws._stream = NowaitWriter(ws._stream)
                 transport = WebsocketTransport(ws, description=str(endpoint))
                 try:
                     yield transport
@@ -396,12 +448,69 @@ async def open_transport(
             else:
                 stream = await trio.open_unix_socket(endpoint.path)
     except (OSError, trio.TooSlowError, trio.BrokenResourceError) as exc:
-        raise SpearError(ErrorCode.UNAVAILABLE, f"cannot connect to {endpoint}: {exc}") from None
+        raise SpearError(ErrorCode.UNAVAILABLE, f"cannot connect to {endpoint}: {_reason(exc)}") from None
     transport_ = stream_transport(stream, max_frame_size=max_frame_size, description=str(endpoint))
     try:
         yield transport_
     finally:
         await transport_.aclose()
+
+
+@asynccontextmanager
+async def _open_wss_transport(
+    endpoint: Endpoint, ssl_context: ssl.SSLContext, max_frame_size: int, connect_timeout: float
+) -> AsyncIterator[Transport]:
+    """A websocket over a TLS stream whose handshake is done first: trio-websocket
+    does it lazily, and when it fails (an untrusted certificate) waits for its connect
+    timeout and leaves the socket open."""
+    try:
+        with trio.fail_after(connect_timeout):
+            tcp = await trio.open_tcp_stream(endpoint.host, endpoint.port)
+            tls = trio.SSLStream(tcp, ssl_context, server_hostname=endpoint.host, https_compatible=True)
+            try:
+                await tls.do_handshake()
+            except BaseException:
+                await trio.aclose_forcefully(tcp)
+                raise
+    except (OSError, trio.TooSlowError, trio.BrokenResourceError) as exc:
+        raise SpearError(ErrorCode.UNAVAILABLE, f"cannot connect to {endpoint}: {_reason(exc)}") from None
+    tcp.setsockopt(stdlib_socket.IPPROTO_TCP, stdlib_socket.TCP_NODELAY, 1)
+    try:
+        async with trio.open_nursery() as nursery:  # the websocket's reader task
+            try:
+                with trio.fail_after(connect_timeout):
+                    ws = await trio_websocket.wrap_client_stream(
+                        nursery,
+                        tls,
+                        f"{_host(endpoint.host)}:{endpoint.port}",
+                        "/",
+                        message_queue_size=_WS_QUEUE,
+                        max_message_size=max_frame_size,
+                    )
+            except (trio.TooSlowError, trio_websocket.HandshakeError, trio_websocket.ConnectionClosed) as exc:
+                await trio.aclose_forcefully(tls)
+                nursery.cancel_scope.cancel()
+                raise SpearError(ErrorCode.UNAVAILABLE, f"cannot connect to {endpoint}: {exc!r}") from None
+            transport = WebsocketTransport(ws, description=str(endpoint))
+            try:
+                yield transport
+            finally:
+                await transport.aclose()
+                nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        # the reader task ends quietly: what is in the group is the caller's error
+        if len(group.exceptions) == 1:
+            raise group.exceptions[0] from None
+        raise
+
+
+def _reason(exc: BaseException) -> str:
+    """*exc* in words; a failed TLS handshake names its cause (e.g. certificate
+    verify failed), which trio keeps as the BrokenResourceError's cause."""
+    cause = exc.__cause__
+    if isinstance(exc, trio.BrokenResourceError) and isinstance(cause, ssl.SSLError):
+        return f"TLS handshake failed: {getattr(cause, 'verify_message', None) or cause.reason or cause}"
+    return str(exc) or repr(exc)
 
 
 TransportHandler = Callable[[Transport], Awaitable[None]]
@@ -441,7 +550,7 @@ async def serve_endpoint(
         bound = listeners[0].socket.getsockname()
         endpoint = Endpoint(endpoint.scheme, host=endpoint.host, port=bound[1])
     else:
-        listeners = [await _open_unix_listener(endpoint.path)]
+        listeners = [await open_unix_listener(endpoint.path)]
     is_tcp = endpoint.scheme in ("tcp", "tls")
 
     async def on_stream(socket_stream: trio.SocketStream) -> None:
@@ -477,7 +586,7 @@ async def _run_handler(handler: TransportHandler, transport: Transport) -> None:
         log.info("%s: connection ended: %s", transport.description, exc)
 
 
-async def _open_unix_listener(path: str) -> trio.SocketListener:
+async def open_unix_listener(path: str) -> trio.SocketListener:
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)  # a stale socket from a previous run
     sock = trio.socket.socket(stdlib_socket.AF_UNIX, stdlib_socket.SOCK_STREAM)

@@ -7,15 +7,22 @@ socket and trio-websocket on a server connection: it reads the RFC 6455 frame
 headers in the bytes going up (after the HTTP upgrade request), and when one
 announces more than the limit it sends the close frame itself (code 1009, message
 too big) and ends the stream, so the connection closes at once.
+
+Its base, :class:`NowaitWriter` (alone under a client connection), lets the
+connection write a message without waiting (``WebsocketTransport.send_nowait``): a
+non-blocking write when no send is under way, whose unwritten rest goes first on the
+next send, so the answer to a request leaves from the task that made it instead of
+waking the connection's writer task (and trio-websocket's lock) for every message.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Final
 
 import trio
 
-__all__ = ["FrameGuard", "GuardedListener"]
+__all__ = ["FrameGuard", "GuardedListener", "NowaitWriter"]
 
 _END_OF_HTTP: Final = b"\r\n\r\n"
 _MAX_HTTP: Final = 64 * 1024  # past this, trio-websocket refuses the upgrade itself
@@ -23,17 +30,80 @@ _TOO_BIG_CLOSE: Final = b"\x88\x02\x03\xf1"  # FIN + close, 2 bytes, code 1009
 _MAX_HEADER: Final = 14  # 2 + 8 (64-bit length) + 4 (mask)
 
 
-class FrameGuard(trio.abc.Stream):
+class NowaitWriter(trio.abc.Stream):
+    """A stream under trio-websocket that a connection may also write to without
+    waiting (:meth:`write_nowait`); everything else passes through."""
+
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self.stream = stream
+        self._send_lock = trio.StrictFIFOLock()
+        self._pending = b""  # the rest of a write_nowait the socket did not take
+        self._refused = False
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        return await self.stream.receive_some(max_bytes)
+
+    # -- sending and closing --------------------------------------------------------
+    def write_nowait(self, data: bytes) -> bool | None:
+        """Write *data* now, without waiting, if no send is under way and the stream
+        is a plain socket. None: nothing was written (the caller sends it the usual
+        way); True: all of it went; False: the socket took part, and the rest goes
+        first on the next :meth:`send_all` or :meth:`flush`, so bytes keep their order.
+        Raises :class:`OSError` when the socket is broken."""
+        socket_stream = self.stream
+        if not self.can_write_now or not isinstance(socket_stream, trio.SocketStream):
+            return None
+        fd = socket_stream.socket.fileno()
+        if fd == -1:
+            raise OSError("the socket is closed")
+        try:
+            sent = os.write(fd, data)  # trio's sockets are non-blocking
+        except BlockingIOError:
+            sent = 0
+        if sent == len(data):
+            return True
+        self._pending = data[sent:]
+        return False
+
+    @property
+    def can_write_now(self) -> bool:
+        """Whether :meth:`write_nowait` would write (a socket, nothing pending or
+        being sent)."""
+        return not (self._pending or self._refused or self._send_lock.locked()) and isinstance(
+            self.stream, trio.SocketStream
+        )
+
+    async def flush(self) -> None:
+        """Send what a partial :meth:`write_nowait` left."""
+        async with self._send_lock:
+            await self._send_pending()
+
+    async def _send_pending(self) -> None:
+        if self._pending:
+            pending, self._pending = self._pending, b""
+            await self.stream.send_all(pending)
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        async with self._send_lock:
+            await self._send_pending()
+            await self.stream.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.stream.wait_send_all_might_not_block()
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()
+
+
+class FrameGuard(NowaitWriter):
     """A server-side stream that ends itself on a frame header over *max_payload*."""
 
     def __init__(self, stream: trio.abc.Stream, max_payload: int) -> None:
-        self.stream = stream
+        super().__init__(stream)
         self._max_payload = max_payload
         self._http: bytes | None = b""  # the upgrade request so far; None once past it
         self._header = b""  # a frame header not complete yet
         self._skip = 0  # payload bytes of the current frame still to come
-        self._send_lock = trio.StrictFIFOLock()
-        self._refused = False
 
     # -- receiving ----------------------------------------------------------------
     async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
@@ -44,6 +114,7 @@ class FrameGuard(trio.abc.Stream):
             self._refused = True
             async with self._send_lock:
                 with trio.move_on_after(1.0), _suppress_broken():
+                    await self._send_pending()  # a frame cut in two would hide the close
                     await self.stream.send_all(_TOO_BIG_CLOSE)
             raise trio.BrokenResourceError("frame over the size limit")
         return data
@@ -78,17 +149,6 @@ class FrameGuard(trio.abc.Stream):
             self._header = b""
             self._skip = length
         return False
-
-    # -- sending and closing --------------------------------------------------------
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        async with self._send_lock:
-            await self.stream.send_all(data)
-
-    async def wait_send_all_might_not_block(self) -> None:
-        await self.stream.wait_send_all_might_not_block()
-
-    async def aclose(self) -> None:
-        await self.stream.aclose()
 
 
 def _payload_length(header: bytes) -> tuple[int | None, int]:

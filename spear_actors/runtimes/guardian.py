@@ -20,12 +20,13 @@ import secrets
 import signal
 import subprocess
 import sys
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from typing import Final
 
 import trio
 
-__all__ = ["GUARD_VARIABLE", "Guardian", "kill_marked"]
+__all__ = ["GUARD_VARIABLE", "Guardian", "kill_marked", "read_environ"]
 
 log = logging.getLogger(__name__)
 
@@ -65,28 +66,101 @@ for entry in os.listdir("/proc"):
 """
 
 
-def kill_marked(variable: str, value: str) -> int:
+_MID_EXEC_PATIENCE: Final = 2.0
+"""How long :func:`kill_marked` keeps re-reading processes whose environment read empty."""
+_PF_KTHREAD: Final = 0x00200000
+
+
+def read_environ(pid: int) -> bytes | None:
+    """The raw environment of *pid* (``/proc/<pid>/environ``); None if the process
+    may be inside ``execve`` (nothing to read yet); OSError if gone."""
+    with open(f"/proc/{pid}/environ", "rb") as f:
+        environ = f.read()
+    if not environ and _may_be_mid_exec(pid):
+        return None
+    return environ
+
+
+def _may_be_mid_exec(pid: int) -> bool:
+    """Whether a process whose environment read empty may just be inside ``execve``:
+    its command line reads empty too (the kernel sets both up together), and it is
+    neither a zombie nor a kernel thread (which always read empty)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            if f.read(1):
+                return False  # a running program that has an empty environment
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+    except (OSError, IndexError):
+        return False
+    return fields[0] not in (b"Z", b"X") and not int(fields[6]) & _PF_KTHREAD
+
+
+def kill_marked(
+    variable: str,
+    value: str,
+    *,
+    patience: float = _MID_EXEC_PATIENCE,
+    read: Callable[[int], bytes | None] = read_environ,
+) -> int:
     """SIGKILL every process whose environment has ``variable=value``; return how many
-    were signalled. Blocking (reads /proc): run it in a thread."""
+    were signalled. Blocking (reads /proc): run it in a thread.
+
+    Two races are closed. A process inside ``execve`` has already closed its
+    close-on-exec descriptors (so the parent that started it with ``subprocess``
+    has returned, and may have told the node its pid) before the kernel has set up
+    its new environment, which until then reads *empty*: such processes are read
+    again until they show an environment or end (up to *patience* seconds; on a
+    busy machine that window lasted longer than a whole stop, and the child survived
+    its task). And a marked process may fork while the scan runs: after any kill
+    the whole scan is repeated, until one finds nothing more to kill."""
     needle = f"\0{variable}={value}\0".encode()
     me = os.getpid()
+    deadline = time.monotonic() + patience
     killed = 0
-    try:
-        entries = os.listdir("/proc")
-    except OSError:
-        return 0
-    for entry in entries:
-        if not entry.isdigit() or int(entry) == me:
+    candidates: list[int] | None = None  # None: every process
+    while True:
+        found, unsure = _scan(needle, me, candidates, read)
+        for pid in found:
+            try:
+                os.kill(pid, signal.SIGKILL)
+                killed += 1
+            except OSError:
+                pass
+        if found:
+            candidates = None  # what they forked before dying may be anywhere
+        elif unsure and time.monotonic() < deadline:
+            candidates = unsure
+        else:
+            return killed
+        time.sleep(0.005)
+
+
+def _scan(
+    needle: bytes, me: int, candidates: list[int] | None, read: Callable[[int], bytes | None]
+) -> tuple[list[int], list[int]]:
+    """(marked pids, pids whose environment read empty but may be mid-exec)."""
+    if candidates is None:
+        try:
+            candidates = [int(entry) for entry in os.listdir("/proc") if entry.isdigit()]
+        except OSError:
+            return [], []
+    found: list[int] = []
+    unsure: list[int] = []
+    for pid in candidates:
+        if pid == me:
             continue
         try:
-            with open(f"/proc/{entry}/environ", "rb") as f:
-                environ = b"\0" + f.read()
-            if needle in environ or environ.endswith(needle[:-1]):
-                os.kill(int(entry), signal.SIGKILL)
-                killed += 1
+            raw = read(pid)
         except OSError:
             continue
-    return killed
+        if raw is None:
+            unsure.append(pid)
+            continue
+        environ = b"\0" + raw
+        if needle in environ or environ.endswith(needle[:-1]):
+            found.append(pid)
+    return found, unsure
 
 
 class Guardian:

@@ -30,6 +30,7 @@ import trio
 
 from .._nursery import background_nursery
 from ..errors import ErrorCode, SpearError
+from ..metrics.events import events
 from ..protocol.connection import Connection, ConnectionConfig
 from ..protocol.framing import AGENT_LINK_MAX_FRAME_SIZE
 from ..protocol.handshake import accept_connection
@@ -204,6 +205,9 @@ class ProcessRuntime(Runtime):
             "SPEAR_TASK_ID": spec.task_id,
         }
         self._arrivals[digest] = arrival
+        started = trio.current_time()
+        recorder = events()
+        context = {"task_id": spec.task_id, "task_name": spec.task_name, "instance_id": spec.instance_id}
         stderr_tail: collections.deque[str] = collections.deque(maxlen=_STDERR_TAIL_LINES)
         cgroup = None if self._cgroups is None else InstanceCgroup(self._cgroups, spec.instance_id)
         try:
@@ -232,13 +236,17 @@ class ProcessRuntime(Runtime):
             if cgroup is not None:
                 with trio.CancelScope(shield=True):
                     await trio.to_thread.run_sync(cgroup.kill_all)
+            if recorder is not None:
+                recorder.instance_failed("process", spec.task_id, "spawn_failed")
             raise SpearError(ErrorCode.INSTANCE_FAILED, f"cannot start {argv[0]!r}: {exc}") from None
         if cgroup is not None and ids is not None:
             try:
                 await trio.to_thread.run_sync(cgroup.add, process.pid)
             except OSError as exc:
-                log.warning("cannot move agent %d into %s: %s", process.pid, cgroup.path, exc)
-        instance = ProcessInstance(spec.instance_id, process, stderr_tail, self.cancel_grace, self.sandbox)
+                log.warning("cannot move agent %d into %s: %s", process.pid, cgroup.path, exc, extra=context)
+        instance = ProcessInstance(
+            spec.instance_id, process, stderr_tail, self.cancel_grace, self.sandbox, task_id=spec.task_id
+        )
         try:
             async with background_nursery() as nursery:
                 agent_log = logging.getLogger(f"spear_actors.agent.{spec.instance_id}")
@@ -247,13 +255,21 @@ class ProcessRuntime(Runtime):
                 # (started with the first agent) to come up.
                 nursery.start_soon(self._guardian.register, process.pid)
                 line_cap = self.sandbox.max_line_bytes
-                nursery.start_soon(_pump, process.stdout, agent_log, None, line_cap)
-                nursery.start_soon(_pump, process.stderr, agent_log, stderr_tail, line_cap)
+                nursery.start_soon(_pump, process.stdout, agent_log, None, line_cap, context)
+                nursery.start_soon(_pump, process.stderr, agent_log, stderr_tail, line_cap, context)
                 nursery.start_soon(instance._reap, arrival.changed)
                 with trio.move_on_after(self.start_timeout):
                     await arrival.changed.wait()
                 if arrival.connection is None or process.returncode is not None:
-                    raise instance._start_error(self.start_timeout)
+                    error = instance._start_error(self.start_timeout)
+                    if recorder is not None:
+                        reason = "start_timeout" if process.returncode is None else "exited_before_ready"
+                        recorder.instance_failed("process", spec.task_id, reason)
+                    log.info("agent %s did not start: %s", spec.instance_id, error.message, extra=context)
+                    instance._stopping = True  # counted above, not again as it is stopped
+                    raise error
+                if recorder is not None:
+                    recorder.instance_started("process", spec.task_id, trio.current_time() - started)
                 instance._attach(arrival.connection)
                 nursery.start_soon(instance._watch_connection)
                 yield instance
@@ -267,7 +283,7 @@ class ProcessRuntime(Runtime):
                     try:
                         await trio.to_thread.run_sync(cgroup.kill_all)
                     except OSError as exc:
-                        log.warning("cannot remove the cgroup of %s: %s", spec.instance_id, exc)
+                        log.warning("cannot remove the cgroup of %s: %s", spec.instance_id, exc, extra=context)
                 await self._guardian.unregister(process.pid)
                 # The pipes are closed now, not whenever the garbage collector
                 # gets to the process object (forced kills leaked them: issue 12).
@@ -286,8 +302,14 @@ class ProcessInstance(RuntimeInstance):
         stderr_tail: collections.deque[str],
         cancel_grace: float,
         sandbox: Sandbox | None = None,
+        *,
+        task_id: str = "",
     ) -> None:
         self.instance_id = instance_id
+        self.task_id = task_id
+        self._events = events()
+        self._stopping = False
+        """Set once the node stops this instance: an exit after that is no failure."""
         self.sandbox = sandbox or Sandbox()
         self.process = process
         self.cancel_grace = cancel_grace
@@ -305,23 +327,36 @@ class ProcessInstance(RuntimeInstance):
 
     def _ignored_cancel(self, method: str, request_id: int) -> None:
         # An agent that does not confirm a cancel may be stuck for good: replace it.
-        self._fail(f"agent did not confirm the cancel of request {request_id} within {self.cancel_grace:g}s")
+        self._fail(
+            f"agent did not confirm the cancel of request {request_id} within {self.cancel_grace:g}s",
+            "cancel_unconfirmed",
+        )
 
-    def _fail(self, reason: str) -> None:
+    def _fail(self, reason: str, kind: str) -> None:
+        """The instance failed (*kind*: a fixed word for the metrics)."""
         if self._failure is None:
             self._failure = SpearError(ErrorCode.INSTANCE_FAILED, reason, {"stderr_tail": "\n".join(self._stderr_tail)})
             self._failed.set()
+            if not self._stopping and self._connection is not None:
+                if self._events is not None:
+                    self._events.instance_failed("process", self.task_id, kind)
+                log.info(
+                    "instance %s failed: %s",
+                    self.instance_id,
+                    reason,
+                    extra={"instance_id": self.instance_id, "task_id": self.task_id},
+                )
 
     async def _reap(self, changed: trio.Event) -> None:
         code = await self.process.wait()
-        self._fail(f"agent process exited with code {code}")
+        self._fail(f"agent process exited with code {code}", "exited")
         changed.set()
 
     async def _watch_connection(self) -> None:
         assert self._connection is not None
         await self._connection.wait_closed()
         reason = self._connection.close_reason
-        self._fail(f"agent connection lost: {reason.message if reason else 'closed'}")
+        self._fail(f"agent connection lost: {reason.message if reason else 'closed'}", "connection_lost")
 
     def _start_error(self, timeout: float) -> SpearError:
         code = self.process.returncode
@@ -393,6 +428,7 @@ class ProcessInstance(RuntimeInstance):
 
     async def _stop(self, grace: float) -> None:
         """Goodbye, SIGTERM to the group, SIGKILL after *grace*, reap. Idempotent."""
+        self._stopping = True
         if self._connection is not None and self.process.returncode is None:
             await self._connection.aclose("instance stopping")
         if self.process.returncode is None:
@@ -422,7 +458,11 @@ def _open_to_other_users(path: str) -> None:
 
 
 async def _pump(
-    stream: trio.abc.ReceiveStream, logger: logging.Logger, tail: collections.deque[str] | None, max_line: int
+    stream: trio.abc.ReceiveStream,
+    logger: logging.Logger,
+    tail: collections.deque[str] | None,
+    max_line: int,
+    context: dict[str, str] | None = None,
 ) -> None:
     """Copy an agent's output to the node's log, line by line, keeping a tail.
 
@@ -436,7 +476,7 @@ async def _pump(
     def emit(line: str) -> None:
         if tail is not None:
             tail.append(line)
-        logger.info("%s%s", prefix, line)
+        logger.info("%s%s", prefix, line, extra=context)
 
     try:
         while True:

@@ -354,3 +354,29 @@ async def test_a_new_artifact_version_under_a_taken_name(node: Node) -> None:
                 break
             await trio.sleep(0.02)
     assert (await node.invoke("double", 5, task_name="calc"))["task_id"] == upgraded["task_id"]
+
+
+async def test_a_sync_caller_gone_before_its_call_was_routed_has_it_cancelled(node: Node) -> None:
+    """The caller's task is cancelled right after its Invoke went in, before the manager
+    routed it (the task is not even created yet): the execution is cancelled once
+    routed, not left running for nobody."""
+    with trio.CancelScope() as scope:
+        scope.cancel()  # the caller leaves at its first wait, which follows the send
+        await node.invoke(
+            "sleep",
+            {"seconds": 60},
+            task_name="left-early",
+            artifact_spec=agent_spec(),
+            context={"execution_id": "exec-left-early"},
+        )
+    with trio.fail_after(30):
+        while True:
+            try:
+                record = await node.get_execution("exec-left-early")
+            except SpearError as exc:
+                assert exc.code is ErrorCode.NOT_FOUND
+                record = {"status": "not yet routed"}
+            if record["status"] not in ("not yet routed", "PENDING", "RUNNING"):
+                break
+            await trio.sleep(0.02)
+    assert record["status"] == "CANCELLED"

@@ -216,3 +216,50 @@ async def test_reading_or_waiting_on_a_closed_socket_is_unavailable() -> None:
         assert not transport.send_nowait([b"x"])  # kept for send_bodies, which reports it
         with pytest.raises(SpearError):
             await transport.send_bodies([])
+
+
+async def test_websocket_answers_written_without_waiting_stay_whole_when_the_client_stops_reading() -> None:
+    """A server websocket writes answers from the task that made them; what the socket
+    does not take goes first on the next send. 24 answers of 1 MiB to a client whose
+    reads stall (its message queue fills) all arrive whole, with pings in between."""
+
+    async def echo(request: IncomingRequest) -> Any:
+        return request.params
+
+    big = 1024 * 1024
+    async with serving("ws://127.0.0.1:0", echo) as server, raw_client(server) as peer:
+        await peer.hello()
+        await peer.send(*[Request(i, "echo", bytes([i]) * big) for i in range(1, 25)])
+        await trio.sleep(0.2)  # let the server's writes meet a full socket
+        answers: dict[int, Any] = {}
+        with trio.fail_after(PROMPTLY * 4):
+            while len(answers) < 24:
+                message = await peer.receive_skipping_pings()
+                assert isinstance(message, Response), message
+                answers[message.id] = message.result
+        assert answers == {i: bytes([i]) * big for i in range(1, 25)}
+        await peer.send(Request(99, "echo", "after"))
+        with trio.fail_after(PROMPTLY):
+            assert (await peer.receive_skipping_pings()) == Response(99, "after")
+
+
+async def test_websocket_client_requests_written_without_waiting_arrive_whole() -> None:
+    """A client websocket writes requests from the calling tasks too: 24 concurrent
+    requests of 1 MiB (each larger than the socket takes at once) all come back whole."""
+
+    async def echo(request: IncomingRequest) -> Any:
+        return request.params
+
+    big = 1024 * 1024
+    results: dict[int, Any] = {}
+    async with serving("ws://127.0.0.1:0", echo) as server, connected(server) as connection:
+
+        async def call(i: int) -> None:
+            results[i] = await connection.request("echo", bytes([i]) * big)
+
+        with trio.fail_after(PROMPTLY * 4):
+            async with trio.open_nursery() as nursery:
+                for i in range(1, 25):
+                    nursery.start_soon(call, i)
+        assert results == {i: bytes([i]) * big for i in range(1, 25)}
+        assert await connection.request("echo", "after") == "after"

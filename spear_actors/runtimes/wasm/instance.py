@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from ...errors import ErrorCode, SpearError
+from ...metrics.events import events
 from ..base import Call, InstanceSpec, LogSink, RuntimeInstance, StreamSink
 from .cache import CompiledModule
 from .capi import Interrupt
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
 __all__ = ["WasmInstance"]
 
 log = logging.getLogger(__name__)
+_log = log  # execute()'s own `log` is the execution's log sink
 
 
 class WasmInstance(RuntimeInstance):
@@ -89,6 +91,21 @@ class WasmInstance(RuntimeInstance):
                     # An abandoned (cancelled) job may still hold its store: never reuse it.
                     self._sandbox = job.sandbox if interrupt.finished else None
                     self._resets += self._sandbox is None
+        except SpearError as error:
+            kind = trap_kind(error)
+            if kind is not None:
+                recorder = events()
+                if recorder is not None:
+                    recorder.wasm_trapped(kind)
+                _log.debug(  # debug: a client can make modules trap at will
+                    "%s: %s: %s",
+                    self.instance_id,
+                    call.execution_id,
+                    error.message,
+                    extra={"execution_id": call.execution_id, "instance_id": self.instance_id,
+                           "task_id": self._spec.task_id, "code": error.code.name},
+                )  # fmt: skip
+            raise
         finally:
             logs.close()
 
@@ -145,3 +162,20 @@ def _emitter(sink: StreamSink) -> Callable[[Any], None]:
         trio.from_thread.run(sink, item)
 
     return emit
+
+
+def trap_kind(error: SpearError) -> str | None:
+    """The kind of WASM trap or limit that ended an execution with *error*, for the
+    metrics: a wasmtime trap code (``unreachable``, ``memory_out_of_bounds``, ...),
+    ``out_of_fuel``, ``memory_limit``, ``interrupt`` (its deadline), ``trap`` (no
+    code); None for anything else (a module's own exit, a cancel)."""
+    details = error.details
+    if error.code is ErrorCode.RESOURCE_EXHAUSTED:
+        limit = details.get("limit")
+        return {"fuel": "out_of_fuel", "memory": "memory_limit"}.get(limit) if isinstance(limit, str) else None
+    if error.code is ErrorCode.DEADLINE_EXCEEDED:
+        return "interrupt"
+    if error.code is ErrorCode.FUNCTION_ERROR and "trap" in details:
+        code = details.get("trap_code")
+        return str(code).lower() if code else "trap"
+    return None

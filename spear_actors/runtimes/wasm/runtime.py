@@ -11,6 +11,7 @@ import trio
 import wasmtime
 
 from ...errors import ErrorCode, SpearError
+from ...metrics.events import events
 from ..base import InstanceSpec, Runtime, RuntimeInstance
 from .cache import CacheStats, ModuleCache
 from .capi import Interrupt
@@ -83,6 +84,8 @@ class WasmRuntime(Runtime):
         if not self._ticker.running:
             raise SpearError(ErrorCode.FAILED_PRECONDITION, "WasmRuntime.run() is not running")
         settings = WasmSettings.from_config(spec.config).under(self.ceilings)
+        started = trio.current_time()
+        recorder = events()
         if settings.preopen_dir is not None and not await trio.Path(settings.preopen_dir).is_dir():
             raise SpearError(ErrorCode.INVALID_ARGUMENT, f"preopen_dir {settings.preopen_dir!r} is not a directory")
         compiled = await self.cache.get(spec)
@@ -95,7 +98,14 @@ class WasmRuntime(Runtime):
         instance = WasmInstance(self, spec, compiled, settings, share)
         try:
             if settings.warm:
-                await instance.prepare()
+                try:
+                    await instance.prepare()
+                except SpearError:
+                    if recorder is not None:
+                        recorder.instance_failed("wasm", spec.task_id, "start_failed")
+                    raise
+            if recorder is not None:
+                recorder.instance_started("wasm", spec.task_id, trio.current_time() - started)
             yield instance
         finally:
             instance.close()

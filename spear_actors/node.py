@@ -37,6 +37,7 @@ from .actors.messages import (
     Query,
     Routed,
     WaitExecution,
+    WaitExecutions,
 )
 from .artifacts import ArtifactStore
 from .config import NodeConfig
@@ -67,6 +68,8 @@ log = logging.getLogger(__name__)
 # How long past its deadline a caller keeps waiting for the instance's own
 # DEADLINE_EXCEEDED before answering it itself (the instance is normally first).
 _DEADLINE_GRACE: Final = 1.0
+_WATCH_SLICE: Final = 500
+"""Most ids of a watch sent to the manager in one message."""
 
 
 class Node:
@@ -280,10 +283,15 @@ class Node:
                 pass  # the watcher has left
 
         with receive:
-            for execution_id in execution_ids:
-                done: Reply[Outcome] = Reply()
-                done.on_done = functools.partial(finished, execution_id)
-                await self._manager.tell(WaitExecution(execution_id, done))  # yields: others run
+            # A slice of ids per manager message: the manager handles each slice in
+            # one step and reads the ids it does not hold from the store together.
+            for start in range(0, len(execution_ids), _WATCH_SLICE):
+                waits: list[WaitExecution] = []
+                for execution_id in execution_ids[start : start + _WATCH_SLICE]:
+                    done: Reply[Outcome] = Reply()
+                    done.on_done = functools.partial(finished, execution_id)
+                    waits.append(WaitExecution(execution_id, done))
+                await self._manager.tell(WaitExecutions(waits))  # yields: others run
             for _ in execution_ids:
                 execution_id, error = await receive.receive()
                 if error is None:

@@ -250,7 +250,10 @@ def take_queued(channel: trio.MemoryReceiveChannel[T]) -> list[T]:
 
 
 def fail_reply(message: Any, error: SpearError) -> None:
-    """Answer *message*'s ``reply`` (if it carries one) with *error*."""
+    """Answer *message*'s ``reply`` (if it carries one) with *error*, and those of
+    the messages it bundles (``waits``)."""
+    for bundled in getattr(message, "waits", ()):
+        fail_reply(bundled, error)
     reply = getattr(message, "reply", None)
     if isinstance(reply, Reply):
         reply.fail(error)

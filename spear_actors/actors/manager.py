@@ -45,6 +45,7 @@ from .messages import (
     TaskQueueFull,
     TaskStopped,
     WaitExecution,
+    WaitExecutions,
 )
 from .queries import ManagerQueries
 from .task import TaskActor, TaskDefinition
@@ -52,6 +53,11 @@ from .task import TaskActor, TaskDefinition
 __all__ = ["ManagerActor", "TaskSeed"]
 
 log = logging.getLogger(__name__)
+
+_READ_BATCH = 2_000
+"""Most execution ids one store read looks up (a watch's ids may need several)."""
+_ANSWER_SLICE = 128
+"""Most looked-up ids the manager answers in one message (one step of its loop)."""
 
 
 @dataclasses.dataclass(slots=True)
@@ -137,6 +143,9 @@ class ManagerActor(ManagerQueries, Actor[ManagerMessage]):
         self._idle_waiters: list[Reply[None]] = []
         self._lookups: dict[str, list[Callable[[ExecutionRow | SpearError | None], None]]] = {}
         """Execution ids being read from the store, with what to do with the answer."""
+        self._unread: list[str] = []
+        """Ids in :attr:`_lookups` not yet handed to a store read (the next batch)."""
+        self._reading = False
         self.draining: str | None = None
         """Set when the node stops taking calls (shutdown): the reason new calls get."""
 
@@ -153,9 +162,13 @@ class ManagerActor(ManagerQueries, Actor[ManagerMessage]):
             self._query(message)
         elif isinstance(message, WaitExecution):
             self._wait(message)
+        elif isinstance(message, WaitExecutions):
+            for wait in message.waits:
+                self._wait(wait)
         elif isinstance(message, StoredLookup):
-            for then in self._lookups.pop(message.execution_id, ()):
-                then(message.row)
+            for execution_id, row in message.rows.items():
+                for then in self._lookups.pop(execution_id, ()):
+                    then(row)
         elif isinstance(message, CancelExecution):
             self._cancel(message)
         elif isinstance(message, TaskInstances):
@@ -184,22 +197,43 @@ class ManagerActor(ManagerQueries, Actor[ManagerMessage]):
     # -- the store --------------------------------------------------------------------
     def lookup(self, execution_id: str, then: Callable[[ExecutionRow | SpearError | None], None]) -> None:
         """Read *execution_id* from the store in a worker thread; *then(row)* runs in
-        this actor's handler with the row, None (unknown) or the store's error."""
+        this actor's handler with the row, None (unknown) or the store's error.
+
+        Ids asked for while a read runs are gathered and read together in the next
+        one: a watch of 10,000 unknown ids costs a few store reads and one task, not
+        10,000 of each (whose mere number made full GC passes hold the loop)."""
         waiting = self._lookups.get(execution_id)
         if waiting is not None:
             waiting.append(then)
             return
         self._lookups[execution_id] = [then]
-        self.nursery.start_soon(self._load, execution_id)
+        self._unread.append(execution_id)
+        if not self._reading:
+            self._reading = True
+            self.nursery.start_soon(self._read_batches)
 
-    async def _load(self, execution_id: str) -> None:
-        row: ExecutionRow | SpearError | None
+    async def _read_batches(self) -> None:
         try:
-            row = await self.registry.store.load(execution_id)
-        except Exception as exc:  # the database is unreadable: answer, never hang
-            log.exception("store: reading execution %s failed", execution_id)
-            row = SpearError(ErrorCode.UNAVAILABLE, f"execution store unreadable: {type(exc).__name__}: {exc}")
-        self.ref.post(StoredLookup(execution_id, row, []))
+            while self._unread:
+                batch = self._unread[:_READ_BATCH]
+                del self._unread[:_READ_BATCH]
+                rows: dict[str, ExecutionRow] | SpearError
+                try:
+                    rows = await self.registry.store.load_many(batch)
+                except Exception as exc:  # the database is unreadable: answer, never hang
+                    log.exception("store: reading %d executions failed", len(batch))
+                    rows = SpearError(ErrorCode.UNAVAILABLE, f"execution store unreadable: {type(exc).__name__}: {exc}")
+                # In slices, with a checkpoint between them: the manager answers each
+                # slice in its own step, never 10,000 waiters in one.
+                for start in range(0, len(batch), _ANSWER_SLICE):
+                    ids = batch[start : start + _ANSWER_SLICE]
+                    if isinstance(rows, SpearError):
+                        self.ref.post(StoredLookup(dict.fromkeys(ids, rows)))
+                    else:
+                        self.ref.post(StoredLookup({i: rows.get(i) for i in ids}))
+                    await trio.lowlevel.checkpoint()
+        finally:
+            self._reading = False
 
     def _wait(self, message: WaitExecution) -> None:
         record = self.registry.get(message.execution_id)
@@ -615,6 +649,7 @@ class ManagerActor(ManagerQueries, Actor[ManagerMessage]):
         # Reads of the store still in flight are cancelled with the nursery: whoever
         # waits for one is answered now.
         lookups, self._lookups = self._lookups, {}
+        self._unread.clear()
         for callbacks in lookups.values():
             for then in callbacks:
                 then(SpearError(error.code, error.message))

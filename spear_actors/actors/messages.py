@@ -39,6 +39,7 @@ __all__ = [
     "TaskQueueFull",
     "TaskStopped",
     "WaitExecution",
+    "WaitExecutions",
 ]
 
 
@@ -103,12 +104,11 @@ class TaskCreated:
 
 @dataclasses.dataclass(slots=True)
 class StoredLookup:
-    """The manager's own note: the store's answer about an execution id that was not
-    in memory (*row* None: unknown), for the *waiting* messages that asked."""
+    """The manager's own note: the store's answers about execution ids that were not
+    in memory, by id (a row, None: unknown, or the store's error), from one batched
+    read."""
 
-    execution_id: str
-    row: Any
-    waiting: list[Any]
+    rows: dict[str, Any]
 
 
 @dataclasses.dataclass(slots=True)
@@ -127,6 +127,14 @@ class WaitExecution:
 
     execution_id: str
     reply: Reply[Outcome]
+
+
+@dataclasses.dataclass(slots=True)
+class WaitExecutions:
+    """Several :class:`WaitExecution` in one message (a watch's ids, a slice at a
+    time): the ids not in memory are then read from the store together."""
+
+    waits: list[WaitExecution]
 
 
 @dataclasses.dataclass(slots=True)
@@ -298,6 +306,7 @@ ManagerMessage = (
     | CancelExecution
     | Query
     | WaitExecution
+    | WaitExecutions
     | DeleteTask
     | ExecutionDone
     | TaskStopped

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+from collections.abc import Sequence
 from typing import Any
 
 import msgpack
@@ -192,6 +193,16 @@ class ExecutionStore(abc.ABC):
     @abc.abstractmethod
     async def load(self, execution_id: str) -> ExecutionRow | None:
         """The stored record of *execution_id* (None if unknown or pruned)."""
+
+    async def load_many(self, execution_ids: Sequence[str]) -> dict[str, ExecutionRow]:
+        """The stored records of *execution_ids* by id (unknown or pruned ids are
+        absent), read together: one read for many ids where the store can."""
+        found: dict[str, ExecutionRow] = {}
+        for execution_id in execution_ids:
+            row = await self.load(execution_id)
+            if row is not None:
+                found[execution_id] = row
+        return found
 
     @abc.abstractmethod
     def save_task(self, task: StoredTask) -> None:

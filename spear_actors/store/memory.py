@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Sequence
 
 from .base import ExecutionRow, ExecutionStore, RecoveredState, StoredTask
 
@@ -43,6 +44,9 @@ class MemoryStore(ExecutionStore):
 
     async def load(self, execution_id: str) -> ExecutionRow | None:
         return None
+
+    async def load_many(self, execution_ids: Sequence[str]) -> dict[str, ExecutionRow]:
+        return {}
 
     def save_task(self, task: StoredTask) -> None:
         return None

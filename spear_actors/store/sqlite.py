@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,7 @@ class SqliteStore(ExecutionStore):
         self._tie = itertools.count()
         self._token: trio.lowlevel.TrioToken | None = None
         self._open = False
+        self._reads = 0
 
     async def open(self, node_id: str, recent: int) -> RecoveredState:
         state = await trio.to_thread.run_sync(self.file.open, node_id, recent)
@@ -101,7 +103,12 @@ class SqliteStore(ExecutionStore):
         return self._failed is not None or self.file.backlog > self.max_backlog
 
     async def load(self, execution_id: str) -> ExecutionRow | None:
+        self._reads += 1
         return await trio.to_thread.run_sync(self.file.load, execution_id)
+
+    async def load_many(self, execution_ids: Sequence[str]) -> dict[str, ExecutionRow]:
+        self._reads += 1
+        return await trio.to_thread.run_sync(self.file.load_many, list(execution_ids))
 
     def save_task(self, task: StoredTask) -> None:
         self.file.save_task(task)
@@ -121,5 +128,6 @@ class SqliteStore(ExecutionStore):
             "pruned": file.pruned,
             "writer_cpu_s": round(file.cpu_s, 3),
             "locked": file.locked,
+            "reads": self._reads,
             "failed": None if self._failed is None else repr(self._failed),
         }

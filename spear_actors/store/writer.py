@@ -57,6 +57,7 @@ _LIVE = ("PENDING", "RUNNING")
 _PRUNE_ROUND = 2000
 _PRUNE_ROUNDS_PER_BATCH = 10
 _MAX_BATCH = 20_000
+_IDS_PER_QUERY = 500
 _GROUP_MIN = 256
 _GROUP_DELAY_S = 0.005
 _BUSY_TIMEOUT_S = 1.0
@@ -419,3 +420,18 @@ class SqliteFile:
                 return None
             found = self._reader.execute(f"{_SELECT} WHERE execution_id = ?", (execution_id,)).fetchone()
         return None if found is None else _row(found)
+
+    def load_many(self, execution_ids: list[str]) -> dict[str, ExecutionRow]:
+        """The records of *execution_ids* found on disk, by id: ``IN (...)`` queries of
+        a few hundred ids each (under SQLite's variable limit)."""
+        found: dict[str, ExecutionRow] = {}
+        with self._reader_lock:
+            if self._reader is None:
+                return found
+            for start in range(0, len(execution_ids), _IDS_PER_QUERY):
+                ids = execution_ids[start : start + _IDS_PER_QUERY]
+                marks = ",".join("?" * len(ids))
+                for raw in self._reader.execute(f"{_SELECT} WHERE execution_id IN ({marks})", ids):
+                    row = _row(raw)
+                    found[row.execution_id] = row
+        return found

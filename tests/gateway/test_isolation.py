@@ -5,7 +5,9 @@ gateway to a real websocket client."""
 
 from __future__ import annotations
 
+import gc
 import logging
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -15,7 +17,7 @@ import trio
 from spear_actors import ErrorCode, SpearError
 from spear_actors.api import BY_NAME, Method
 from spear_actors.client import connect
-from spear_actors.gateway import Gateway, isolated_connection
+from spear_actors.gateway import Gateway, isolated_connection, isolated_request
 from spear_actors.gateway.listeners import listen
 from spear_actors.gateway.refusals import RefusalLog
 from spear_actors.node import Node
@@ -136,3 +138,30 @@ async def test_a_failing_connection_handler_ends_only_that_connection(caplog: py
         nursery.cancel_scope.cancel()
     failures = [r for r in caplog.records if "connection handler failed" in r.getMessage()]
     assert len(failures) == len(FAULTS) - 1 and all(r.exc_info for r in failures)
+
+
+class _Body:
+    """Stands for a request's decoded body (weakly referenceable)."""
+
+
+async def test_a_refused_request_is_freed_at_once_not_by_the_garbage_collector() -> None:
+    # A refusal's traceback holds the handler's frames, which hold the request: if
+    # the error were also held by a frame in its own traceback, the request (a
+    # 200,000-id body) would live until a GC pass freed many at once (~70 ms).
+    box = [_Body()]
+    body = weakref.ref(box[0])
+
+    async def handler() -> None:
+        held = box.pop()
+        assert held is not None
+        raise SpearError(ErrorCode.INVALID_ARGUMENT, "too many ids")
+
+    gc.disable()
+    try:
+        try:
+            await isolated_request("watch_executions", handler)
+        except SpearError as exc:
+            assert exc.code is ErrorCode.INVALID_ARGUMENT
+        assert body() is None
+    finally:
+        gc.enable()

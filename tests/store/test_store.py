@@ -10,6 +10,7 @@ import pytest
 import trio
 
 from spear_actors import ErrorCode, SpearError
+from spear_actors.actors.executions import not_found
 from spear_actors.actors.manager import TaskSeed
 from spear_actors.model import ArtifactSpec, InstancePolicy
 from spear_actors.node import open_node
@@ -252,3 +253,29 @@ async def test_a_locked_database_holds_up_writes_not_the_node(tmp_path: Path) ->
     finally:
         reader.close()
     assert stored == set(ids)
+
+
+async def test_a_watch_of_many_ids_not_in_memory_reads_the_store_in_a_few_batches(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    async with open_node(fast_config(tmp_path, max_execution_records=2)) as node:
+        for i in range(4):
+            context = {"execution_id": f"id-{i}"}
+            await node.invoke("run", [str(runs), i], task_name="c", artifact_spec=COUNTING, context=context)
+        unknown = [f"unknown-{i}" for i in range(3_000)]
+        reads_before = (await node.get_stats())["node"]["store"]["reads"]
+        seen: list[dict[str, object]] = []
+
+        async def sink(item: dict[str, object]) -> None:
+            seen.append(item)
+
+        # id-0 and id-1 left memory: the store has them; the 3,000 others are unknown.
+        answer = await node.watch_executions(["id-0", *unknown, "id-1"], sink)
+        reads = (await node.get_stats())["node"]["store"]["reads"] - reads_before
+
+    assert answer == {"count": 3_002}
+    by_id = {item["execution_id"]: item for item in seen}
+    assert len(seen) == len(by_id) == 3_002
+    assert by_id["id-0"]["status"] == by_id["id-1"]["status"] == "COMPLETED"
+    assert all(by_id[i]["error"] == not_found(i).to_dict() for i in unknown)
+    # Gathered into batched reads (a watch sends 500 ids per manager message), not one per id.
+    assert 1 <= reads <= 8

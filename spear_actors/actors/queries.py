@@ -23,7 +23,7 @@ from .mailbox import Reply
 from .messages import GetTaskInfo, Query
 
 if TYPE_CHECKING:
-    from .manager import _TaskEntry
+    from .task_table import _TaskEntry
 
 __all__ = ["ManagerQueries"]
 

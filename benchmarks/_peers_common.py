@@ -15,20 +15,15 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
+
+from _timing import quantile, throughput, timed_calls
 
 PAYLOAD = {"a": 1, "b": "x" * 32}
 MARKER = "@@peers "
 Handler = Callable[[dict[str, Any]], dict[str, Any]]
 AsyncHandler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
-
-
-def quantile(samples: list[float], q: float) -> float:
-    """The *q* quantile of *samples* (nan when there are none)."""
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(len(ordered) * q))] if ordered else float("nan")
 
 
 def latency(samples: list[float]) -> dict[str, float]:
@@ -72,30 +67,11 @@ async def serve_async(handle: AsyncHandler) -> None:
 
 async def timed_sequence(call: Callable[[], Awaitable[Any]], n: int) -> dict[str, float]:
     """p50/p99 of *n* sequential awaits of ``call()``, after a warm-up."""
-    for _ in range(warm_up_count(n)):
-        await call()
-    samples = []
-    for _ in range(n):
-        start = time.perf_counter()
-        await call()
-        samples.append(time.perf_counter() - start)
-    return latency(samples)
+    return latency(await timed_calls(call, n, warm_up=warm_up_count(n)))
 
 
 async def in_flight_rate(calls: list[Callable[[], Awaitable[Any]]], in_flight: int, total: int) -> dict[str, float]:
     """Calls per second with *in_flight* trio tasks each calling in a loop (task *i* uses
     ``calls[i % len(calls)]``, e.g. one per connection)."""
-    import trio
-
-    per_task = max(1, total // in_flight)
-
-    async def worker(call: Callable[[], Awaitable[Any]]) -> None:
-        for _ in range(per_task):
-            await call()
-
-    start = time.perf_counter()
-    async with trio.open_nursery() as nursery:
-        for i in range(in_flight):
-            nursery.start_soon(worker, calls[i % len(calls)])
-    elapsed = time.perf_counter() - start
-    return {"rate": per_task * in_flight / elapsed, "calls": per_task * in_flight}
+    rate = await throughput(calls, in_flight, total)
+    return {"rate": rate, "calls": max(1, total // in_flight) * in_flight}

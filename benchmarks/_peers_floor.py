@@ -19,6 +19,7 @@ import msgpack
 import trio
 import trio_websocket
 from _peers_common import MARKER, PAYLOAD, emit, in_flight_rate, serve_async, timed_sequence
+from _ws_pipelined import PipelinedWs
 
 CONNECTIONS = 8
 
@@ -80,26 +81,6 @@ async def run_server() -> None:
     os.unlink(path)
 
 
-class PipelinedWs:
-    """One websocket carrying lock-stepped callers in FIFO order (the echo keeps order)."""
-
-    def __init__(self, ws: trio_websocket.WebSocketConnection) -> None:
-        self.ws = ws
-        self.waiters: list[trio.Event] = []
-        self.body = msgpack.packb(PAYLOAD)
-
-    async def call(self) -> None:
-        done = trio.Event()
-        self.waiters.append(done)
-        await self.ws.send_message(self.body)
-        await done.wait()
-
-    async def read(self) -> None:
-        while True:
-            msgpack.unpackb(await self.ws.get_message())
-            self.waiters.pop(0).set()
-
-
 async def run_client(server: subprocess.Popen[str], address: dict[str, Any]) -> None:
     assert server.stdin is not None
     url = f"ws://127.0.0.1:{address['ws_port']}/"
@@ -109,7 +90,7 @@ async def run_client(server: subprocess.Popen[str], address: dict[str, Any]) -> 
             ws_conn = await trio_websocket.connect_websocket_url(nursery, url)
             pipelined = []
             for _ in range(CONNECTIONS):
-                client = PipelinedWs(await trio_websocket.connect_websocket_url(nursery, url))
+                client = PipelinedWs(await trio_websocket.connect_websocket_url(nursery, url), body)
                 nursery.start_soon(client.read)
                 pipelined.append(client)
             unix = await trio.open_unix_socket(address["unix_path"])

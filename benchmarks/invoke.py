@@ -37,7 +37,8 @@ import trio_websocket
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from _timing import p50_p99, timed_calls  # noqa: E402
+from _timing import p50_p99, throughput, timed_calls  # noqa: E402
+from _ws_pipelined import PipelinedWs  # noqa: E402
 
 from spear_actors import connect, open_node  # noqa: E402
 from spear_actors.config import NodeConfig  # noqa: E402
@@ -51,20 +52,6 @@ PAYLOAD = {"a": 1, "b": "x" * 32}
 
 async def sequential(call: Callable[[], Awaitable[Any]], n: int) -> tuple[float, float]:
     return p50_p99(await timed_calls(call, n))
-
-
-async def throughput(calls: list[Callable[[], Awaitable[Any]]], in_flight: int, total: int) -> float:
-    per_worker = total // in_flight
-
-    async def worker(call: Callable[[], Awaitable[Any]]) -> None:
-        for _ in range(per_worker):
-            await call()
-
-    start = time.perf_counter()
-    async with trio.open_nursery() as nursery:
-        for i in range(in_flight):
-            nursery.start_soon(worker, calls[i % len(calls)])
-    return per_worker * in_flight / (time.perf_counter() - start)
 
 
 def row(
@@ -110,29 +97,9 @@ async def raw_ws_echo(n: int, total: int) -> tuple[tuple[float, float], float]:
     return seq, rate
 
 
-class _WsPipelined:
-    """One websocket with callers correlated in FIFO order (the echo keeps order)."""
-
-    def __init__(self, ws: trio_websocket.WebSocketConnection) -> None:
-        self.ws = ws
-        self.waiters: list[trio.Event] = []
-        self.body = msgpack.packb(PAYLOAD)
-
-    async def call(self) -> None:
-        done = trio.Event()
-        self.waiters.append(done)
-        await self.ws.send_message(self.body)
-        await done.wait()
-
-    async def read(self) -> None:
-        while True:
-            msgpack.unpackb(await self.ws.get_message())
-            self.waiters.pop(0).set()
-
-
-async def _ws_pipelined_client(url: str, task_status: trio.TaskStatus[_WsPipelined]) -> None:
+async def _ws_pipelined_client(url: str, task_status: trio.TaskStatus[PipelinedWs]) -> None:
     async with trio_websocket.open_websocket_url(url) as ws, trio.open_nursery() as nursery:
-        client = _WsPipelined(ws)
+        client = PipelinedWs(ws, msgpack.packb(PAYLOAD))
         nursery.start_soon(client.read)
         task_status.started(client)
         await trio.sleep_forever()

@@ -12,13 +12,12 @@ from contextlib import asynccontextmanager
 from typing import Final
 
 import trio
-from wsproto.utilities import LocalProtocolError
 
 from ..errors import ErrorCode, SpearError
 from .endpoints import Endpoint, _host, _reason
 from .framing import ProtocolError
 from .transport_base import Transport, TransportHandler, _lost, _run_handler
-from .wsconnection import HandshakeFailed, WebsocketConnection, accept_websocket, connect_websocket
+from .wsconnection import HandshakeFailed, WebsocketClosing, WebsocketConnection, accept_websocket, connect_websocket
 from .wsguard import FrameGuard, NowaitWriter
 
 __all__ = [
@@ -75,7 +74,7 @@ class WebsocketTransport(Transport):
         ws = self.ws
         try:
             data = ws.encode(bodies[0]) if len(bodies) == 1 else b"".join([ws.encode(body) for body in bodies])
-        except LocalProtocolError:  # closing: send_bodies reports it
+        except WebsocketClosing:  # closing: send_bodies reports it
             self._kept.extend(bodies)
             return False
         try:
@@ -98,7 +97,7 @@ class WebsocketTransport(Transport):
                 return
             data = b"".join([ws.encode(body) for body in bodies])
             await ws.stream.send_all(data)
-        except LocalProtocolError:
+        except WebsocketClosing:
             raise SpearError(ErrorCode.UNAVAILABLE, "connection lost while sending: the websocket is closed") from None
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             raise _lost("sending", exc) from None
@@ -108,6 +107,8 @@ class WebsocketTransport(Transport):
             message = await self.ws.receive_message()
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             raise _lost("receiving", exc) from None
+        if type(message) is bytes or message is None:
+            return message
         if isinstance(message, str):
             raise ProtocolError("text websocket message received; the protocol uses binary messages")
         return message

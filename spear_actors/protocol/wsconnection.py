@@ -1,16 +1,21 @@
-"""A websocket connection that drives :mod:`wsproto` from the task that reads.
+"""A websocket connection that drives the sans-IO core of ``websockets`` from the
+task that reads.
 
 trio-websocket runs a reader task per connection that feeds wsproto and hands each
 message to ``get_message`` over a memory channel: two task steps per message, and a
 lock and a stream write per send. :class:`WebsocketConnection` has no task of its
-own: :meth:`~WebsocketConnection.receive_message` reads from the stream, feeds
-wsproto and answers pings and closes itself; sends encode with the same wsproto
-connection and write through a :class:`~.wsguard.NowaitWriter` (at once when the
-socket takes the bytes, docs/performance.md "The websocket path").
+own: :meth:`~WebsocketConnection.receive_message` reads from the stream and feeds
+``websockets``' protocol object (``ServerProtocol`` / ``ClientProtocol``: frame
+parsing with its C speedups, the message size limit checked from each frame's
+header, pongs and the close handshake); sends serialize with the same object and
+write through a :class:`~.wsguard.NowaitWriter` (at once when the socket takes the
+bytes). Why this and not wsproto driven the same way: docs/performance.md, "The
+websocket path".
 
 The opening handshakes are here too: :func:`accept_websocket` (server: reads the
 HTTP upgrade request, answers 101, or an HTTP error status for anything that is not
-a websocket upgrade) and :func:`connect_websocket` (client).
+a websocket upgrade: 426 without the upgrade headers, 400 when malformed) and
+:func:`connect_websocket` (client).
 """
 
 from __future__ import annotations
@@ -20,44 +25,36 @@ import dataclasses
 from typing import Final
 
 import trio
-from wsproto import ConnectionType
-from wsproto.connection import Connection as WsprotoConnection
-from wsproto.connection import ConnectionState
-from wsproto.events import (
-    AcceptConnection,
-    BytesMessage,
-    CloseConnection,
-    Message,
-    Ping,
-    RejectConnection,
-    RejectData,
-    Request,
-    TextMessage,
-)
-from wsproto.handshake import H11Handshake
-from wsproto.utilities import LocalProtocolError, RemoteProtocolError
+from websockets.client import ClientProtocol
+from websockets.frames import Frame, Opcode
+from websockets.http11 import Request, Response
+from websockets.protocol import Protocol, State
+from websockets.server import ServerProtocol
+from websockets.uri import parse_uri
 
 from .wsguard import NowaitWriter
 
 __all__ = [
     "CloseReason",
     "HandshakeFailed",
+    "WebsocketClosing",
     "WebsocketConnection",
     "accept_websocket",
     "connect_websocket",
 ]
 
-# RFC 6455 §7.4.1
 _NORMAL: Final = 1000
-_PROTOCOL_ERROR: Final = 1002
 _ABNORMAL: Final = 1006  # never sent: no close frame was received
-_TOO_BIG: Final = 1009
-
 _RECEIVE_SIZE: Final = 64 * 1024  # see streams.py: above this, glibc maps each buffer
 _MAX_UPGRADE: Final = 64 * 1024
 """The most bytes of HTTP an upgrade request or response may take."""
 _CLOSE_GRACE: Final = 0.5
 """How long :meth:`WebsocketConnection.aclose` waits for the peer's close frame."""
+_BINARY: Final = Opcode.BINARY
+_TEXT: Final = Opcode.TEXT
+_CONT: Final = Opcode.CONT
+_OPEN: Final = State.OPEN
+_CLOSED: Final = State.CLOSED
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -73,33 +70,35 @@ class HandshakeFailed(Exception):
     """The HTTP upgrade did not succeed (refused, malformed, or the link ended)."""
 
 
+class WebsocketClosing(Exception):
+    """A message was sent on a websocket that is closing or closed."""
+
+
 class WebsocketConnection:
     """One open websocket over *stream*, with no task of its own.
 
-    One task at a time may call :meth:`receive_message`; any task may send. Bytes
-    leave whole frames in the order their writes began (the stream's lock), so
-    concurrent senders never interleave inside a frame.
+    One task at a time may call :meth:`receive_message`; any task may send. Each
+    send writes whole frames under the stream's lock, so concurrent senders never
+    interleave inside a frame.
     """
 
-    def __init__(self, stream: NowaitWriter, connection: WsprotoConnection, *, max_message_size: int) -> None:
+    def __init__(self, stream: NowaitWriter, protocol: Protocol) -> None:
         self.stream = stream
         """The stream under the websocket (tests and the transport close it)."""
-        self.max_message_size = max_message_size
-        """Incoming messages over this many bytes close the websocket with 1009."""
         self.closed: CloseReason | None = None
-        """Set once the websocket is closed (or closing): the peer's close code if
+        """Set once the websocket has closed or is closing: the peer's close code if
         it sent one, else ours, 1006 if the link just ended."""
-        self._ws = connection
+        self._protocol = protocol
         self._messages: collections.deque[bytes | str] = collections.deque()
-        self._parts: list[bytes | str] = []  # a message arriving in several events
-        self._size = 0  # its bytes so far
+        self._parts: list[bytes] = []  # a fragmented message so far
+        self._text = False  # ... and whether it is text
         self._receiving = False
-        self._peer_closed = trio.Event()  # the peer's close frame (or the link's end) seen
+        self._ended = trio.Event()  # nothing more will be read
 
     # -- receiving -----------------------------------------------------------------
     async def receive_message(self) -> bytes | str | None:
         """The next whole message (bytes, or str for a text message); None once the
-        websocket is closed (see :attr:`closed`). Raises :class:`trio.BusyResourceError`
+        websocket has closed (see :attr:`closed`). Raises :class:`trio.BusyResourceError`
         if another task is receiving, and the stream's errors when the link breaks
         (after marking the connection closed with 1006)."""
         messages = self._messages
@@ -110,19 +109,18 @@ class WebsocketConnection:
         self._receiving = True
         try:
             while not messages:
-                if self._peer_closed.is_set():
+                if self._ended.is_set():
                     return None
                 try:
                     data = await self.stream.receive_some(_RECEIVE_SIZE)
                 except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                    self._ended()
+                    self._end(CloseReason(_ABNORMAL, "the link broke"))
                     raise
                 if not data:
-                    self._ended()
+                    self._protocol.receive_eof()
+                    self._end(self._close_reason())
                     return None
-                reply = self._received(data)
-                if reply:
-                    await self._send_control(reply)
+                await self._received(data)
             return messages.popleft()
         finally:
             self._receiving = False
@@ -131,116 +129,102 @@ class WebsocketConnection:
         """A message that has already arrived, without waiting; None if there is none."""
         return self._messages.popleft() if self._messages else None
 
-    def _ended(self) -> None:
-        if self.closed is None:
-            self.closed = CloseReason(_ABNORMAL, "the link ended without a close frame")
-        self._peer_closed.set()
+    async def _received(self, data: bytes | bytearray) -> None:
+        """Feed *data* to the protocol and act on what came of it."""
+        self._protocol.receive_data(data)
+        await self._handle(self._protocol.events_received())
 
-    def _received(self, data: bytes | bytearray) -> bytes:
-        """Feed *data* to wsproto and act on its events; returns the control frames
-        to send in answer (pongs, the close reply)."""
-        ws = self._ws
-        reply = b""
-        try:
-            ws.receive_data(bytes(data))
-        except LocalProtocolError:  # closed already: nothing more is read
-            self._ended()
-            return reply
-        for event in ws.events():
-            kind = type(event)
-            if kind is BytesMessage or kind is TextMessage:
-                assert isinstance(event, Message)
-                if self._peer_closed.is_set():
-                    continue  # what follows a refused message is not read
-                payload: bytes | str = event.data
-                if event.message_finished and not self._parts:
-                    size = len(payload)
-                    if size > self.max_message_size:
-                        reply += self._fail(_TOO_BIG, f"message of {size} bytes over {self.max_message_size}")
-                        continue
-                    self._messages.append(payload)
-                    continue
-                self._size += len(payload)
-                if self._size > self.max_message_size:
+    async def _handle(self, events: list[Frame | Request | Response]) -> None:
+        """Queue whole messages, send what the protocol answers (pongs, close
+        frames), and see whether the websocket has closed."""
+        protocol = self._protocol
+        for frame in events:
+            opcode = frame.opcode  # type: ignore[union-attr]  # after the handshake, only frames
+            if opcode is _BINARY or opcode is _TEXT:
+                assert isinstance(frame, Frame)
+                if frame.fin:
+                    payload = bytes(frame.data)
+                    self._messages.append(payload if opcode is _BINARY else payload.decode())
+                else:
+                    self._parts = [bytes(frame.data)]
+                    self._text = opcode is _TEXT
+            elif opcode is _CONT:
+                assert isinstance(frame, Frame)
+                self._parts.append(bytes(frame.data))
+                if frame.fin:
+                    whole = b"".join(self._parts)
                     self._parts = []
-                    reply += self._fail(_TOO_BIG, f"message over {self.max_message_size} bytes")
-                    continue
-                self._parts.append(payload)
-                if event.message_finished:
-                    parts, self._parts, self._size = self._parts, [], 0
-                    self._messages.append(b"".join(parts) if kind is BytesMessage else "".join(parts))  # type: ignore[arg-type]
-            elif kind is Ping:
-                assert isinstance(event, Ping)
-                if ws.state is ConnectionState.OPEN:
-                    reply += ws.send(event.response())
-            elif kind is CloseConnection:
-                assert isinstance(event, CloseConnection)
-                reply += self._on_close(event)
-        return reply
+                    self._messages.append(whole.decode() if self._text else whole)
+        writes = protocol.data_to_send()
+        if protocol.close_rcvd is not None or protocol.parser_exc is not None or protocol.state is _CLOSED:
+            # the peer's close (answered), or a frame the protocol refused: 1002,
+            # 1007 bad UTF-8, 1009 over the size limit (its close frame is in writes)
+            self._end(self._close_reason())
+        if writes:
+            await self._write(writes)
 
-    def _on_close(self, event: CloseConnection) -> bytes:
-        ws = self._ws
-        if ws.state is ConnectionState.OPEN:
-            # wsproto reports a frame it cannot parse as a close while still open:
-            # fail the connection with that code (1002, 1007 for bad UTF-8, ...)
-            return self._fail(event.code, event.reason or "")
+    def _close_reason(self) -> CloseReason:
+        protocol = self._protocol
+        close = protocol.close_rcvd
+        if close is not None and protocol.close_rcvd_then_sent is not False:
+            return CloseReason(int(close.code), close.reason)  # the peer closed first
+        sent = protocol.close_sent
+        if sent is not None:
+            return CloseReason(int(sent.code), sent.reason)
+        return CloseReason(_ABNORMAL, "the link ended without a close frame")
+
+    def _end(self, reason: CloseReason) -> None:
         if self.closed is None or self.closed.code == _ABNORMAL:
-            self.closed = CloseReason(event.code, event.reason or "")
-        self._peer_closed.set()
-        if ws.state is ConnectionState.REMOTE_CLOSING:
-            return ws.send(event.response())
-        return b""
+            self.closed = reason
+        self._ended.set()
 
-    def _fail(self, code: int, reason: str) -> bytes:
-        """Close with *code* now, reading nothing more; the close frame to send."""
-        if self.closed is None:
-            self.closed = CloseReason(code, reason)
-        self._peer_closed.set()
-        self._parts, self._size = [], 0
-        if self._ws.state is ConnectionState.OPEN:
-            return self._ws.send(CloseConnection(code=code, reason=reason[:120]))
-        return b""
-
-    async def _send_control(self, data: bytes) -> None:
+    async def _write(self, writes: list[bytes]) -> None:
+        """Send control frames (an empty write, end of stream, is left to aclose)."""
+        data = b"".join(writes)
+        if not data:
+            return
         try:
             if self.stream.write_nowait(data) is None:
                 await self.stream.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-            self._ended()
+            self._end(CloseReason(_ABNORMAL, "the link broke"))
 
     # -- sending -------------------------------------------------------------------
     def encode(self, data: bytes) -> bytes:
         """The frame of one binary message carrying *data*. Raises
-        :class:`LocalProtocolError` once the websocket is closing."""
-        if self._ws.state is not ConnectionState.OPEN or self._peer_closed.is_set():
-            raise LocalProtocolError("the websocket is closing")
-        return self._ws.send(BytesMessage(data=data))
+        :class:`WebsocketClosing` once the websocket is closing."""
+        protocol = self._protocol
+        if protocol.state is not _OPEN or self._ended.is_set():
+            raise WebsocketClosing("the websocket is closing")
+        protocol.send_binary(data)
+        writes = protocol.data_to_send()
+        return writes[0] if len(writes) == 1 else b"".join(writes)
 
     async def send_message(self, data: bytes) -> None:
-        """Send *data* as one binary message. Raises :class:`LocalProtocolError` once
+        """Send *data* as one binary message. Raises :class:`WebsocketClosing` once
         the websocket is closing, and the stream's errors when the link breaks."""
-        frame = self.encode(data)
-        await self.stream.send_all(frame)
+        await self.stream.send_all(self.encode(data))
 
     # -- closing -------------------------------------------------------------------
     async def aclose(self, code: int = _NORMAL, reason: str = "") -> None:
         """Send a close frame with *code* (if none was sent), wait a little for the
         peer's (when no other task is receiving), and close the stream."""
+        protocol = self._protocol
         try:
             with trio.move_on_after(_CLOSE_GRACE) as scope:
                 scope.shield = True
-                if self._peer_closed.is_set():
+                if self._ended.is_set():
                     return  # closed from the other side, failed, or the link ended
-                if self._ws.state is ConnectionState.OPEN:
+                if protocol.state is _OPEN:
                     if self.closed is None:
                         self.closed = CloseReason(code, reason)
-                    await self.stream.send_all(self._ws.send(CloseConnection(code=code, reason=reason[:120])))
+                    protocol.send_close(code, reason)
+                    await self.stream.send_all(b"".join(protocol.data_to_send()))
                 if self._receiving:
-                    await self._peer_closed.wait()
+                    await self._ended.wait()
                 else:
-                    while not self._peer_closed.is_set():
-                        await self.receive_message()  # messages after our close are dropped
-                        self._messages.clear()
+                    while await self.receive_message() is not None:
+                        pass  # messages after our close are dropped
         except (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError, OSError):
             pass
         finally:
@@ -249,54 +233,39 @@ class WebsocketConnection:
 
 async def accept_websocket(stream: NowaitWriter, *, max_message_size: int) -> WebsocketConnection:
     """Read the HTTP upgrade request from *stream* and accept it (any path, no
-    subprotocol, no extension). A request that is not a websocket upgrade is answered
-    with an HTTP error status (426 Upgrade Required without the upgrade headers, 400
-    for a malformed one) and :class:`HandshakeFailed` raised; the caller closes the
-    stream and bounds the time."""
-    handshake = H11Handshake(ConnectionType.SERVER)
+    subprotocol, no extension). A request that is not a websocket upgrade is
+    answered with an HTTP error status (426 Upgrade Required without the upgrade
+    headers, 400 for a malformed one, 431 past 64 KiB) and :class:`HandshakeFailed`
+    raised; the caller closes the stream and bounds the time."""
+    protocol = ServerProtocol(max_size=max_message_size)
     seen = 0
-    while True:
+    request: Request | None = None
+    while request is None:
         data = await stream.receive_some(_RECEIVE_SIZE)
         if not data:
             raise HandshakeFailed("the peer closed before its upgrade request")
         seen += len(data)
-        try:
-            handshake.receive_data(bytes(data))
-            request = next((e for e in handshake.events() if isinstance(e, Request)), None)
-        except RemoteProtocolError as exc:
-            await _refuse(stream, exc)
-            raise HandshakeFailed(f"not a websocket upgrade: {exc}") from None
-        if request is not None:
-            break
-        if seen > _MAX_UPGRADE:
-            await _send_status(stream, 431, "Request Header Fields Too Large", "upgrade request too large")
+        protocol.receive_data(data)
+        request = next((e for e in protocol.events_received() if isinstance(e, Request)), None)
+        if request is None and protocol.handshake_exc is not None:
+            await _send_status(stream, protocol.reject(400, f"Bad Request: {protocol.handshake_exc}\n"))
+            raise HandshakeFailed(f"not an HTTP request: {protocol.handshake_exc}")
+        if request is None and seen > _MAX_UPGRADE:
+            await _send_status(stream, protocol.reject(431, "upgrade request too large\n"))
             raise HandshakeFailed("upgrade request too large")
-    await stream.send_all(handshake.send(AcceptConnection()))
-    connection = handshake.connection
-    assert connection is not None
-    return WebsocketConnection(stream, connection, max_message_size=max_message_size)
+    response = protocol.accept(request)
+    protocol.send_response(response)
+    await stream.send_all(b"".join(protocol.data_to_send()))
+    if protocol.state is not _OPEN:
+        raise HandshakeFailed(f"not a websocket upgrade: HTTP {response.status_code}: {protocol.handshake_exc}")
+    return WebsocketConnection(stream, protocol)
 
 
-async def _refuse(stream: NowaitWriter, exc: RemoteProtocolError) -> None:
-    hint = exc.event_hint
-    status = hint.status_code if isinstance(hint, RejectConnection) else 400
-    if "upgrade" in str(exc).lower():
-        await _send_status(stream, 426, "Upgrade Required", f"this endpoint speaks websocket only: {exc}")
-    elif status == 426:
-        await _send_status(stream, 426, "Upgrade Required", str(exc))
-    else:
-        await _send_status(stream, 400, "Bad Request", str(exc))
-
-
-async def _send_status(stream: NowaitWriter, status: int, phrase: str, text: str) -> None:
-    body = (text + "\n").encode()
-    upgrade = b"upgrade: websocket\r\nsec-websocket-version: 13\r\n" if status == 426 else b""
-    head = (
-        f"HTTP/1.1 {status} {phrase}\r\ncontent-type: text/plain; charset=utf-8\r\nconnection: close\r\n"
-        f"content-length: {len(body)}\r\n"
-    ).encode()
+async def _send_status(stream: NowaitWriter, response: Response) -> None:
+    head = f"HTTP/1.1 {response.status_code} {response.reason_phrase}\r\n"
+    headers = "".join(f"{name}: {value}\r\n" for name, value in response.headers.raw_items())
     try:
-        await stream.send_all(head + upgrade + b"\r\n" + body)
+        await stream.send_all((head + headers + "\r\n").encode() + (response.body or b""))
     except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
         pass
 
@@ -304,28 +273,28 @@ async def _send_status(stream: NowaitWriter, status: int, phrase: str, text: str
 async def connect_websocket(
     stream: NowaitWriter, host: str, path: str = "/", *, max_message_size: int
 ) -> WebsocketConnection:
-    """Send the HTTP upgrade request for *path* on *host* over *stream* and wait
-    for the 101; :class:`HandshakeFailed` if the server refuses (naming its status)."""
-    handshake = H11Handshake(ConnectionType.CLIENT)
-    await stream.send_all(handshake.send(Request(host=host, target=path)))
+    """Send the HTTP upgrade request for *path* on *host* (``host[:port]``) over
+    *stream* and wait for the 101; :class:`HandshakeFailed` if the server refuses
+    (naming its status) or answers something else."""
+    protocol = ClientProtocol(parse_uri(f"ws://{host}{path}"), max_size=max_message_size)
+    protocol.send_request(protocol.connect())
+    await stream.send_all(b"".join(protocol.data_to_send()))
     seen = 0
     while True:
         data = await stream.receive_some(_RECEIVE_SIZE)
         if not data:
             raise HandshakeFailed("the server closed during the websocket handshake")
         seen += len(data)
-        try:
-            handshake.receive_data(bytes(data))
-            for event in handshake.events():
-                if isinstance(event, AcceptConnection):
-                    connection = handshake.connection
-                    assert connection is not None
-                    return WebsocketConnection(stream, connection, max_message_size=max_message_size)
-                if isinstance(event, RejectConnection):
+        protocol.receive_data(data)
+        events = protocol.events_received()
+        for index, event in enumerate(events):
+            if isinstance(event, Response):
+                if protocol.state is not _OPEN:
                     raise HandshakeFailed(f"websocket upgrade refused: HTTP {event.status_code}")
-                if isinstance(event, RejectData):  # pragma: no cover (after RejectConnection)
-                    continue
-        except RemoteProtocolError as exc:
-            raise HandshakeFailed(f"bad websocket handshake answer: {exc}") from None
+                connection = WebsocketConnection(stream, protocol)
+                await connection._handle(events[index + 1 :])  # frames that came with the 101
+                return connection
+        if protocol.handshake_exc is not None:
+            raise HandshakeFailed(f"bad websocket handshake answer: {protocol.handshake_exc}")
         if seen > _MAX_UPGRADE:
             raise HandshakeFailed("websocket handshake answer too large")

@@ -125,8 +125,8 @@ class FrameGuard(NowaitWriter):
     async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
         if self._refused:
             raise trio.BrokenResourceError("frame over the size limit")
-        data = await self.stream.receive_some(max_bytes)
-        if data and self._too_big(bytes(data)):
+        data = await super().receive_some(max_bytes)
+        if data and self._too_big(data if type(data) is bytes else bytes(data)):
             self._refused = True
             async with self._send_lock:
                 with trio.move_on_after(1.0), _suppress_broken():

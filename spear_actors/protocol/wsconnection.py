@@ -166,6 +166,9 @@ class WebsocketConnection:
     def _close_reason(self) -> CloseReason:
         protocol = self._protocol
         close = protocol.close_rcvd
+        if protocol.parser_exc is not None and protocol.close_sent is not None:
+            close = protocol.close_sent  # we failed the connection (1002, 1007, 1009)
+            return CloseReason(int(close.code), close.reason)
         if close is not None and protocol.close_rcvd_then_sent is not False:
             return CloseReason(int(close.code), close.reason)  # the peer closed first
         sent = protocol.close_sent

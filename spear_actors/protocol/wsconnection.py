@@ -243,13 +243,18 @@ async def accept_websocket(stream: NowaitWriter, *, max_message_size: int) -> We
     protocol = ServerProtocol(max_size=max_message_size)
     seen = 0
     request: Request | None = None
+    early: list[Frame | Request | Response] = []  # frames that came with the request
     while request is None:
         data = await stream.receive_some(_RECEIVE_SIZE)
         if not data:
             raise HandshakeFailed("the peer closed before its upgrade request")
         seen += len(data)
         protocol.receive_data(data)
-        request = next((e for e in protocol.events_received() if isinstance(e, Request)), None)
+        events = protocol.events_received()
+        for index, event in enumerate(events):
+            if isinstance(event, Request):
+                request, early = event, events[index + 1 :]
+                break
         if request is None and protocol.handshake_exc is not None:
             await _send_status(stream, protocol.reject(400, f"Bad Request: {protocol.handshake_exc}\n"))
             raise HandshakeFailed(f"not an HTTP request: {protocol.handshake_exc}")
@@ -261,7 +266,10 @@ async def accept_websocket(stream: NowaitWriter, *, max_message_size: int) -> We
     await stream.send_all(b"".join(protocol.data_to_send()))
     if protocol.state is not _OPEN:
         raise HandshakeFailed(f"not a websocket upgrade: HTTP {response.status_code}: {protocol.handshake_exc}")
-    return WebsocketConnection(stream, protocol)
+    connection = WebsocketConnection(stream, protocol)
+    if early:
+        await connection._handle(early)
+    return connection
 
 
 async def _send_status(stream: NowaitWriter, response: Response) -> None:

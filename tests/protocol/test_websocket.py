@@ -344,3 +344,21 @@ async def test_closing_leaves_no_socket_open() -> None:
                 await transport.send_bodies([b"x"])
                 assert await transport.receive_body() == b"x"
     assert open_sockets() == before
+
+
+async def test_a_message_sent_with_the_upgrade_request_is_not_lost() -> None:
+    async with ws_server() as endpoint:
+        stream = await trio.open_tcp_stream("127.0.0.1", endpoint.port)
+        async with stream:
+            client = Connection(ConnectionType.CLIENT)
+            await stream.send_all(UPGRADE + client.send(BytesMessage(data=b"early")))
+            received = b""
+            with trio.fail_after(PROMPTLY):
+                while b"\r\n\r\n" not in received:
+                    received += await stream.receive_some()
+                head, _, rest = received.partition(b"\r\n\r\n")
+                client.receive_data(rest)
+                while not (events := list(client.events())):
+                    client.receive_data(await stream.receive_some())
+        assert head.startswith(b"HTTP/1.1 101")
+        assert isinstance(events[0], BytesMessage) and events[0].data == b"early"

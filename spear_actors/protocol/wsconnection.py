@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import logging
 from typing import Final
 
 import trio
@@ -55,6 +56,12 @@ _TEXT: Final = Opcode.TEXT
 _CONT: Final = Opcode.CONT
 _OPEN: Final = State.OPEN
 _CLOSED: Final = State.CLOSED
+
+
+_LOG: Final = logging.getLogger("spear_actors.protocol.websocket")
+# Never DEBUG, whatever the root logger's level: at DEBUG the websockets library
+# logs every frame's bytes (tokens, call arguments) and the upgrade's headers.
+_LOG.setLevel(logging.INFO)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -240,7 +247,7 @@ async def accept_websocket(stream: NowaitWriter, *, max_message_size: int) -> We
     answered with an HTTP error status (426 Upgrade Required without the upgrade
     headers, 400 for a malformed one, 431 past 64 KiB) and :class:`HandshakeFailed`
     raised; the caller closes the stream and bounds the time."""
-    protocol = ServerProtocol(max_size=max_message_size)
+    protocol = ServerProtocol(max_size=max_message_size, logger=_LOG)
     seen = 0
     request: Request | None = None
     early: list[Frame | Request | Response] = []  # frames that came with the request
@@ -287,7 +294,7 @@ async def connect_websocket(
     """Send the HTTP upgrade request for *path* on *host* (``host[:port]``) over
     *stream* and wait for the 101; :class:`HandshakeFailed` if the server refuses
     (naming its status) or answers something else."""
-    protocol = ClientProtocol(parse_uri(f"ws://{host}{path}"), max_size=max_message_size)
+    protocol = ClientProtocol(parse_uri(f"ws://{host}{path}"), max_size=max_message_size, logger=_LOG)
     protocol.send_request(protocol.connect())
     await stream.send_all(b"".join(protocol.data_to_send()))
     seen = 0

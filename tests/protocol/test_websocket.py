@@ -4,6 +4,7 @@ goes away mid-message, TLS, and HTTP requests that are not a websocket upgrade."
 
 from __future__ import annotations
 
+import logging
 import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -362,3 +363,13 @@ async def test_a_message_sent_with_the_upgrade_request_is_not_lost() -> None:
                     client.receive_data(await stream.receive_some())
         assert head.startswith(b"HTTP/1.1 101")
         assert isinstance(events[0], BytesMessage) and events[0].data == b"early"
+
+
+async def test_message_bytes_never_reach_a_log_line(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    async with ws_server() as endpoint, open_transport(endpoint) as transport:
+        await transport.send_bodies([b"token=s3cr3t"])
+        assert await transport.receive_body() == b"token=s3cr3t"
+    for record in caplog.records:
+        assert "s3cr3t" not in record.getMessage() + repr(record.args), record.getMessage()
+        assert "73 33 63 72" not in record.getMessage(), record.getMessage()  # nor as hex

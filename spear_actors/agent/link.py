@@ -45,8 +45,11 @@ class AgentLink:
 
     def __init__(self, sock: socket.socket) -> None:
         self._sock = sock
-        self.lock = threading.Condition()
-        """Guards the core and the send queue; notified when credit or room arrives."""
+        self.lock = threading.RLock()
+        """Guards the core and the send queue (held with ``with``: a C-level lock,
+        cheaper than entering the condition, which is Python code)."""
+        self.changed = threading.Condition(self.lock)
+        """Notified (under :attr:`lock`) when credit or room arrives, or the link closes."""
         self.core: ProtocolCore | None = None
         self._queue: deque[bytes] = deque()
         self._queued_bytes = 0
@@ -164,23 +167,23 @@ class AgentLink:
         with self.lock:
             if self.core is None or self.closed:
                 return
-            self._enqueue(produce(self.core))
+            self.enqueue(produce(self.core))
 
     def send_waiting(self, produce: Callable[[ProtocolCore], bytes | None]) -> None:
         """Like :meth:`send`, but first wait while more than 4 MiB is queued (stream
         items from a fast generator: the node reading slowly holds it back)."""
         with self.lock:
             while self._queued_bytes > _HIGH_WATER and not self.closed:
-                self.lock.wait()
+                self.changed.wait()
             if self.core is None or self.closed:
                 return
-            self._enqueue(produce(self.core))
+            self.enqueue(produce(self.core))
 
-    def _enqueue(self, body: bytes | None) -> None:
-        """Send *body* from this thread when nothing is queued or being written and
+    def enqueue(self, body: bytes | None) -> None:
+        """Send *body* (made by the core, or None: nothing) from this thread when nothing is queued or being written and
         the socket takes it without waiting (the common case: no hand-off to the
         writer thread); otherwise, or for the rest of a frame the socket did not
-        take, queue it for the writer. Called under the lock, so bodies keep the
+        take, queue it for the writer. Call under the lock, so bodies keep the
         core's order; never waits, so the reader never stops reading to write."""
         if body is None:
             return
@@ -195,27 +198,27 @@ class AgentLink:
             frame = frame[sent:]
         self._queue.append(frame)
         self._queued_bytes += len(frame)
-        self.lock.notify_all()
+        self.changed.notify_all()
 
     def _flush_core(self) -> None:
         assert self.core is not None
         for body in self.core.data_to_send():
-            self._enqueue(body)
+            self.enqueue(body)
 
     def _writer(self) -> None:
         sock = self._sock
-        lock = self.lock
+        changed = self.changed
         while True:
-            with lock:
+            with self.lock:
                 while not self._queue and not self.closed:
-                    lock.wait()
+                    changed.wait()
                 if self.closed:
                     return
                 bodies = list(self._queue)
                 self._queue.clear()
                 self._queued_bytes = 0
                 self._write_started = time.monotonic()
-                lock.notify_all()  # room for senders waiting on the high-water mark
+                changed.notify_all()  # room for senders waiting on the high-water mark
             try:
                 sock.sendall(b"".join(bodies))
             except OSError:
@@ -272,7 +275,7 @@ class AgentLink:
         """Stop every thread and close the socket."""
         with self.lock:
             self.closed = True
-            self.lock.notify_all()
+            self.changed.notify_all()
         try:
             self._sock.close()
         except OSError:

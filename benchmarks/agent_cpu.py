@@ -31,6 +31,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,7 @@ sys.path.insert(0, str(HERE))
 
 SDK_AGENT = ROOT / "examples" / "hello_agent.py"
 PAYLOAD = {"a": 1, "b": "x" * 32}
+WAITS = {"<built-in method time.sleep>", "<method 'acquire' of '_thread.lock' objects>"}
 PROFILE_ENV = "SPEAR_AGENT_PROFILE"
 """When set (to a path), the SDK agent started here runs under cProfile and dumps its
 stats there when it exits (see :func:`run_profiled_agent`)."""
@@ -167,7 +169,9 @@ def summary(label: str, values: list[float], unit: str = "") -> str:
     return f"{label} {statistics.median(values):.2f}{unit} [{min(values):.2f}-{max(values):.2f}]"
 
 
-async def main(n: int, rounds: int, profile: bool) -> None:
+async def main(n: int, rounds: int, profile: bool, sdk_tree: Path | None) -> None:
+    import contextlib
+
     import trio
 
     from spear_actors.model import ArtifactSpec
@@ -176,60 +180,77 @@ async def main(n: int, rounds: int, profile: bool) -> None:
 
     print(f"python {sys.version.split()[0]}, trio {trio.__version__}; n={n} sequential calls, {rounds} rounds")
     runtime = ProcessRuntime(f"unix://{tempfile.mkdtemp()}/agents.sock")
-    sdk_spec = InstanceSpec("sdk", "t", "t", ArtifactSpec(location=str(SDK_AGENT)), SDK_AGENT)
-    bare_spec = InstanceSpec(
-        "bare", "t", "t", ArtifactSpec(location=str(SELF), config={"args": ["--bare-agent"]}), SELF
-    )
+    specs = {
+        "SDK": InstanceSpec("sdk", "t", "t", ArtifactSpec(location=str(SDK_AGENT)), SDK_AGENT),
+        "bare": InstanceSpec(
+            "bare", "t", "t", ArtifactSpec(location=str(SELF), config={"args": ["--bare-agent"]}), SELF
+        ),
+    }
+    if sdk_tree is not None:  # the SDK of another tree (a `git archive`), its own example agent
+        agent = sdk_tree / "examples" / "hello_agent.py"
+        config = {"env": {"PYTHONPATH": str(sdk_tree)}}
+        specs["old SDK"] = InstanceSpec("old", "t", "t", ArtifactSpec(location=str(agent), config=config), agent)
     call = Call("x", "echo", PAYLOAD)
-
-    def caller(instance: Any) -> Callable[[], Awaitable[Any]]:
-        return lambda: instance.execute(call, None, lambda line: None)
-
-    results: dict[str, list[Figures]] = {"sdk": [], "bare": []}
+    results: dict[str, list[Figures]] = {name: [] for name in specs}
     async with trio.open_nursery() as nursery:
         await nursery.start(runtime.run)
-        async with runtime.open_instance(sdk_spec) as sdk, runtime.open_instance(bare_spec) as bare:
-            agents = {"sdk": (caller(sdk), sdk.describe()["pid"]), "bare": (caller(bare), bare.describe()["pid"])}
+        async with contextlib.AsyncExitStack() as stack:
+            agents = {}
+            for name, spec in specs.items():
+                instance = await stack.enter_async_context(runtime.open_instance(spec))
+                agents[name] = (partial(instance.execute, call, None, lambda line: None), instance.describe()["pid"])
+            names = list(agents)
+            others = [name for name in names if name != "bare"]
             print(
-                f"{'round':>5}  {'SDK µs':>7} {'bare µs':>7} {'ratio':>6}"
-                "   node µs SDK/bare   p50 µs SDK/bare   p99 µs SDK/bare"
+                f"{'round':>5}  "
+                + " ".join(f"{name + ' µs':>10}" for name in names)
+                + "  "
+                + " ".join(f"{name + '/bare':>12}" for name in others)
+                + "   node µs    p50 µs    p99 µs  ("
+                + " / ".join(names)
+                + ")"
             )
             for i in range(rounds):
-                order = ["sdk", "bare"] if i % 2 == 0 else ["bare", "sdk"]
-                for name in order:
+                for name in names[i % len(names) :] + names[: i % len(names)]:  # who goes first rotates
                     results[name].append(await measure(*agents[name], n))
-                s, b = results["sdk"][-1], results["bare"][-1]
+                last = {name: results[name][-1] for name in names}
                 print(
-                    f"{i + 1:>5}  {s.agent_us:7.1f} {b.agent_us:7.1f} {s.agent_us / b.agent_us:5.2f}x"
-                    f"   {s.node_us:7.1f} / {b.node_us:<7.1f}  {s.p50_us:6.1f} / {b.p50_us:<7.1f}"
-                    f"  {s.p99_us:6.1f} / {b.p99_us:<7.1f}"
+                    f"{i + 1:>5}  "
+                    + " ".join(f"{last[name].agent_us:10.1f}" for name in names)
+                    + "  "
+                    + " ".join(f"{last[name].agent_us / last['bare'].agent_us:11.2f}x" for name in others)
+                    + "   "
+                    + " / ".join(f"{last[name].node_us:.1f}" for name in names)
+                    + "   "
+                    + " / ".join(f"{last[name].p50_us:.1f}" for name in names)
+                    + "   "
+                    + " / ".join(f"{last[name].p99_us:.1f}" for name in names)
                 )
         if profile:
             await profile_sdk(runtime, call, n)
         nursery.cancel_scope.cancel()
-    sdk, bare = results["sdk"], results["bare"]
-    ratios = [s.agent_us / b.agent_us for s, b in zip(sdk, bare, strict=True)]
     by_thread = "; ".join(
-        ", ".join(f"{us:.2f}" for us in sorted(figures.threads_us.values(), reverse=True) if us >= 0.005)
-        for figures in sdk
+        ", ".join(f"{figures.threads_us[tid]:.2f}" for tid in sorted(figures.threads_us, key=int))
+        for figures in results["SDK"]
     )
-    print(f"SDK agent CPU µs per call by thread, each round: {by_thread}")
+    print(f"SDK agent CPU µs per call by thread in the order they started (reader, writer, heartbeat, watchdog, ...), each round: {by_thread}")
     print("median [range] over the rounds:")
-    print(
-        "  agent CPU µs per call: "
-        + summary("SDK", [f.agent_us for f in sdk])
-        + ", "
-        + summary("bare", [f.agent_us for f in bare])
-    )
-    print("  " + summary("SDK / bare", ratios, "x") + "  (issue 15's target: ≤ 1.3x)")
-    print(
-        "  node CPU µs per call: "
-        + summary("SDK", [f.node_us for f in sdk])
-        + ", "
-        + summary("bare", [f.node_us for f in bare])
-    )
-    print("  p50 µs: " + summary("SDK", [f.p50_us for f in sdk]) + ", " + summary("bare", [f.p50_us for f in bare]))
-    print("  p99 µs: " + summary("SDK", [f.p99_us for f in sdk]) + ", " + summary("bare", [f.p99_us for f in bare]))
+    for name, figures in results.items():
+        print(
+            f"  {name:>7}: agent CPU µs per call "
+            + summary("", [f.agent_us for f in figures])
+            + ", node CPU µs per call"
+            + summary("", [f.node_us for f in figures])
+            + ", p50 µs"
+            + summary("", [f.p50_us for f in figures])
+            + ", p99 µs"
+            + summary("", [f.p99_us for f in figures])
+        )
+    for name in results:
+        if name != "bare":
+            ratios = [a.agent_us / b.agent_us for a, b in zip(results[name], results["bare"], strict=True)]
+            target = "  (issue 15's target: ≤ 1.3x)" if name == "SDK" else ""
+            print("  " + summary(f"{name} / bare, agent CPU:", ratios, "x") + target)
 
 
 async def profile_sdk(runtime: Any, call: Any, n: int) -> None:
@@ -256,6 +277,8 @@ async def profile_sdk(runtime: Any, call: Any, n: int) -> None:
     total = sum(row[1][2] for row in rows)
     print(f"\ncProfile of the SDK agent (thread CPU time, all threads): {total / n * 1e6:.1f} µs per call profiled")
     print(f"  {'own µs/call':>11} {'calls/call':>10}  function")
+    print("  (waits in progress at the dump, e.g. time.sleep and lock acquire, read as nonsense: left out)")
+    rows = [row for row in rows if row[0][2] not in WAITS]
     for (filename, line, function), (_, ncalls, tottime, _, _) in rows[:30]:
         where = filename.split("/spear_actors/", 1)[-1].split("/lib/python3", 1)[-1]
         print(f"  {tottime / n * 1e6:11.2f} {ncalls / n:10.2f}  {where}:{line}({function})")
@@ -268,6 +291,9 @@ if __name__ == "__main__":
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="n=1000")
     parser.add_argument("--profile", action="store_true", help="then profile the SDK agent")
+    parser.add_argument(
+        "--sdk-tree", type=Path, help="also measure the SDK of this source tree (e.g. a `git archive` of a commit)"
+    )
     parser.add_argument("--bare-agent", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--profiled-agent", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -279,4 +305,4 @@ if __name__ == "__main__":
         import trio
 
         quick = args.quick or bool(os.environ.get("BENCH_QUICK") or os.environ.get("SPEAR_BENCH_QUICK"))
-        trio.run(main, 1000 if quick else args.n, args.rounds, args.profile)
+        trio.run(main, 1000 if quick else args.n, args.rounds, args.profile, args.sdk_tree)

@@ -234,7 +234,7 @@ class Agent:
             self._wake_watchdog()
         token = current.set(state)
         try:
-            outcome = _call(fn, args)
+            outcome = fn(**args) if type(args) is dict else _call(fn, args)
             if type(outcome) is types.GeneratorType:  # a generator called in unary mode
                 outcome = list(outcome)
         except BaseException as exc:

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 
 __all__ = ["AgentLink", "dial"]
 
+
 _RECEIVE_SIZE = 65536  # not more: see protocol/transports.py
 _HIGH_WATER = 4 * 1024 * 1024
 
@@ -57,6 +58,7 @@ class AgentLink:
         self.closed = False
         self._on_event: Callable[[Event], None] | None = None
         self._reader_epoch = 0  # which thread reads: see hand_over_reading
+        self._events: deque[Event] = deque()  # read, not yet handed on: see _read
         self._ended = threading.Event()
 
     # -- the handshake -------------------------------------------------------------
@@ -119,38 +121,51 @@ class AgentLink:
 
     def _read(self, epoch: int) -> bool:
         """Read and hand events on while this thread is the reader (*epoch*).
-        True when the link ended here; False once another thread took over."""
+        True when the link ended here; False once another thread took over.
+
+        What one read brings is turned into events under one lock round and handed
+        on in order from :attr:`_events`. Only the reader touches that queue, and a
+        hand-over happens only while the reader runs a function inline (between two
+        events, with the events it has not handed on yet still in the queue): so
+        the successor hands those on first, and the epoch, which changes only
+        then, is read without the lock after each event."""
         core = self.core
         assert core is not None
         on_event = self._on_event
         assert on_event is not None
         sock = self._sock
+        lock = self.lock
+        events = self._events
         data: bytes | None = None
         try:
             while True:
-                with self.lock:  # once per read and once per event
+                with lock:  # once per read
                     if data is not None:
                         core.receive_data(data, time.monotonic())
-                        data = None
+                    while (event := core.next_event()) is not None:
+                        events.append(event)
+                    if core.has_data_to_send:
+                        self._flush_core()
+                    if not events and core.close_reason is not None:  # closed by the heartbeat thread
+                        break
+                closed: ConnectionClosed | None = None
+                while events:
+                    event = events.popleft()
+                    if type(event) is ConnectionClosed:
+                        closed = event
+                        break
+                    on_event(event)
                     if self._reader_epoch != epoch:
                         return False
-                    event = core.next_event()
-                    if event is None:
-                        if core.closed:  # closed by the heartbeat thread
-                            break
-                        self._flush_core()
-                if event is None:
-                    try:
-                        data = sock.recv(_RECEIVE_SIZE)
-                    except OSError:
-                        data = b""
-                    continue
-                if isinstance(event, ConnectionClosed):
-                    if event.error.code != ErrorCode.UNAVAILABLE:
-                        print(f"spear agent: node reported {event.error}", file=sys.stderr)
+                if closed is not None:
+                    if closed.error.code != ErrorCode.UNAVAILABLE:
+                        print(f"spear agent: node reported {closed.error}", file=sys.stderr)
                     self._last_words()
                     break
-                on_event(event)
+                try:
+                    data = sock.recv(_RECEIVE_SIZE)
+                except OSError:
+                    data = b""
         except BaseException:
             self._end()
             raise

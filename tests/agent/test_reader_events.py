@@ -85,7 +85,7 @@ async def test_pings_are_answered_while_a_function_runs_on_the_reader_thread(tmp
 
 
 async def test_answers_from_the_reader_and_workers_keep_frames_and_order(tmp_path: Path) -> None:
-    streams = range(1, 7)  # generators: each runs in a worker thread
+    streams = range(1, 21)  # generators: each runs in a worker thread
     echoes = range(100, 400)  # plain functions: answered by the reader thread
     pings = frozenset(i for i in echoes if i % 50 == 0)
     async with hand_node(tmp_path) as node:
@@ -98,10 +98,13 @@ async def test_answers_from_the_reader_and_workers_keep_frames_and_order(tmp_pat
         with trio.fail_after(60):
             terminal, seen = await answers_until(node, set(streams) | set(echoes), pings)
     items: dict[int, list[int]] = {i: [] for i in streams}
+    ended: set[int] = set()
     for message in seen:
         if isinstance(message, StreamItem):
-            assert message.id not in terminal or seen.index(terminal[message.id]) > seen.index(message)
+            assert message.id not in ended, "an item after its stream's end"
             items[message.id].append(message.data)
+        elif isinstance(message, StreamEnd):
+            ended.add(message.id)
     for i in streams:
         assert items[i] == list(range(300))
         end = terminal[i]

@@ -5,8 +5,9 @@
 Both agents are warm process instances of one ``ProcessRuntime`` in this process (the
 node's side of the agent link, no actors, no gateway); each round sends *n* sequential
 ``execute`` calls of ``echo`` (payload ``{"a": 1, "b": "x" * 32}``) to the SDK agent
-(``examples/hello_agent.py``) and then *n* to the bare agent, alternating which goes
-first. The **bare protocol agent** is this file run with ``--bare-agent``: one thread,
+(``examples/hello_agent.py``) and *n* to the bare agent, 250 to one then 250 to the
+other (who goes first rotates between rounds), so that the load of other work on the
+machine falls on both alike. The **bare protocol agent** is this file run with ``--bare-agent``: one thread,
 the same :class:`~spear_actors.protocol.core.ProtocolCore` as the SDK, a blocking
 socket, every answer written inline by the thread that read the request — the least
 an agent speaking the protocol can do per call.
@@ -44,6 +45,8 @@ sys.path.insert(0, str(HERE))
 SDK_AGENT = ROOT / "examples" / "hello_agent.py"
 PAYLOAD = {"a": 1, "b": "x" * 32}
 WAITS = {"<built-in method time.sleep>", "<method 'acquire' of '_thread.lock' objects>"}
+CHUNK = 250
+"""Calls to one agent before the next takes its turn, within a round."""
 PROFILE_ENV = "SPEAR_AGENT_PROFILE"
 """When set (to a path), the SDK agent started here runs under cProfile and dumps its
 stats there when it exits (see :func:`run_profiled_agent`)."""
@@ -150,19 +153,31 @@ class Figures:
         self.p99_us = p99_us
 
 
-async def measure(call: Callable[[], Awaitable[Any]], pid: int, n: int) -> Figures:
+async def measure_round(agents: dict[str, tuple[Callable[[], Awaitable[Any]], int]], n: int) -> dict[str, Figures]:
+    """*n* calls to each agent, in chunks of :data:`CHUNK` taking turns (so a change in
+    the machine's load falls on all of them alike), after a warm-up."""
     from _timing import p50_p99, timed_calls
 
-    for _ in range(min(200, n // 10)):  # warm-up, outside the CPU window
-        await call()
-    threads_before, node_before = agent_threads_cpu(pid), time.process_time()
-    samples = await timed_calls(call, n, warm_up=0)
-    threads_after, node_cpu = agent_threads_cpu(pid), time.process_time() - node_before
-    threads_us: dict[str, float] = {}
-    for thread, seconds in threads_after.items():
-        threads_us[thread] = (seconds - threads_before.get(thread, 0.0)) / n * 1e6
-    p50, p99 = p50_p99(samples)
-    return Figures(sum(threads_us.values()), node_cpu / n * 1e6, p50 * 1e6, p99 * 1e6, threads_us)
+    samples: dict[str, list[float]] = {name: [] for name in agents}
+    threads_s: dict[str, dict[str, float]] = {name: {} for name in agents}
+    node_s = dict.fromkeys(agents, 0.0)
+    for call, _ in agents.values():
+        for _ in range(min(200, n // 10)):
+            await call()
+    for start in range(0, n, CHUNK):
+        for name, (call, pid) in agents.items():
+            threads_before, node_before = agent_threads_cpu(pid), time.process_time()
+            samples[name] += await timed_calls(call, min(CHUNK, n - start), warm_up=0)
+            threads_after, node_s[name] = agent_threads_cpu(pid), node_s[name] + time.process_time() - node_before
+            for thread, seconds in threads_after.items():
+                used = seconds - threads_before.get(thread, 0.0)
+                threads_s[name][thread] = threads_s[name].get(thread, 0.0) + used
+    figures = {}
+    for name in agents:
+        threads_us = {thread: seconds / n * 1e6 for thread, seconds in threads_s[name].items()}
+        p50, p99 = p50_p99(samples[name])
+        figures[name] = Figures(sum(threads_us.values()), node_s[name] / n * 1e6, p50 * 1e6, p99 * 1e6, threads_us)
+    return figures
 
 
 def summary(label: str, values: list[float], unit: str = "") -> str:
@@ -211,8 +226,10 @@ async def main(n: int, rounds: int, profile: bool, sdk_tree: Path | None) -> Non
                 + ")"
             )
             for i in range(rounds):
-                for name in names[i % len(names) :] + names[: i % len(names)]:  # who goes first rotates
-                    results[name].append(await measure(*agents[name], n))
+                order = names[i % len(names) :] + names[: i % len(names)]  # who goes first rotates
+                figures = await measure_round({name: agents[name] for name in order}, n)
+                for name in names:
+                    results[name].append(figures[name])
                 last = {name: results[name][-1] for name in names}
                 print(
                     f"{i + 1:>5}  "
@@ -229,11 +246,13 @@ async def main(n: int, rounds: int, profile: bool, sdk_tree: Path | None) -> Non
         if profile:
             await profile_sdk(runtime, call, n)
         nursery.cancel_scope.cancel()
-    by_thread = "; ".join(
-        ", ".join(f"{figures.threads_us[tid]:.2f}" for tid in sorted(figures.threads_us, key=int))
-        for figures in results["SDK"]
-    )
-    print(f"SDK agent CPU µs per call by thread in the order they started (reader, writer, heartbeat, watchdog, ...), each round: {by_thread}")
+    print("agent CPU µs per call by thread, in the order they started (SDK: reader, writer, heartbeat, watchdog):")
+    for name, rounds_figures in results.items():
+        by_thread = "; ".join(
+            ", ".join(f"{figures.threads_us[tid]:.2f}" for tid in sorted(figures.threads_us, key=int))
+            for figures in rounds_figures
+        )
+        print(f"  {name:>7}, each round: {by_thread}")
     print("median [range] over the rounds:")
     for name, figures in results.items():
         print(

@@ -1,0 +1,180 @@
+"""The external instance mode in one process, on trio's mock clock: agents that dial
+the node's real agent listener with a secret it issued (issue 17)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+
+from spear_actors.config import TaskDeclaration
+from spear_actors.errors import ErrorCode, SpearError
+from spear_actors.model import ArtifactSpec
+from spear_actors.node import open_node
+
+from ..conftest import agent_spec, fast_config
+from .external_helpers import EXTERNAL, dialled_agent, external_config, instances, task_id_of, until_instances
+
+
+async def test_an_agent_that_dials_in_serves_the_task_and_its_secret_is_good_once(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    async with open_node(external_config(tmp_path)) as node:
+        accepted = await node.invoke("add", [1, 2], task_name="ext", artifact_spec=EXTERNAL, execution_mode="ASYNC")
+        await until_instances(node, "ext", "CREATING")  # min_instances 1: one waits for an agent
+        issued = await node.issue_agent_secret("ext", ttl=60)
+        assert issued["env"] == {"SERVICE_ADDR": issued["agent_addr"], "SECRET": issued["secret"]}
+        assert issued["agent_addr"] == node.config.agent_listen
+        async with dialled_agent(issued["agent_addr"], issued["secret"]):
+            done = await node.wait_execution(accepted["execution_id"], timeout=10)
+            assert (done["status"], done["result"]) == ("COMPLETED", 3)
+            response = await node.invoke("add", [20, 22], task_name="ext")
+            assert (response["result"], response["logs"]) == (42, ["adding"])
+            async with node.stream("count", [3], task_name="ext") as items:
+                assert [item async for item in items] == [0, 1, 2]
+            assert items.response is not None and items.response["result"] == {"counted": 3}
+            with pytest.raises(SpearError, match="unknown or already used agent secret") as reused:
+                async with dialled_agent(issued["agent_addr"], issued["secret"]):
+                    pass
+            assert reused.value.code is ErrorCode.UNAUTHENTICATED
+            with pytest.raises(SpearError, match="unknown or already used") as wrong:
+                async with dialled_agent(issued["agent_addr"], "not-" + issued["secret"]):
+                    pass
+            assert wrong.value.code is ErrorCode.UNAUTHENTICATED
+            assert (await node.invoke("add", [1, 1], task_name="ext"))["result"] == 2  # still served
+
+
+async def test_a_secret_past_its_ttl_is_refused(tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    async with open_node(external_config(tmp_path)) as node:
+        await node.invoke("add", [1, 2], task_name="ext", artifact_spec=EXTERNAL, execution_mode="ASYNC")
+        issued = await node.issue_agent_secret("ext", ttl=30)
+        await trio.sleep(31)
+        with pytest.raises(SpearError, match="agent secret expired") as expired:
+            async with dialled_agent(issued["agent_addr"], issued["secret"]):
+                pass
+        assert expired.value.code is ErrorCode.UNAUTHENTICATED
+        default = await node.issue_agent_secret("ext")  # the policy's default TTL: 600 s
+        assert default["ttl_s"] == 600
+        await trio.sleep(599)
+        async with dialled_agent(default["agent_addr"], default["secret"]):
+            assert (await node.invoke("add", [2, 2], task_name="ext"))["result"] == 4
+
+
+async def test_calls_wait_for_an_agent_until_their_deadline(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    async with open_node(external_config(tmp_path)) as node:
+        start = trio.current_time()
+        with pytest.raises(SpearError, match="no instance of task 'ext' was free before the deadline") as late:
+            await node.invoke("add", [1, 2], task_name="ext", artifact_spec=EXTERNAL, context={"timeout_ms": 5000})
+        assert late.value.code is ErrorCode.DEADLINE_EXCEEDED
+        assert trio.current_time() - start >= 5
+        [waiting] = await instances(node, "ext")
+        assert waiting["status"] == "CREATING"  # still waiting: a later agent serves later calls
+
+        served = trio.Event()
+
+        async def call_later() -> None:
+            assert (await node.invoke("add", [3, 4], task_name="ext"))["result"] == 7
+            served.set()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(call_later)
+            await trio.sleep(20)  # the call waits (default deadline 30 s) while no agent is there
+            assert (await node.get_task(await task_id_of(node, "ext")))["pending"] == 1
+            issued = await node.issue_agent_secret("ext")
+            async with dialled_agent(issued["agent_addr"], issued["secret"]):
+                await served.wait()
+
+
+async def test_a_lost_agent_fails_its_call_and_the_next_agent_replaces_it(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    async with open_node(external_config(tmp_path)) as node:
+        await node.invoke("add", [0, 0], task_name="ext", artifact_spec=EXTERNAL, execution_mode="ASYNC")
+        first = await node.issue_agent_secret("ext")
+        async with dialled_agent(first["agent_addr"], first["secret"]) as link:
+            await until_instances(node, "ext", "READY")
+            accepted = await node.invoke("sleep", [100], task_name="ext", execution_mode="ASYNC")
+            await until_instances(node, "ext", "RUNNING")
+            await link.aclose("agent killed")
+        failed = await node.wait_execution(accepted["execution_id"], timeout=10)
+        assert failed["status"] == "FAILED"
+        assert failed["error"]["code"] == "INSTANCE_FAILED"
+        assert "agent connection lost" in failed["error"]["message"]
+        await until_instances(node, "ext", "CREATING")  # the replacement waits for a new agent
+        second = await node.issue_agent_secret("ext")
+        async with dialled_agent(second["agent_addr"], second["secret"]):
+            assert (await node.invoke("add", [5, 5], task_name="ext"))["result"] == 10
+
+
+async def test_an_agent_no_instance_takes_waits_in_the_lobby_until_its_secret_expires(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    async with open_node(external_config(tmp_path)) as node:
+        policy = {"max_instances": 1}
+        await node.invoke("add", [0, 0], task_name="ext", artifact_spec=EXTERNAL, policy=policy, execution_mode="ASYNC")
+        serving = await node.issue_agent_secret("ext")
+        standby = await node.issue_agent_secret("ext", ttl=100)
+        async with dialled_agent(serving["agent_addr"], serving["secret"]) as first:
+            await until_instances(node, "ext", "READY")
+            async with dialled_agent(standby["agent_addr"], standby["secret"]) as second:
+                # The task has its one instance: the second agent waits, connected.
+                await trio.sleep(50)
+                assert not second.closed
+                await first.aclose("gone")
+                # ... and takes over at once when the first one goes.
+                await until_instances(node, "ext", "READY")
+                assert (await node.invoke("add", [1, 1], task_name="ext"))["result"] == 2
+                assert not second.closed
+        late = await node.issue_agent_secret("ext", ttl=100)
+        extra = await node.issue_agent_secret("ext", ttl=100)
+        async with (
+            dialled_agent(late["agent_addr"], late["secret"]),
+            dialled_agent(extra["agent_addr"], extra["secret"]) as unused,
+        ):
+            await until_instances(node, "ext", "READY")
+            start = trio.current_time()
+            await unused.wait_closed()  # told goodbye when its secret expires
+            assert trio.current_time() - start >= 90
+            assert unused.close_reason is not None
+            assert "before its secret expired" in unused.close_reason.message
+
+
+async def test_secrets_are_bounded_per_task_and_in_time(tmp_path: Path) -> None:
+    config = external_config(
+        tmp_path, external_max_secrets_per_task=2, external_secret_ttl_s=60.0, external_secret_max_ttl_s=120.0
+    )
+    async with open_node(config) as node:
+        await node.invoke("add", [0, 0], task_name="ext", artifact_spec=EXTERNAL, execution_mode="ASYNC")
+        with pytest.raises(SpearError, match="above external_secret_max_ttl_s 120") as too_long:
+            await node.issue_agent_secret("ext", ttl=121)
+        assert too_long.value.code is ErrorCode.PERMISSION_DENIED
+        await node.issue_agent_secret("ext", ttl=120)
+        await node.issue_agent_secret("ext")
+        with pytest.raises(SpearError, match="has 2 agent secrets outstanding") as full:
+            await node.issue_agent_secret("ext")
+        assert full.value.code is ErrorCode.RESOURCE_EXHAUSTED
+        assert full.value.details == {"outstanding": 2, "limit": 2}
+
+
+async def test_only_external_tasks_get_secrets_and_only_a_listed_runtime_makes_them(tmp_path: Path) -> None:
+    async with open_node(external_config(tmp_path)) as node:
+        with pytest.raises(SpearError, match="no task has the id or name 'nothing'") as unknown:
+            await node.issue_agent_secret("nothing")
+        assert unknown.value.code is ErrorCode.NOT_FOUND
+        await node.invoke("add", [1, 2], task_name="local", artifact_spec=agent_spec())
+        with pytest.raises(SpearError, match="task local is not external") as local:
+            await node.issue_agent_secret("local")
+        assert local.value.code is ErrorCode.FAILED_PRECONDITION
+    # The default policy: clients may not make external tasks; the operator's config may.
+    config = fast_config(tmp_path, store="memory")
+    config.tasks = [TaskDeclaration("sensor", ArtifactSpec.from_dict(EXTERNAL))]
+    async with open_node(config) as node:
+        with pytest.raises(SpearError, match="artifact_type 'external' is not one of") as refused:
+            await node.invoke("add", [1, 2], task_name="ext", artifact_spec=EXTERNAL)
+        assert refused.value.code is ErrorCode.PERMISSION_DENIED
+        issued = await node.issue_agent_secret("sensor")
+        assert issued["task_name"] == "sensor"

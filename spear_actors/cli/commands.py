@@ -199,9 +199,9 @@ def _load_json(text: str, what: str) -> Any:
 def _artifact_spec(args: argparse.Namespace) -> dict[str, Any]:
     location: str = args.artifact
     path = Path(location)
-    if "://" not in location:
-        location = str(path.resolve())
     kind = args.artifact_type or ("wasm" if path.suffix in (".wasm", ".wat") else "process")
+    if "://" not in location and kind != "external":  # (an external task's location only describes it)
+        location = str(path.resolve())
     spec: dict[str, Any] = {"location": location, "artifact_type": kind}
     if args.checksum:
         spec["checksum"] = args.checksum

@@ -178,3 +178,27 @@ async def test_only_external_tasks_get_secrets_and_only_a_listed_runtime_makes_t
         assert refused.value.code is ErrorCode.PERMISSION_DENIED
         issued = await node.issue_agent_secret("sensor")
         assert issued["task_name"] == "sensor"
+
+
+async def test_deleting_an_external_task_says_goodbye_to_its_agent(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    async with open_node(external_config(tmp_path)) as node:
+        await node.invoke("add", [0, 0], task_name="ext", artifact_spec=EXTERNAL, execution_mode="ASYNC")
+        issued = await node.issue_agent_secret("ext")
+        unused = await node.issue_agent_secret("ext")
+        async with dialled_agent(issued["agent_addr"], issued["secret"]) as link:
+            await until_instances(node, "ext", "READY")
+            assert (await node.delete_task(await task_id_of(node, "ext")))["deleted"]
+            with trio.fail_after(5):
+                await link.wait_closed()
+            assert link.close_reason is not None and "instance stopping" in link.close_reason.message
+        # A new task of that name is another task: the old task's secrets are not its own.
+        await node.invoke("add", [0, 0], task_name="ext", artifact_spec=EXTERNAL, execution_mode="ASYNC")
+        async with dialled_agent(unused["agent_addr"], unused["secret"]) as stray:
+            await trio.sleep(30)
+            assert [i["status"] for i in await instances(node, "ext")] == ["CREATING"]
+            await stray.wait_closed()  # told goodbye when the secret expires
+        fresh = await node.issue_agent_secret("ext")
+        async with dialled_agent(fresh["agent_addr"], fresh["secret"]):
+            assert (await node.invoke("add", [4, 4], task_name="ext"))["result"] == 8

@@ -202,3 +202,24 @@ async def test_deleting_an_external_task_says_goodbye_to_its_agent(
         fresh = await node.issue_agent_secret("ext")
         async with dialled_agent(fresh["agent_addr"], fresh["secret"]):
             assert (await node.invoke("add", [4, 4], task_name="ext"))["result"] == 8
+
+
+async def test_an_external_task_outlives_a_restart_and_secrets_name_the_advertised_address(tmp_path: Path) -> None:
+    config = external_config(tmp_path, agent_advertise="ws://agents.example:7600")
+    config.store = "sqlite"
+    async with open_node(config) as node:
+        await node.invoke("add", [0, 0], task_name="ext", artifact_spec=EXTERNAL, execution_mode="ASYNC")
+        before = await node.issue_agent_secret("ext")
+    assert before["agent_addr"] == "ws://agents.example:7600"
+    async with open_node(config) as node:
+        again = await node.issue_agent_secret("ext")  # the task was kept; old secrets were not
+        assert again["task_id"] == before["task_id"]
+        with pytest.raises(SpearError, match="unknown or already used"):
+            async with dialled_agent(node.config.agent_listen or "", before["secret"]):
+                pass
+        async with dialled_agent(node.config.agent_listen or "", again["secret"]):
+            assert (await node.invoke("add", [6, 7], task_name="ext"))["result"] == 13
+    with pytest.raises(SpearError, match="scheme must be") as bad:
+        async with open_node(external_config(tmp_path, agent_advertise="carrier-pigeon://x")):
+            pass
+    assert bad.value.code is ErrorCode.INVALID_ARGUMENT

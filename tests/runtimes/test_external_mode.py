@@ -13,8 +13,9 @@ from spear_actors.config import TaskDeclaration
 from spear_actors.errors import ErrorCode, SpearError
 from spear_actors.model import ArtifactSpec
 from spear_actors.node import open_node
+from spear_actors.protocol.connection import Connection
 
-from ..conftest import agent_spec, fast_config
+from ..conftest import agent_spec, fast_config, live_tasks
 from .external_helpers import EXTERNAL, dialled_agent, external_config, instances, task_id_of, until_instances
 
 
@@ -223,3 +224,29 @@ async def test_an_external_task_outlives_a_restart_and_secrets_name_the_advertis
         async with open_node(external_config(tmp_path, agent_advertise="carrier-pigeon://x")):
             pass
     assert bad.value.code is ErrorCode.INVALID_ARGUMENT
+
+
+async def test_the_node_stopping_closes_every_external_connection(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    tasks_before = live_tasks()
+
+    async def agent(address: str, secret: str, *, task_status: trio.TaskStatus[Connection]) -> None:
+        async with dialled_agent(address, secret) as link:
+            task_status.started(link)
+            await link.wait_closed()
+
+    async with trio.open_nursery() as agents:  # outside the node: they outlive it
+        async with open_node(external_config(tmp_path)) as node:
+            policy = {"max_instances": 1}
+            await node.invoke(
+                "add", [0, 0], task_name="ext", artifact_spec=EXTERNAL, policy=policy, execution_mode="ASYNC"
+            )
+            serving, standby = [await node.issue_agent_secret("ext") for _ in range(2)]
+            links = [await agents.start(agent, issued["agent_addr"], issued["secret"]) for issued in (serving, standby)]
+            await until_instances(node, "ext", "READY")
+            assert not any(link.closed for link in links)  # one instance, one agent in the lobby
+        with trio.fail_after(5):
+            for link in links:
+                await link.wait_closed()
+    assert live_tasks() - tasks_before == set()

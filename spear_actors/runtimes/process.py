@@ -14,6 +14,7 @@ import collections
 import dataclasses
 import hashlib
 import logging
+import math
 import os
 import secrets
 import shlex
@@ -48,6 +49,8 @@ __all__ = ["AgentDoor", "AgentServe", "ProcessRuntime", "agent_command"]
 log = logging.getLogger(__name__)
 
 _STDERR_TAIL_LINES: Final = 20
+MAX_AGENT_HANDSHAKES: Final = 128
+"""Agent connections at most between accept and welcome; more are closed at once."""
 
 
 def agent_command(spec: InstanceSpec) -> tuple[list[str], str | None, dict[str, str]]:
@@ -147,6 +150,9 @@ class ProcessRuntime(Runtime):
         )
         # sha256(secret) → arrival; looked up by digest so no secret is compared by hand.
         self._arrivals: dict[bytes, _Arrival] = {}
+        self._greeting = 0
+        """Agent connections that have not finished their handshake."""
+        self._flood_logged = -math.inf
         self.doors: list[AgentDoor] = []
         """Other ways in for agents the node did not spawn (the external runtime)."""
         self._address: str | None = None
@@ -196,6 +202,17 @@ class ProcessRuntime(Runtime):
         return arrival
 
     async def _serve_agent(self, transport: Transport) -> None:
+        if self._greeting >= MAX_AGENT_HANDSHAKES:
+            # A flood of connections that never say hello (the listener may face a
+            # network, for external agents): closed at once, not held for the timeout.
+            now = trio.current_time()
+            if now - self._flood_logged >= 10:
+                self._flood_logged = now
+                log.warning("agent listener: %d handshakes in progress; refusing more", self._greeting)
+            await transport.aclose()
+            return
+        self._greeting += 1
+        greeting = True
         try:
             async with accept_connection(
                 transport,
@@ -203,6 +220,8 @@ class ProcessRuntime(Runtime):
                 config=self._connection_config,
                 welcome=Welcome(role="node", peer_id=self.node_id),
             ) as connection:
+                self._greeting -= 1
+                greeting = False
                 arrival = connection.identity
                 if not isinstance(arrival, _Arrival):  # came in through a door
                     await arrival(connection)
@@ -212,6 +231,9 @@ class ProcessRuntime(Runtime):
                 await connection.wait_closed()
         except SpearError as exc:
             log.info("agent connection on %s refused or failed: %s", transport.description, exc)
+        finally:
+            if greeting:
+                self._greeting -= 1
 
     @asynccontextmanager
     async def open_instance(self, spec: InstanceSpec) -> AsyncIterator[RuntimeInstance]:

@@ -14,6 +14,7 @@ from spear_actors.errors import ErrorCode, SpearError
 from spear_actors.model import ArtifactSpec
 from spear_actors.node import open_node
 from spear_actors.protocol.connection import Connection
+from spear_actors.runtimes.process import MAX_AGENT_HANDSHAKES
 
 from ..conftest import agent_spec, fast_config, live_tasks
 from .external_helpers import EXTERNAL, dialled_agent, external_config, instances, task_id_of, until_instances
@@ -250,3 +251,33 @@ async def test_the_node_stopping_closes_every_external_connection(
             for link in links:
                 await link.wait_closed()
     assert live_tasks() - tasks_before == set()
+
+
+async def test_connections_that_never_say_hello_cannot_hold_the_agent_listener(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    async with open_node(external_config(tmp_path)) as node:
+        await node.invoke("add", [0, 0], task_name="ext", artifact_spec=EXTERNAL, execution_mode="ASYNC")
+        issued = await node.issue_agent_secret("ext")
+        path = issued["agent_addr"].removeprefix("unix://")
+        silent = [await trio.open_unix_socket(path) for _ in range(MAX_AGENT_HANDSHAKES)]
+        try:
+            extra = await trio.open_unix_socket(path)
+            with trio.fail_after(1):
+                await _until_closed(extra)  # closed at once, not held
+            await extra.aclose()
+            await trio.sleep(11)  # the silent ones reach the handshake timeout and are closed
+            for stream in silent:
+                with trio.fail_after(1):
+                    await _until_closed(stream)
+        finally:
+            for stream in silent:
+                await stream.aclose()
+        async with dialled_agent(issued["agent_addr"], issued["secret"]):
+            assert (await node.invoke("add", [1, 1], task_name="ext"))["result"] == 2
+
+
+async def _until_closed(stream: trio.SocketStream) -> None:
+    """Read (and drop: a refusal, a goodbye) until the peer closes."""
+    while await stream.receive_some():
+        pass

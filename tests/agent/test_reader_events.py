@@ -7,7 +7,9 @@ the node played by hand):
 * pings are answered while a function runs on the reader thread;
 * answers written by the reader and by worker threads at the same time keep their
   frames whole and their order (items of a stream in sequence, one terminal answer
-  per call).
+  per call);
+* a function sees its own call's context, logs and cancel flag, never the previous
+  call's, on the reader thread as on the asyncio loop.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from spear_actors.errors import ErrorCode
 from spear_actors.protocol.messages import Cancel, Error, Message, Ping, Pong, Request, Response, StreamEnd, StreamItem
 
 from .agent_processes import HandNode, hand_node
+
+CONTEXT_AGENT = Path(__file__).resolve().parent / "context_agent.py"
 
 
 def execute(request_id: int, function: str, params: object = None, window: int | None = None) -> Request:
@@ -114,3 +118,34 @@ async def test_answers_from_the_reader_and_workers_keep_frames_and_order(tmp_pat
         assert isinstance(answer, Response)
         assert answer.result == {"value": {"i": i, "pad": "p" * (i % 7) * 100}, "logs": []}
     assert sorted(message.seq for message in seen if isinstance(message, Pong)) == sorted(pings)
+
+
+async def test_each_call_sees_its_own_context_logs_and_cancel_flag(tmp_path: Path) -> None:
+    def call(request_id: int, function: str) -> Request:
+        params = {
+            "function": function,
+            "params": [f"line {request_id}"],
+            "execution_id": f"exec-{request_id}",
+            "environment": {"N": str(request_id)},
+            "headers": {"h": request_id},
+        }
+        return Request(request_id, "execute", params)
+
+    async with hand_node(tmp_path, CONTEXT_AGENT) as node:
+        for request_id, function in [(1, "note"), (2, "note"), (3, "anote"), (4, "note")]:
+            await node.send(call(request_id, function))
+            with trio.fail_after(30):
+                terminal, _ = await answers_until(node, {request_id})
+            answer = terminal[request_id]
+            assert isinstance(answer, Response)
+            assert answer.result == {
+                "value": {
+                    "context": {
+                        "execution_id": f"exec-{request_id}",
+                        "environment": {"N": str(request_id)},
+                        "headers": {"h": request_id},
+                    },
+                    "cancelled": False,
+                },
+                "logs": [f"line {request_id}"],
+            }

@@ -36,7 +36,6 @@ if TYPE_CHECKING:
 
 __all__ = ["AgentLink", "dial"]
 
-
 _RECEIVE_SIZE = 65536  # not more: see protocol/transports.py
 _HIGH_WATER = 4 * 1024 * 1024
 
@@ -195,11 +194,12 @@ class AgentLink:
             self.enqueue(produce(self.core))
 
     def enqueue(self, body: bytes | None) -> None:
-        """Send *body* (made by the core, or None: nothing) from this thread when nothing is queued or being written and
-        the socket takes it without waiting (the common case: no hand-off to the
-        writer thread); otherwise, or for the rest of a frame the socket did not
-        take, queue it for the writer. Call under the lock, so bodies keep the
-        core's order; never waits, so the reader never stops reading to write."""
+        """Send *body* (made by the core; None: nothing) from this thread when
+        nothing is queued or being written and the socket takes it without waiting
+        (the common case: no hand-off to the writer thread); otherwise, or for the
+        rest of a frame the socket did not take, queue it for the writer. Call under
+        the lock, so bodies keep the core's order; never waits, so the reader never
+        stops reading to write."""
         if body is None:
             return
         frame = encode_frame(body)

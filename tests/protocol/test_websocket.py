@@ -373,3 +373,16 @@ async def test_message_bytes_never_reach_a_log_line(caplog: pytest.LogCaptureFix
     for record in caplog.records:
         assert "s3cr3t" not in record.getMessage() + repr(record.args), record.getMessage()
         assert "73 33 63 72" not in record.getMessage(), record.getMessage()  # nor as hex
+
+
+async def test_an_upgrade_request_with_too_many_headers_is_refused() -> None:
+    headers = b"".join(b"X-Padding-%04d: %s\r\n" % (i, b"p" * 20) for i in range(200))
+    async with ws_server() as endpoint:
+        stream = await trio.open_tcp_stream("127.0.0.1", endpoint.port)
+        async with stream:
+            await stream.send_all(UPGRADE[:-2] + headers + b"\r\n")
+            answer = b""
+            with trio.fail_after(PROMPTLY):
+                while data := await stream.receive_some():
+                    answer += data
+        assert answer.startswith(b"HTTP/1.1 400"), answer[:100]

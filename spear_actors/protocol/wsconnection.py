@@ -27,6 +27,7 @@ from typing import Final
 
 import trio
 from websockets.client import ClientProtocol
+from websockets.exceptions import WebSocketException
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Request, Response
 from websockets.protocol import Protocol, State
@@ -46,6 +47,7 @@ __all__ = [
 
 _NORMAL: Final = 1000
 _ABNORMAL: Final = 1006  # never sent: no close frame was received
+_INVALID_DATA: Final = 1007
 _RECEIVE_SIZE: Final = 64 * 1024  # see streams.py: above this, glibc maps each buffer
 _MAX_UPGRADE: Final = 64 * 1024
 """The most bytes of HTTP an upgrade request or response may take."""
@@ -100,6 +102,7 @@ class WebsocketConnection:
         self._parts: list[bytes] = []  # a fragmented message so far
         self._text = False  # ... and whether it is text
         self._receiving = False
+        self._failed = False  # we failed the connection ourselves (1007)
         self._ended = trio.Event()  # nothing more will be read
 
     # -- receiving -----------------------------------------------------------------
@@ -151,7 +154,10 @@ class WebsocketConnection:
                 assert isinstance(frame, Frame)
                 if frame.fin:
                     payload = bytes(frame.data)
-                    self._messages.append(payload if opcode is _BINARY else payload.decode())
+                    if opcode is _BINARY:
+                        self._messages.append(payload)
+                    elif not self._append_text(payload):
+                        break
                 else:
                     self._parts = [bytes(frame.data)]
                     self._text = opcode is _TEXT
@@ -161,14 +167,33 @@ class WebsocketConnection:
                 if frame.fin:
                     whole = b"".join(self._parts)
                     self._parts = []
-                    self._messages.append(whole.decode() if self._text else whole)
+                    if not self._text:
+                        self._messages.append(whole)
+                    elif not self._append_text(whole):
+                        break
         writes = protocol.data_to_send()
-        if protocol.close_rcvd is not None or protocol.parser_exc is not None or protocol.state is _CLOSED:
+        if (
+            protocol.close_rcvd is not None
+            or protocol.parser_exc is not None
+            or protocol.state is _CLOSED
+            or self._failed
+        ):
             # the peer's close (answered), or a frame the protocol refused: 1002,
             # 1007 bad UTF-8, 1009 over the size limit (its close frame is in writes)
             self._end(self._close_reason())
         if writes:
             await self._write(writes)
+
+    def _append_text(self, payload: bytes) -> bool:
+        """Queue a text message; False (and the websocket failed with 1007) if it is
+        not UTF-8 (the protocol core leaves that check to its caller)."""
+        try:
+            self._messages.append(payload.decode())
+        except UnicodeDecodeError:
+            self._protocol.fail(_INVALID_DATA, "invalid UTF-8 in a text message")
+            self._failed = True
+            return False
+        return True
 
     def _close_reason(self) -> CloseReason:
         protocol = self._protocol
@@ -220,6 +245,7 @@ class WebsocketConnection:
         """Send a close frame with *code* (if none was sent), wait a little for the
         peer's (when no other task is receiving), and close the stream."""
         protocol = self._protocol
+        reason = reason.encode()[:120].decode(errors="ignore")  # a close frame carries 123 bytes at most
         try:
             with trio.move_on_after(_CLOSE_GRACE) as scope:
                 scope.shield = True
@@ -236,6 +262,8 @@ class WebsocketConnection:
                     while await self.receive_message() is not None:
                         pass  # messages after our close are dropped
         except (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError, OSError):
+            pass
+        except WebSocketException:  # a close code that may not be sent (1005, 1006): no close frame
             pass
         finally:
             await trio.aclose_forcefully(self.stream)

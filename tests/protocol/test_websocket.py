@@ -274,12 +274,15 @@ async def test_messages_arrive_whole_however_frames_and_reads_are_cut(
                 rest = rest[cut:]
                 await trio.sleep(0)
             await client_side.send_all(rest)
+            await client_side.send_eof()
 
         with trio.fail_after(PROMPTLY):
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(write)
                 ws = await serve_websocket_stream(server_side, 1 << 20)
                 received = [await ws.receive_message() for _ in messages]
+                # read to the end, so that closing leaves nothing unread (no reset)
+                assert await ws.receive_message() is None
         assert received == messages
         await trio.aclose_forcefully(ws.stream)  # the pongs went as the pings came
         pongs = Connection(ConnectionType.CLIENT)
@@ -386,3 +389,14 @@ async def test_an_upgrade_request_with_too_many_headers_is_refused() -> None:
                 while data := await stream.receive_some():
                     answer += data
         assert answer.startswith(b"HTTP/1.1 400"), answer[:100]
+
+
+async def test_a_text_message_that_is_not_utf8_closes_with_1007() -> None:
+    async with ws_server() as endpoint:
+        peer = await RawPeer.connect(endpoint.port)
+        async with peer.stream:
+            with trio.fail_after(PROMPTLY):
+                # a masked text frame (mask 0: the payload as is) carrying \xff\xfe
+                await peer.stream.send_all(b"\x81\x82\x00\x00\x00\x00\xff\xfe")
+                event = await peer.next_event()
+        assert isinstance(event, CloseConnection) and event.code == 1007, event

@@ -21,6 +21,7 @@ import trio
 from ..errors import ErrorCode, SpearError
 from ..protocol.framing import DEFAULT_MAX_FRAME_SIZE
 from ..protocol.messages import Error, encode_message
+from ..protocol.tlssocket import TlsSocketStream
 from ..protocol.transports import (
     Endpoint,
     Transport,
@@ -168,7 +169,12 @@ async def _connection(
     description = f"{endpoint} ({peer})"
     inner: trio.abc.Stream = stream
     if ssl_context is not None:
-        inner = trio.SSLStream(stream, ssl_context, server_side=True, https_compatible=endpoint.scheme == "wss")
+        # wss: TLS whose writes need not wait (tlssocket.py); tls: trio's
+        inner = (
+            TlsSocketStream(stream, ssl_context, server_side=True)
+            if endpoint.scheme == "wss"
+            else trio.SSLStream(stream, ssl_context, server_side=True)
+        )
     try:
         if endpoint.scheme not in ("ws", "wss"):
             # stream_transport: the socket's fast paths (and the hello size cap) come

@@ -16,6 +16,7 @@ import trio
 from ..errors import ErrorCode, SpearError
 from .endpoints import Endpoint, _host, _reason
 from .framing import ProtocolError
+from .tlssocket import TlsSocketStream
 from .transport_base import Transport, TransportHandler, _lost, _run_handler
 from .wsconnection import HandshakeFailed, WebsocketClosing, WebsocketConnection, accept_websocket, connect_websocket
 from .wsguard import FrameGuard, NowaitWriter
@@ -144,7 +145,7 @@ async def open_websocket_transport(
             tcp = await trio.open_tcp_stream(endpoint.host, endpoint.port)
             stream: trio.abc.Stream = tcp
             if ssl_context is not None:
-                tls = trio.SSLStream(tcp, ssl_context, server_hostname=endpoint.host, https_compatible=True)
+                tls = TlsSocketStream(tcp, ssl_context, server_hostname=endpoint.host)
                 try:
                     await tls.do_handshake()
                 except BaseException:
@@ -169,13 +170,14 @@ async def serve_websocket_stream(
     handshake_timeout: float = WS_HANDSHAKE_TIMEOUT,
 ) -> WebsocketConnection:
     """The server's side of a websocket on an accepted *stream* (TLS handshake
-    first, if it is a ``trio.SSLStream``; then the HTTP upgrade), behind a
+    first, if it is a :class:`~.tlssocket.TlsSocketStream` or a ``trio.SSLStream``;
+    then the HTTP upgrade), behind a
     :class:`FrameGuard` (an oversized frame is refused from its header, 1009).
     Raises :class:`HandshakeFailed`, ``trio.TooSlowError`` (after
     *handshake_timeout*), ``trio.BrokenResourceError`` or :class:`OSError`; the
     caller closes *stream* then."""
     with trio.fail_after(handshake_timeout):
-        if isinstance(stream, trio.SSLStream):
+        if isinstance(stream, (TlsSocketStream, trio.SSLStream)):
             await stream.do_handshake()
         return await accept_websocket(FrameGuard(stream, max_frame_size), max_message_size=max_frame_size)
 
@@ -191,7 +193,7 @@ async def _serve_websocket(
         tcp.setsockopt(stdlib_socket.IPPROTO_TCP, stdlib_socket.TCP_NODELAY, 1)
         stream: trio.abc.Stream = tcp
         if ssl_context is not None:
-            stream = trio.SSLStream(tcp, ssl_context, server_side=True, https_compatible=True)
+            stream = TlsSocketStream(tcp, ssl_context, server_side=True)
         try:
             ws = await serve_websocket_stream(stream, max_frame_size)
         except (HandshakeFailed, trio.TooSlowError, trio.BrokenResourceError, OSError):

@@ -13,7 +13,9 @@ Its base, :class:`NowaitWriter` (alone under a client connection), lets the
 connection write a message without waiting (``WebsocketTransport.send_nowait``): a
 non-blocking write when no send is under way, whose unwritten rest goes first on the
 next send, so the answer to a request leaves from the task that made it instead of
-waking the connection's writer task for every message.
+waking the connection's writer task for every message. Over ``wss://`` the stream is
+a :class:`~.tlssocket.TlsSocketStream`, which encrypts at once and keeps the
+ciphertext's order itself; the writer hands such writes to it.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ import os
 from typing import Final
 
 import trio
+
+from .tlssocket import TlsSocketStream
 
 __all__ = ["FrameGuard", "GuardedListener", "NowaitWriter"]
 
@@ -66,9 +70,12 @@ class NowaitWriter(trio.abc.Stream):
         way); True: all of it went; False: the socket took part, and the rest goes
         first on the next :meth:`send_all` or :meth:`flush`, so bytes keep their order.
         Raises :class:`OSError` when the socket is broken."""
-        socket_stream = self.stream
-        if not self.can_write_now or not isinstance(socket_stream, trio.SocketStream):
+        if not self.can_write_now:
             return None
+        socket_stream = self.stream
+        if not isinstance(socket_stream, trio.SocketStream):
+            assert isinstance(socket_stream, TlsSocketStream)
+            return socket_stream.write_nowait(data)
         fd = socket_stream.socket.fileno()
         if fd == -1:
             raise OSError("the socket is closed")
@@ -83,16 +90,19 @@ class NowaitWriter(trio.abc.Stream):
 
     @property
     def can_write_now(self) -> bool:
-        """Whether :meth:`write_nowait` would write (a socket, nothing pending or
-        being sent)."""
-        return not (self._pending or self._refused or self._send_lock.locked()) and isinstance(
-            self.stream, trio.SocketStream
-        )
+        """Whether :meth:`write_nowait` would write (a socket or a
+        :class:`TlsSocketStream`, nothing pending or being sent)."""
+        if self._pending or self._refused or self._send_lock.locked():
+            return False
+        stream = self.stream
+        return isinstance(stream, trio.SocketStream) or (isinstance(stream, TlsSocketStream) and stream.can_write_now)
 
     async def flush(self) -> None:
         """Send what a partial :meth:`write_nowait` left."""
         async with self._send_lock:
             await self._send_pending()
+            if isinstance(self.stream, TlsSocketStream):
+                await self.stream.flush()
 
     async def _send_pending(self) -> None:
         if self._pending:

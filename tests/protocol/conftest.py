@@ -1,4 +1,5 @@
-"""Every connection test runs once per transport: TCP (port 0), unix socket, websocket."""
+"""Every connection test runs once per transport: TCP (port 0), unix socket, websocket,
+websocket over TLS (peers.py holds its certificate)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import trustme
 from spear_actors.protocol.transports import server_ssl_context
 
 
-@pytest.fixture(params=["tcp", "unix", "ws"])
+@pytest.fixture(params=["tcp", "unix", "ws", "wss"])
 def url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
     scheme: str = request.param
     if scheme == "unix":

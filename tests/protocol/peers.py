@@ -3,11 +3,14 @@ peer, a connected client, and :class:`Raw`, which speaks the protocol by hand.""
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from functools import partial
+from typing import Any
 
 import trio
+import trustme
 
 from spear_actors.protocol.calls import Handler
 from spear_actors.protocol.connection import Connection, ConnectionConfig
@@ -24,6 +27,26 @@ from spear_actors.protocol.transports import (
 
 # Generous guard for anything that should happen "at once" on a real socket.
 PROMPTLY = 5.0
+
+_CONTEXTS: list[tuple[ssl.SSLContext, ssl.SSLContext]] = []
+
+
+def tls_contexts() -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """(server, client) contexts for ``wss://`` servers in these tests: one trustme
+    CA and certificate for 127.0.0.1, made once."""
+    if not _CONTEXTS:
+        ca = trustme.CA()
+        server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ca.issue_cert("127.0.0.1").configure_cert(server_context)
+        client_context = ssl.create_default_context()
+        ca.configure_trust(client_context)
+        _CONTEXTS.append((server_context, client_context))
+    return _CONTEXTS[0]
+
+
+def client_context_for(endpoint: Endpoint) -> ssl.SSLContext | None:
+    """The client context that trusts *endpoint*: None unless it is ``wss://``."""
+    return tls_contexts()[1] if endpoint.scheme == "wss" else None
 
 
 TransportHandler = Callable[[Transport], Awaitable[None]]
@@ -59,7 +82,9 @@ async def serving(
             await connection.wait_closed()
         server.finished += 1
 
-    kwargs = {} if max_frame_size is None else {"max_frame_size": max_frame_size}
+    kwargs: dict[str, Any] = {} if max_frame_size is None else {"max_frame_size": max_frame_size}
+    if url.startswith("wss://"):
+        kwargs["ssl_context"] = tls_contexts()[0]
     async with trio.open_nursery() as nursery:
         server.endpoint = await nursery.start(partial(serve_endpoint, url, on_transport or accept, **kwargs))
         yield server
@@ -76,7 +101,7 @@ async def connected(
 ) -> AsyncIterator[Connection]:
     assert server.endpoint is not None
     async with (
-        open_transport(server.endpoint) as transport,
+        open_transport(server.endpoint, ssl_context=client_context_for(server.endpoint)) as transport,
         open_connection(transport, hello or Hello(), config=config, handler=handler) as connection,
     ):
         yield connection
@@ -125,5 +150,5 @@ class Raw:
 @asynccontextmanager
 async def raw_client(server: Server) -> AsyncIterator[Raw]:
     assert server.endpoint is not None
-    async with open_transport(server.endpoint) as transport:
+    async with open_transport(server.endpoint, ssl_context=client_context_for(server.endpoint)) as transport:
         yield Raw(transport)

@@ -48,7 +48,7 @@ from spear_actors.protocol.transports import (
     open_transport,
 )
 
-from .peers import PROMPTLY, Raw, connected, raw_client, serving
+from .peers import PROMPTLY, Raw, client_context_for, connected, raw_client, serving
 
 
 async def standard_handler(request: IncomingRequest) -> Any:
@@ -740,7 +740,9 @@ async def test_transport_outlives_its_connect_timeout_and_passes_errors_through(
     async with serving(url, standard_handler) as server:
         assert server.endpoint is not None
         with pytest.raises(trio.TooSlowError):  # the caller's own timeout, not "cannot connect"
-            async with open_transport(server.endpoint, connect_timeout=1.0) as transport:
+            async with open_transport(
+                server.endpoint, connect_timeout=1.0, ssl_context=client_context_for(server.endpoint)
+            ) as transport:
                 await trio.sleep(5)  # longer than connect_timeout: the link must survive
                 async with open_connection(transport, Hello()) as connection:
                     assert await connection.request("echo", 1) == 1

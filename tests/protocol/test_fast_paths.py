@@ -218,7 +218,8 @@ async def test_reading_or_waiting_on_a_closed_socket_is_unavailable() -> None:
             await transport.send_bodies([])
 
 
-async def test_websocket_answers_written_without_waiting_stay_whole_when_the_client_stops_reading() -> None:
+@pytest.mark.parametrize("scheme", ["ws", "wss"])
+async def test_websocket_answers_written_without_waiting_stay_whole_when_the_client_stops_reading(scheme: str) -> None:
     """A server websocket writes answers from the task that made them; what the socket
     does not take goes first on the next send. 24 answers of 1 MiB to a client whose
     reads stall (its socket fills) all arrive whole, with pings in between."""
@@ -227,7 +228,7 @@ async def test_websocket_answers_written_without_waiting_stay_whole_when_the_cli
         return request.params
 
     big = 1024 * 1024
-    async with serving("ws://127.0.0.1:0", echo) as server, raw_client(server) as peer:
+    async with serving(f"{scheme}://127.0.0.1:0", echo) as server, raw_client(server) as peer:
         await peer.hello()
         answers: dict[int, Any] = {}
         async with trio.open_nursery() as nursery:
@@ -246,7 +247,8 @@ async def test_websocket_answers_written_without_waiting_stay_whole_when_the_cli
             assert (await peer.receive_skipping_pings()) == Response(99, "after")
 
 
-async def test_websocket_client_requests_written_without_waiting_arrive_whole() -> None:
+@pytest.mark.parametrize("scheme", ["ws", "wss"])
+async def test_websocket_client_requests_written_without_waiting_arrive_whole(scheme: str) -> None:
     """A client websocket writes requests from the calling tasks too: 24 concurrent
     requests of 1 MiB (each larger than the socket takes at once) all come back whole."""
 
@@ -255,7 +257,7 @@ async def test_websocket_client_requests_written_without_waiting_arrive_whole() 
 
     big = 1024 * 1024
     results: dict[int, Any] = {}
-    async with serving("ws://127.0.0.1:0", echo) as server, connected(server) as connection:
+    async with serving(f"{scheme}://127.0.0.1:0", echo) as server, connected(server) as connection:
 
         async def call(i: int) -> None:
             results[i] = await connection.request("echo", bytes([i]) * big)

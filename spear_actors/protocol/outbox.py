@@ -13,11 +13,13 @@ write. So no sender is ever held by other tasks' data, a sender may stop waiting
 its own body at any time (cancelled, past its deadline: :meth:`Outbox.withdraw` takes
 it back if no byte of it left), and a task that reads never stops reading to write.
 
-Over a transport that cannot write without waiting (TLS, a websocket client), every
-body goes through the writer task: a write cut by a cancel would break the stream,
-so no other task ever writes there, and nobody needs a shield. A server websocket
-over a plain socket writes without waiting like a socket
-(``WebsocketTransport.send_nowait``: wsproto encodes, one non-blocking write).
+Over a transport that cannot write without waiting (``tls://``, on trio's
+``SSLStream``), every body goes through the writer task: a write cut by a cancel
+would break the stream, so no other task ever writes there, and nobody needs a
+shield. A websocket (``ws://``, and ``wss://`` over :class:`~.tlssocket.TlsSocketStream`,
+which encrypts at once and keeps the ciphertext's order) writes without waiting
+like a socket (``WebsocketTransport.send_nowait``: the websocket connection encodes,
+one non-blocking write).
 """
 
 from __future__ import annotations

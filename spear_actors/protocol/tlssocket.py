@@ -21,8 +21,9 @@ Why it stays correct:
   cancelled sender never corrupts the stream: once encrypted, its bytes go out on
   the next write (or with the close), and the peer gets whole records.
 
-TLS 1.2 renegotiation is refused (the connection breaks): it would need a read in
-the middle of a write. An end of stream without the TLS close alert counts as an end
+TLS 1.2 renegotiation is not supported: a server refuses a client's (OpenSSL's
+default), and one under way when a message is written breaks the connection (it
+would need a read in the middle of a write). An end of stream without the TLS close alert counts as an end
 of stream (what ``https_compatible=True`` does in trio).
 """
 

@@ -17,13 +17,14 @@ import trio.testing
 
 from spear_actors.protocol.calls import IncomingRequest
 from spear_actors.protocol.handshake import accept_connection, open_connection
-from spear_actors.protocol.messages import Hello
+from spear_actors.protocol.messages import Hello, Request
 from spear_actors.protocol.tlssocket import TlsSocketStream
 from spear_actors.protocol.transports import Transport, WebsocketTransport, open_transport, serve_endpoint
 from spear_actors.protocol.wsconnection import accept_websocket, connect_websocket
 from spear_actors.protocol.wsguard import NowaitWriter
 
-from .peers import PROMPTLY
+from ..conftest import open_sockets
+from .peers import PROMPTLY, Raw
 
 MIB = 1024 * 1024
 _HEAD = struct.Struct(">III")  # sender, sequence number, payload length
@@ -281,3 +282,39 @@ async def test_a_failed_tls_handshake_is_a_broken_resource(
     assert isinstance(failures[side], trio.BrokenResourceError)
     if side == "client":
         assert isinstance(failures["client"].__cause__, ssl.SSLCertVerificationError)
+
+
+async def test_closing_over_wss_leaves_no_socket_open_even_with_writes_stuck(
+    certificates: tuple[ssl.SSLContext, ssl.SSLContext],
+) -> None:
+    """Connections over wss closed normally, and one closed while the server's answer
+    is stuck in a full socket (the client stopped reading): no socket left open."""
+    server_context, client_context = certificates
+    before = open_sockets()
+
+    async def on_transport(transport: Transport) -> None:
+        async with accept_connection(transport, handler=echo) as connection:
+            await connection.wait_closed()
+
+    async with trio.open_nursery() as nursery:
+        endpoint = await nursery.start(
+            partial(serve_endpoint, "wss://127.0.0.1:0", on_transport, ssl_context=server_context)
+        )
+        with trio.fail_after(PROMPTLY * 4):
+            for _ in range(2):
+                async with open_transport(endpoint, ssl_context=client_context) as transport:
+                    await transport.send_bodies([b"x"])
+                async with (
+                    open_transport(endpoint, ssl_context=client_context) as transport,
+                    open_connection(transport, Hello()) as connection,
+                ):
+                    assert await connection.request("echo", "ping") == "ping"
+            # the client reads nothing more: the answers fill the socket, then the
+            # server stops reading and the client's own send is stuck too (given up)
+            async with open_transport(endpoint, ssl_context=client_context) as transport:
+                raw = Raw(transport)
+                await raw.hello()
+                with trio.move_on_after(0.5):
+                    await raw.send(*[Request(i, "echo", b"a" * MIB) for i in range(1, 17)])
+        nursery.cancel_scope.cancel()
+    assert open_sockets() == before

@@ -66,7 +66,9 @@ class TlsSocketStream(trio.abc.Stream):
         self._send_lock = trio.StrictFIFOLock()
         self._handshaken = False
         self._closed = False
-        self._broken: BaseException | None = None
+        self._broken: BaseException | None = None  # the TLS layer failed, or a read
+        self._write_failed: OSError | None = None  # a write failed (reads go on: the peer's
+        # close frame may have arrived before it went away)
 
     # -- the handshake ---------------------------------------------------------------
     async def do_handshake(self) -> None:
@@ -147,6 +149,7 @@ class TlsSocketStream(trio.abc.Stream):
             and not self._send_lock.locked()
             and not self._closed
             and self._broken is None
+            and self._write_failed is None
         )
 
     def write_nowait(self, data: bytes) -> bool:
@@ -165,7 +168,7 @@ class TlsSocketStream(trio.abc.Stream):
         try:
             self._encrypt(data)
         except OSError as exc:
-            raise self._break(exc) from exc
+            raise trio.BrokenResourceError(f"TLS connection broken: {exc}") from exc
         await self.flush()
 
     async def flush(self) -> None:
@@ -176,7 +179,7 @@ class TlsSocketStream(trio.abc.Stream):
                 try:
                     done = self._write_some()
                 except OSError as exc:
-                    raise self._break(exc) from exc
+                    raise trio.BrokenResourceError(f"TLS connection broken: {exc}") from exc
                 if not done:
                     await trio.lowlevel.wait_writable(sock)
 
@@ -190,8 +193,8 @@ class TlsSocketStream(trio.abc.Stream):
         await trio.lowlevel.wait_writable(self._socket)
 
     def _encrypt(self, data: bytes | bytearray | memoryview) -> None:
-        if self._broken is not None:
-            raise OSError(f"the TLS connection is broken: {self._broken}")
+        if self._broken is not None or self._write_failed is not None:
+            raise OSError(f"the TLS connection is broken: {self._broken or self._write_failed}")
         if self._closed:
             raise OSError("the TLS connection is closed")
         view = memoryview(data)
@@ -225,7 +228,7 @@ class TlsSocketStream(trio.abc.Stream):
         except BlockingIOError:
             return False
         except OSError as exc:
-            self._broken = exc
+            self._write_failed = exc
             raise
         del unsent[:sent]
         return not unsent
@@ -237,9 +240,12 @@ class TlsSocketStream(trio.abc.Stream):
         if self._closed:
             await trio.lowlevel.checkpoint()
             return
+        # the alert goes after what is left over (one ordered buffer), even while
+        # another task waits to write that: the socket closes under it next
+        can_send = self._handshaken and self._broken is None and self._write_failed is None
         self._closed = True
         try:
-            if self._handshaken and self._broken is None and not self._send_lock.locked():
+            if can_send:
                 try:
                     self._tls.unwrap()
                 except ssl.SSLError:

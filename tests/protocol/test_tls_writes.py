@@ -5,15 +5,18 @@ in the middle of its write. Certificates from trustme."""
 from __future__ import annotations
 
 import hashlib
+import itertools
 import ssl
 import struct
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
 
 import pytest
 import trio
 import trio.testing
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from spear_actors.protocol.calls import IncomingRequest
 from spear_actors.protocol.handshake import accept_connection, open_connection
@@ -24,7 +27,7 @@ from spear_actors.protocol.wsconnection import accept_websocket, connect_websock
 from spear_actors.protocol.wsguard import NowaitWriter
 
 from ..conftest import open_sockets
-from .peers import PROMPTLY, Raw
+from .peers import PROMPTLY, Raw, tls_contexts
 
 MIB = 1024 * 1024
 _HEAD = struct.Struct(">III")  # sender, sequence number, payload length
@@ -77,8 +80,12 @@ async def _send(stream: TlsSocketStream, data: bytes) -> bool | None:
     return None
 
 
-async def _read_messages(stream: TlsSocketStream, count: int) -> list[tuple[int, int, bytes]]:
-    """*count* messages from *stream*, checked whole: (sender, sequence, payload)."""
+async def _read_messages(
+    stream: TlsSocketStream, count: int, reads: Sequence[int | None] = (None,)
+) -> list[tuple[int, int, bytes]]:
+    """*count* messages from *stream*, checked whole: (sender, sequence, payload);
+    the reads ask for the sizes in *reads*, in turn."""
+    sizes = itertools.cycle(reads)
     buffer = bytearray()
     messages: list[tuple[int, int, bytes]] = []
     while len(messages) < count:
@@ -91,7 +98,7 @@ async def _read_messages(stream: TlsSocketStream, count: int) -> list[tuple[int,
             assert payload == _payload(sender, sequence, size), f"message {sender}/{sequence} corrupt"
             messages.append((sender, sequence, payload))
         if len(messages) < count:
-            data = await stream.receive_some()
+            data = await stream.receive_some(next(sizes))
             assert data, "the stream ended early"
             buffer += data
     return messages
@@ -119,6 +126,41 @@ async def test_concurrent_senders_keep_order_and_integrity(certificates: tuple[s
                     nursery.start_soon(sender, client, who)
                 messages = await _read_messages(server, senders * each)
     _in_order(messages, senders, each)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    senders=st.lists(
+        st.lists(st.integers(min_value=0, max_value=200_000), min_size=1, max_size=4), min_size=1, max_size=4
+    ),
+    nowait=st.lists(st.booleans(), min_size=1, max_size=8),
+    reads=st.lists(st.integers(min_value=1, max_value=70_000), min_size=1, max_size=6),
+)
+async def test_messages_stay_whole_and_in_order_however_sends_and_reads_go(
+    senders: list[list[int]], nowait: list[bool], reads: list[int]
+) -> None:
+    """Senders each send their messages (sizes drawn), each one without waiting or
+    with send_all (drawn), while the peer reads in pieces of drawn sizes: every
+    message arrives whole, each sender's in its order."""
+
+    async def sender(stream: TlsSocketStream, who: int, sizes: list[int]) -> None:
+        for sequence, size in enumerate(sizes):
+            data = _message(who, sequence, size)
+            if nowait[(who + sequence) % len(nowait)]:
+                await _send(stream, data)
+            else:
+                await stream.send_all(data)
+
+    async with tls_pair(tls_contexts()) as (client, server):
+        with trio.fail_after(PROMPTLY * 4):
+            async with trio.open_nursery() as nursery:
+                for who, sizes in enumerate(senders):
+                    nursery.start_soon(sender, client, who, sizes)
+                messages = await _read_messages(server, sum(map(len, senders)), reads)
+    for who, sizes in enumerate(senders):
+        assert [(sequence, len(payload)) for sender_, sequence, payload in messages if sender_ == who] == list(
+            enumerate(sizes)
+        )
 
 
 async def test_a_peer_that_stops_reading_gets_everything_in_order_when_it_resumes(

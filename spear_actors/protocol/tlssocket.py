@@ -65,6 +65,7 @@ class TlsSocketStream(trio.abc.Stream):
         self._unsent = bytearray()  # ciphertext not yet taken by the socket, in order
         self._send_lock = trio.StrictFIFOLock()
         self._handshaken = False
+        self._receiving = False
         self._closed = False
         self._broken: BaseException | None = None  # the TLS layer failed, or a read
         self._write_failed: OSError | None = None  # a write failed (reads go on: the peer's
@@ -95,10 +96,19 @@ class TlsSocketStream(trio.abc.Stream):
 
     # -- receiving -------------------------------------------------------------------
     async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
-        """Up to *max_bytes* bytes of plaintext; b"" at the end of the stream."""
+        """Up to *max_bytes* bytes of plaintext; b"" at the end of the stream. Raises
+        :class:`trio.BusyResourceError` if another task is receiving."""
+        if self._receiving:
+            raise trio.BusyResourceError("another task is receiving from this TLS stream")
+        self._receiving = True
+        try:
+            return await self._receive(max_bytes or _RECEIVE_SIZE)
+        finally:
+            self._receiving = False
+
+    async def _receive(self, size: int) -> bytes:
         if not self._handshaken:
             await self.do_handshake()
-        size = max_bytes or _RECEIVE_SIZE
         while True:
             self._check_open()
             try:

@@ -360,3 +360,14 @@ async def test_closing_over_wss_leaves_no_socket_open_even_with_writes_stuck(
                     await raw.send(*[Request(i, "echo", b"a" * MIB) for i in range(1, 17)])
         nursery.cancel_scope.cancel()
     assert open_sockets() == before
+
+
+async def test_two_tasks_receiving_at_once_is_an_error(certificates: tuple[ssl.SSLContext, ssl.SSLContext]) -> None:
+    async with tls_pair(certificates) as (client, server):
+        with trio.fail_after(PROMPTLY):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(server.receive_some)
+                await trio.testing.wait_all_tasks_blocked()
+                with pytest.raises(trio.BusyResourceError):
+                    await server.receive_some()
+                await client.send_all(b"for the first one")

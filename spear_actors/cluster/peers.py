@@ -15,7 +15,7 @@ import trio
 
 from .._nursery import background_nursery
 from ..errors import ErrorCode, SpearError
-from ..protocol.connection import Connection
+from ..protocol.connection import Connection, ConnectionConfig
 from ..protocol.handshake import open_connection
 from ..protocol.messages import Hello
 from ..protocol.transports import open_transport
@@ -27,6 +27,11 @@ log = logging.getLogger(__name__)
 
 _PREFERRED = ("tcp://", "tls://", "ws://", "wss://")
 """Raw sockets first: the node-to-node hop is cheapest without websocket framing."""
+
+_PEER_CONFIG = ConnectionConfig(callers_read=False)
+"""The reader task reads every answer: a relaying node's caller reading its own
+(the fast path of a client making one call at a time) costs it more CPU in
+hand-overs than it saves (measured: docs/performance.md, "Cluster routing")."""
 
 
 def peer_url(node: NodeInfo) -> str | None:
@@ -83,7 +88,9 @@ class PeerPool:
         try:
             async with (
                 open_transport(url, connect_timeout=self._connect_timeout) as transport,
-                open_connection(transport, Hello(role="node", peer_id=self._node_id, auth=self._token)) as connection,
+                open_connection(
+                    transport, Hello(role="node", peer_id=self._node_id, auth=self._token), config=_PEER_CONFIG
+                ) as connection,
             ):
                 task_status.started(connection)
                 started = True

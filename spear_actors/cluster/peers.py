@@ -44,9 +44,24 @@ def peer_url(node: NodeInfo) -> str | None:
     return None
 
 
+class _Dial:
+    """A dial under way: callers wait for it; it ends with a connection or an error."""
+
+    __slots__ = ("connection", "done", "error")
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.connection: Connection | None = None
+        self.error: SpearError | None = None
+
+
 class PeerPool:
     """Open connections to peer nodes, made on first use and kept while they live;
-    a dead one is replaced on the next call. Get one from :func:`open_peer_pool`."""
+    a dead one is replaced on the next call. Get one from :func:`open_peer_pool`.
+
+    A dial runs in the pool's own task: callers wait for it, and one that gives up
+    (cancelled, past its deadline) leaves it to finish, so the connection is there
+    for the next call and no half-made socket is dropped."""
 
     def __init__(self, node_id: str, token: str | None, nursery: trio.Nursery, connect_timeout: float) -> None:
         self._node_id = node_id
@@ -54,7 +69,7 @@ class PeerPool:
         self._nursery = nursery
         self._connect_timeout = connect_timeout
         self._connections: dict[str, Connection] = {}
-        self._locks: dict[str, trio.Lock] = {}
+        self._dials: dict[str, _Dial] = {}
 
     async def connection(self, node: NodeInfo) -> Connection:
         """The open connection to *node*, dialled now if there is none;
@@ -62,18 +77,28 @@ class PeerPool:
         existing = self._connections.get(node.node_id)
         if existing is not None and not existing.closed:
             return existing
-        lock = self._locks.setdefault(node.node_id, trio.Lock())
-        async with lock:
-            existing = self._connections.get(node.node_id)
-            if existing is not None and not existing.closed:
-                return existing
+        dial = self._dials.get(node.node_id)
+        if dial is None:
+            dial = self._dials[node.node_id] = _Dial()
+            self._nursery.start_soon(self._dial, node, dial)
+        await dial.done.wait()
+        if dial.connection is None:
+            assert dial.error is not None
+            raise SpearError(dial.error.code, dial.error.message, dict(dial.error.details))
+        return dial.connection
+
+    async def _dial(self, node: NodeInfo, dial: _Dial) -> None:
+        try:
             url = peer_url(node)
             if url is None:
                 raise SpearError(
                     ErrorCode.UNAVAILABLE, f"node {node.node_id} has no endpoint to dial", {"node_id": node.node_id}
                 )
             try:
-                connection: Connection = await self._nursery.start(self._hold, url)
+                with trio.fail_after(self._connect_timeout * 2):  # the connect, then the hello
+                    connection: Connection = await self._nursery.start(self._hold, node.node_id, url)
+            except trio.TooSlowError:
+                raise SpearError(ErrorCode.UNAVAILABLE, "no welcome in time") from None
             except SpearError as exc:
                 raise SpearError(
                     ErrorCode.UNAVAILABLE if exc.code is not ErrorCode.UNAUTHENTICATED else exc.code,
@@ -81,9 +106,18 @@ class PeerPool:
                     {"node_id": node.node_id},
                 ) from None
             self._connections[node.node_id] = connection
-            return connection
+            dial.connection = connection
+        except SpearError as exc:
+            if "node_id" not in exc.details:
+                exc = SpearError(
+                    exc.code, f"cannot reach node {node.node_id}: {exc.message}", {"node_id": node.node_id}
+                )
+            dial.error = exc
+        finally:
+            del self._dials[node.node_id]
+            dial.done.set()
 
-    async def _hold(self, url: str, *, task_status: trio.TaskStatus[Connection]) -> None:
+    async def _hold(self, node_id: str, url: str, *, task_status: trio.TaskStatus[Connection]) -> None:
         started = False
         try:
             async with (
@@ -95,6 +129,8 @@ class PeerPool:
                 task_status.started(connection)
                 started = True
                 await connection.wait_closed()
+                if self._connections.get(node_id) is connection:
+                    del self._connections[node_id]
         except (SpearError, OSError, trio.BrokenResourceError) as exc:
             if not started:
                 if isinstance(exc, SpearError):

@@ -44,6 +44,12 @@ NOT_ROUTED: Final[Any] = object()
 _BY_EXECUTION: Final = frozenset({"get_execution", "wait_execution", "cancel_execution"})
 _BY_TASK: Final = frozenset({"get_task", "delete_task"})
 _STREAM_WINDOW: Final = 16
+_LOOKUP_TIMEOUT: Final = 2.0
+"""Seconds a cluster-wide lookup of a client-chosen execution id may take at most."""
+_LOOKUP_FAN_OUT: Final = 16
+"""Peers asked at once by such a lookup (a larger cluster is asked in turns)."""
+_WATCH_LOOKUPS: Final = 16
+"""Client-chosen ids of one watch looked up in the cluster; further ones are watched here."""
 
 
 class ClusterRouter:
@@ -155,7 +161,9 @@ class ClusterRouter:
             return NOT_ROUTED
         if name in _BY_EXECUTION:
             owner = execution_owner(args["execution_id"])
-            if owner is None or owner == self.node_id:
+            if owner is None:
+                return await self._unnamed_execution(method, args, incoming)
+            if owner == self.node_id:
                 return NOT_ROUTED
             return await self._forward(self._live_owner(owner, args["execution_id"]), method, incoming)
         if name in _BY_TASK:
@@ -181,8 +189,12 @@ class ClusterRouter:
         """Split the ids by owner: this node's watched here, the others' at their owners,
         every record passed on as it comes."""
         by_owner: dict[str, list[str]] = {}
+        lookups = 0
         for execution_id in execution_ids:
             owner = execution_owner(execution_id)
+            if owner is None and lookups < _WATCH_LOOKUPS and self._has_peers():
+                lookups += 1
+                owner = await self._holder_of(execution_id, incoming)
             key = self.node_id if owner is None else owner
             by_owner.setdefault(key, []).append(execution_id)
         if set(by_owner) == {self.node_id}:
@@ -216,6 +228,75 @@ class ClusterRouter:
         if failure is not None:
             raise failure
         return {"count": count}
+
+    # -- execution ids chosen by clients ------------------------------------------------
+    async def _unnamed_execution(self, method: Method, args: Mapping[str, Any], incoming: IncomingRequest) -> Any:
+        """get/wait/cancel of an execution id that names no node (a client chose it):
+        served here if this node knows it, else by the live node that does (see
+        :meth:`_find_execution`), else this node's NOT_FOUND."""
+        try:
+            return await getattr(self.node, method.node_method)(**args)
+        except SpearError as exc:
+            if exc.code is not ErrorCode.NOT_FOUND or not self._has_peers():
+                raise
+            missing = exc
+        holder = await self._find_execution(args["execution_id"], incoming)
+        if holder is None:
+            raise missing
+        return await self._forward(holder, method, incoming)
+
+    async def _holder_of(self, execution_id: str, incoming: IncomingRequest) -> str | None:
+        """The node holding the client-chosen *execution_id*: this one, another live
+        one, or None (unknown: this node answers for it)."""
+        try:
+            await self.node.get_execution(execution_id, include_result=False)
+            return self.node_id
+        except SpearError as exc:
+            if exc.code is not ErrorCode.NOT_FOUND:
+                raise
+        holder = await self._find_execution(execution_id, incoming)
+        return None if holder is None else holder.node_id
+
+    def _has_peers(self) -> bool:
+        return any(node.node_id != self.node_id for node in self.view.nodes())
+
+    async def _find_execution(self, execution_id: str, incoming: IncomingRequest) -> NodeInfo | None:
+        """Ask the live peers (at most :data:`_LOOKUP_FAN_OUT` at once, within
+        :data:`_LOOKUP_TIMEOUT` or the call's deadline) which one has *execution_id*.
+        None when none has it; UNAVAILABLE naming the peers that could not be asked
+        when none that answered has it."""
+        peers = sorted((n for n in self.view.nodes() if n.node_id != self.node_id), key=lambda n: n.node_id)
+        left = _timeout(incoming)
+        limiter = trio.CapacityLimiter(_LOOKUP_FAN_OUT)
+        found: NodeInfo | None = None
+        answered: set[str] = set()
+
+        async def ask(node: NodeInfo, done: trio.CancelScope) -> None:
+            nonlocal found
+            async with limiter:
+                try:
+                    connection = await self.peers.connection(node)
+                    await connection.request("get_execution", {"execution_id": execution_id, "include_result": False})
+                except SpearError as exc:
+                    if exc.code is ErrorCode.NOT_FOUND:
+                        answered.add(node.node_id)
+                    return
+            found = found or node
+            done.cancel()
+
+        with trio.move_on_after(min(_LOOKUP_TIMEOUT, left if left is not None else _LOOKUP_TIMEOUT)):
+            async with trio.open_nursery() as nursery:
+                for node in peers:
+                    nursery.start_soon(ask, node, nursery.cancel_scope)
+        if found is None and len(answered) < len(peers):
+            silent = [n.node_id for n in peers if n.node_id not in answered]
+            raise SpearError(
+                ErrorCode.UNAVAILABLE,
+                f"execution {execution_id[:200]!r} is not on this node, nor on the nodes that answered; "
+                f"not asked (unreachable or too slow): {', '.join(silent[:10])}",
+                {"execution_id": execution_id[:200], "unreachable": silent[:10]},
+            )
+        return found
 
     # -- cluster views -------------------------------------------------------------------
     async def _cluster_tasks(self, args: Mapping[str, Any]) -> dict[str, Any]:

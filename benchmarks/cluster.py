@@ -234,8 +234,13 @@ async def main(quick: bool) -> None:
                 )
                 print("\n-- throughput, 64 in flight --")
                 for label, url in (("owner (node-a)", a.url), ("forwarded (node-b -> node-a)", b.url)):
+                    before = {node.node_id: cpu_seconds(node.process) for node in (a, b)}
                     rate = await throughput(url, bulk, 64)
-                    print(f"{label:32} {rate:8.0f} calls/s  ({bulk} calls)")
+                    used = ", ".join(
+                        f"{node.node_id} {(cpu_seconds(node.process) - before[node.node_id]) / bulk * 1e6:.0f}"
+                        for node in (a, b)
+                    )
+                    print(f"{label:32} {rate:8.0f} calls/s  ({bulk} calls; CPU per call, µs: {used})")
 
                 print("\n-- task-creation race: one new name asked of 3 nodes at once --")
                 race: list[float] = []

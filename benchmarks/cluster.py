@@ -6,7 +6,8 @@ Figures, all in the same run (the baseline is the owner itself):
   SYNC ``add`` by task name, sent to the owner node and to another node that forwards
   it over its pooled node-to-node connection, in alternating rounds (so the machine's
   drifting load weighs on both alike), with the CPU each node spent per call; and
-  throughput with 64 calls in flight (64 client tasks on one connection each way).
+  throughput with 64 calls in flight (64 client tasks on one connection each way, also
+  in alternating rounds).
   Target: forwarding p50 <= 1.5x the owner's.
 * **task-creation race**: a fresh name asked of all three nodes at once (NEW_TASK with
   an artifact); the latency of each of the three calls (each includes starting the
@@ -193,6 +194,27 @@ async def sequential(a: Served, b: Served, calls: int, rounds: int) -> dict[str,
     return results
 
 
+async def throughputs(a: Served, b: Served, total: int, rounds: int) -> dict[str, tuple[float, str]]:
+    """Calls per second (median over *rounds*) with 64 in flight through the owner *a*
+    and through *b*, alternating, and each node's CPU per call."""
+    labels = {"owner (node-a)": a.url, "forwarded (node-b -> node-a)": b.url}
+    rates: dict[str, list[float]] = {label: [] for label in labels}
+    cpu = {(label, node.node_id): 0.0 for label in labels for node in (a, b)}
+    for round_ in range(rounds):
+        for label in list(labels) if round_ % 2 == 0 else list(labels)[::-1]:
+            before = {node.node_id: cpu_seconds(node.process) for node in (a, b)}
+            rates[label].append(await throughput(labels[label], total // rounds, 64))
+            for node in (a, b):
+                cpu[label, node.node_id] += cpu_seconds(node.process) - before[node.node_id]
+    return {
+        label: (
+            statistics.median(rates[label]),
+            ", ".join(f"{node.node_id} {cpu[label, node.node_id] / total * 1e6:.0f}" for node in (a, b)),
+        )
+        for label in labels
+    }
+
+
 def ms(seconds: float) -> str:
     return f"{seconds * 1000:.2f} ms"
 
@@ -232,14 +254,8 @@ async def main(quick: bool) -> None:
                     f"  (per round: median {statistics.median(ratios):.2f}x, {min(ratios):.2f}-{max(ratios):.2f}; "
                     "target <= 1.5x)"
                 )
-                print("\n-- throughput, 64 in flight --")
-                for label, url in (("owner (node-a)", a.url), ("forwarded (node-b -> node-a)", b.url)):
-                    before = {node.node_id: cpu_seconds(node.process) for node in (a, b)}
-                    rate = await throughput(url, bulk, 64)
-                    used = ", ".join(
-                        f"{node.node_id} {(cpu_seconds(node.process) - before[node.node_id]) / bulk * 1e6:.0f}"
-                        for node in (a, b)
-                    )
+                print("\n-- throughput, 64 in flight (owner and forwarded in alternating rounds) --")
+                for label, (rate, used) in (await throughputs(a, b, bulk, rounds=2 if quick else 4)).items():
                     print(f"{label:32} {rate:8.0f} calls/s  ({bulk} calls; CPU per call, µs: {used})")
 
                 print("\n-- task-creation race: one new name asked of 3 nodes at once --")

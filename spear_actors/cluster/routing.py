@@ -27,6 +27,7 @@ from ..protocol.handshake import Authenticator, token_authenticator
 from ..protocol.messages import Hello
 from ..protocol.serving import IncomingRequest
 from .ids import execution_owner, id_owner, new_execution_id, new_task_id
+from .invoke_fields import parse_invoke, routing_fields
 from .peers import PeerPool
 from .placement import place_task
 from .records import NodeInfo, TaskEntry
@@ -72,9 +73,9 @@ class ClusterRouter:
         the task's id or name, the function's name: :func:`_routing_fields`); a call
         that goes to another node is relayed as it came, and its owner parses and
         validates it in full. A call served here is parsed here."""
-        fields = _routing_fields(incoming.params)
+        fields = routing_fields(incoming.params)
         if fields is None:  # another spelling, or a bad field: parsing accepts it or says why
-            request = _parse(incoming)
+            request = parse_invoke(incoming.params)
             existing = request.invocation_type is InvocationType.EXISTING_TASK
             task = request.task_id if existing else request.task_name
         else:
@@ -83,11 +84,11 @@ class ClusterRouter:
         if existing:
             owner = self._task_owner(task)
             if owner is None or owner == self.node_id or from_peer:
-                return await self._run_local(_parse(incoming), incoming)
+                return await self._run_local(parse_invoke(incoming.params), incoming)
             return await self._forward(self._live_owner(owner, task), method, incoming)
         owned = self.registry.owned_task(task)
         if owned is not None:
-            return await self._run_owned(_parse(incoming), owned, incoming)
+            return await self._run_owned(parse_invoke(incoming.params), owned, incoming)
         if not from_peer:
             entry = self.view.task(task)
             if entry is not None and entry.owner != self.node_id and self.view.node(entry.owner) is not None:
@@ -95,7 +96,7 @@ class ClusterRouter:
             target = place_task(self._local_info(), self.view.nodes())
             if target.node_id != self.node_id:
                 return await self._forward(target, method, incoming)
-        return await self._claim_and_run(method, _parse(incoming), incoming)
+        return await self._claim_and_run(method, parse_invoke(incoming.params), incoming)
 
     async def _claim_and_run(self, method: Method, request: InvokeRequest, incoming: IncomingRequest) -> Any:
         """Claim the new task's name (the transaction decides who creates it), then
@@ -379,37 +380,6 @@ def peer_or_client_authenticator(client_token: str, cluster_token: str) -> Authe
         return str(await for_clients(hello))
 
     return authenticate
-
-
-def _routing_fields(params: Any) -> tuple[bool, str] | None:
-    """``(existing, task)`` of an invoke request's params, for routing: whether it
-    names an existing task, and that task's id (else the new task's name). None when
-    the params are not in their plain form (a map, ``invocation_type`` absent or
-    spelt ``NEW_TASK`` / ``EXISTING_TASK``, a non-empty ``function_name``, and the
-    task's non-empty id or name, as strings): the caller then parses them in full,
-    which raises the precise error or accepts another spelling."""
-    if type(params) is not dict:
-        return None
-    kind = params.get("invocation_type")
-    if kind is None or kind == "NEW_TASK":
-        task = params.get("task_name")
-        existing = False
-    elif kind == "EXISTING_TASK":
-        task = params.get("task_id")
-        existing = True
-    else:
-        return None
-    function = params.get("function_name")
-    if type(task) is not str or not task or type(function) is not str or not function:
-        return None
-    return existing, task
-
-
-def _parse(incoming: IncomingRequest) -> InvokeRequest:
-    """The client's invoke request, parsed and checked in full (for a call served here)."""
-    request = InvokeRequest.from_dict(incoming.params if incoming.params is not None else {})
-    request.validate()
-    return request
 
 
 def _from_peer(incoming: IncomingRequest) -> bool:

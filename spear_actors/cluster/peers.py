@@ -83,8 +83,8 @@ class PeerPool:
             self._nursery.start_soon(self._dial, node, dial)
         await dial.done.wait()
         if dial.connection is None:
-            assert dial.error is not None
-            raise SpearError(dial.error.code, dial.error.message, dict(dial.error.details))
+            error = dial.error or SpearError(ErrorCode.UNAVAILABLE, f"cannot reach node {node.node_id}")
+            raise SpearError(error.code, error.message, dict(error.details))
         return dial.connection
 
     async def _dial(self, node: NodeInfo, dial: _Dial) -> None:
@@ -114,6 +114,12 @@ class PeerPool:
                 )
             dial.error = exc
         finally:
+            if dial.connection is None and dial.error is None:  # the pool closed meanwhile
+                dial.error = SpearError(
+                    ErrorCode.UNAVAILABLE,
+                    f"stopped dialling node {node.node_id}: shutting down",
+                    {"node_id": node.node_id},
+                )
             del self._dials[node.node_id]
             dial.done.set()
 

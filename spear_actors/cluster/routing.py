@@ -3,7 +3,9 @@ elsewhere are forwarded to the owner.
 
 The gateway hands every call to :class:`ClusterRouter` when the node is in a cluster
 (``Gateway.router``). The owner of an execution is named by its id
-(:func:`.ids.execution_owner`); the owner of a task by its claim (the
+(:func:`.ids.execution_owner`); an execution id chosen by a client names no node,
+and is served by the node asked if it holds it, else by the live peer that answers
+for it (a bounded lookup). The owner of a task is named by its claim (the
 :class:`.view.ClusterView`, then the id's node part). A call that arrives from a peer
 node (hello role ``node``) is served here and never forwarded again, except a new
 task's name lost to another node's claim (one more hop, to the winner, who owns it).

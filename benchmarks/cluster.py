@@ -88,7 +88,12 @@ class Served:
 
 
 @asynccontextmanager
-async def serve(node_id: str, etcd_url: str, prefix: str, root: Path) -> AsyncIterator[Served]:
+async def serve(
+    node_id: str, etcd_url: str, prefix: str, root: Path, code: Path | None = None
+) -> AsyncIterator[Served]:
+    """A ``spear serve`` process; *code*: a checkout whose ``spear_actors`` it runs
+    (its working directory, first on its path; default: whatever this interpreter
+    imports)."""
     work = root / node_id
     work.mkdir()
     (work / "node.toml").write_text(_config(node_id, etcd_url, prefix, work))
@@ -100,6 +105,7 @@ async def serve(node_id: str, etcd_url: str, prefix: str, root: Path) -> AsyncIt
                 stdout=subprocess.PIPE,
                 stderr=subprocess.DEVNULL,
                 check=False,
+                cwd=None if code is None else str(code),
             )
         )
         assert process.stdout is not None

@@ -14,6 +14,14 @@ dispatching whatever else arrives. One leader at a time; the reader task reads o
 while nobody leads, and waits for data without taking it (``wait_readable``), so a
 leader takes over at once by cancelling that wait. A caller leads only after its
 send completed, so while any task waits to write, someone reads.
+
+While a caller leads, the reader task is parked. A lead that ends with other calls
+still waiting wakes it at once (they need a reader); one that ends with nothing else
+in flight lets it sleep on for up to :data:`READER_RESUME_AFTER` seconds, so that
+calls made one after another (the usual case on an agent link: the next call leads
+again) do not wake it twice each (cancelled out of its wait, then woken when the lead
+ends). Meanwhile nothing is awaited from the peer but its pings and its close, which
+wait in the socket for the next leader or for the reader's return.
 """
 
 from __future__ import annotations
@@ -32,7 +40,10 @@ from .framing import ProtocolError
 from .link import Link
 from .transports import SocketTransport
 
-__all__ = ["Caller", "ResponseStream"]
+__all__ = ["READER_RESUME_AFTER", "Caller", "ResponseStream"]
+
+READER_RESUME_AFTER = 0.02
+"""Seconds the reader task may stay parked after a lead ended with no call in flight."""
 
 
 class _PendingCall:
@@ -142,6 +153,7 @@ class Caller(Link):
         self._leader: _PendingCall | None = None
         self._lead_released = trio.lowlevel.ParkingLot()  # the reader, while a caller leads
         self._reader_idle: trio.CancelScope | None = None
+        self._reader_parked: trio.CancelScope | None = None
         self._reader_busy = False
 
     @property
@@ -183,6 +195,7 @@ class Caller(Link):
                     # lead only once the request is out: while it waits to be
                     # written, the reader task reads whatever the peer sends
                     if outbox.written < call.ticket:
+                        self._wake_reader()  # someone reads while we wait to write
                         await outbox.wait_written(call.ticket)
                     if self._try_lead(call):
                         try:
@@ -242,6 +255,7 @@ class Caller(Link):
                 request_id, body = self.core.request(method, params, timeout_ms=_ms(timeout), window=window)
                 items.request_id = request_id
                 self._calls[request_id] = items
+                self._wake_reader()  # nobody leads for a stream: the reader takes its items
                 ticket = self._outbox.put(body)  # its deadline now runs in the iteration
             if scope.cancelled_caught:
                 self._check_open()
@@ -304,9 +318,20 @@ class Caller(Link):
             self._reader_idle.cancel()
         return True
 
+    def _wake_reader(self) -> None:
+        """End the reader task's lazy sleep after a lead (see the module docstring)."""
+        if self._leader is None and self._reader_parked is not None:
+            self._lead_released.unpark_all()
+
     def _end_lead(self) -> None:
-        self._leader = None
-        self._lead_released.unpark_all()
+        leader, self._leader = self._leader, None
+        if len(self._calls) > 1 or leader is None or not leader.event.is_set():
+            # other calls wait (or the leader, cancelled, for its confirmation): the
+            # reader reads for them now
+            self._lead_released.unpark_all()
+        elif self._reader_parked is not None and self._reader_parked.deadline == math.inf:
+            # nothing else in flight: the next call will most likely lead again
+            self._reader_parked.deadline = trio.current_time() + READER_RESUME_AFTER
 
     async def _read_until(self, call: _PendingCall) -> None:
         """Read and dispatch until *call* is answered (or the connection dies)."""
@@ -363,7 +388,9 @@ class Caller(Link):
             if body is not None:
                 return body
             if self._leader is not None:
-                await self._lead_released.park()
+                with trio.CancelScope() as self._reader_parked:
+                    await self._lead_released.park()
+                self._reader_parked = None
                 continue
             with trio.CancelScope() as self._reader_idle:
                 await socket.wait_readable()

@@ -217,7 +217,8 @@ class TaskActor(Actor[TaskMessage]):
             if not self._slots:
                 self.stop()
             return
-        self._dispatch()
+        if self._pending or self._queue_full:
+            self._dispatch()
 
     def _stop_task(self, reason: SpearError) -> None:
         """Fail what waits, stop every instance with *reason*; the actor stops once

@@ -151,10 +151,13 @@ class ActorRef(Generic[M]):
         """Send ``build(reply)`` and wait for the reply's value (or its error).
 
         The receiving actor guarantees an answer: from its handler, or from its
-        teardown (UNAVAILABLE) if it stops first.
+        teardown (UNAVAILABLE) if it stops first. Sending yields only when the
+        inbox is full: the wait that follows is the checkpoint (one wake-up per ask,
+        not one for the send and one for the answer).
         """
+        await trio.lowlevel.checkpoint_if_cancelled()
         reply: Reply[T] = Reply()
-        await self.tell(build(reply))
+        await self.send(build(reply))
         return await reply.wait()
 
 

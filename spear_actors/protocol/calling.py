@@ -47,26 +47,40 @@ READER_RESUME_AFTER = 0.02
 
 
 class _PendingCall:
-    """The caller's side of a unary request: an event and its outcome."""
+    """The caller's side of a unary request: its outcome, and an event to wait for it
+    (made only when the caller waits: a caller that leads reads its answer itself)."""
 
-    __slots__ = ("error", "event", "id", "result", "ticket")
+    __slots__ = ("_event", "done", "error", "id", "result", "ticket")
 
     def __init__(self) -> None:
         self.id = 0  # set once the core numbered the request
         self.ticket = 0  # the outbox's ticket for its body
-        self.event = trio.Event()
+        self.done = False
+        self._event: trio.Event | None = None
         self.result: Any = None
         self.error: SpearError | None = None
 
     def end(self, result: Any) -> None:
-        if not self.event.is_set():
+        if not self.done:
             self.result = result
-            self.event.set()
+            self._answered()
 
     def fail(self, error: SpearError) -> None:
-        if not self.event.is_set():
+        if not self.done:
             self.error = error
-            self.event.set()
+            self._answered()
+
+    def _answered(self) -> None:
+        self.done = True
+        if self._event is not None:
+            self._event.set()
+
+    async def wait(self) -> None:
+        """Until answered (not a checkpoint when it already is: callers check first)."""
+        if not self.done:
+            if self._event is None:
+                self._event = trio.Event()
+            await self._event.wait()
 
 
 class ResponseStream:
@@ -202,26 +216,26 @@ class Caller(Link):
                             await self._read_until(call)
                         finally:
                             self._end_lead()
-                if not call.event.is_set():
-                    await call.event.wait()
-            if not call.event.is_set():  # the timeout passed
+                if not call.done:
+                    await call.wait()
+            if not call.done:  # the timeout passed
                 self._check_open()
                 self._give_up(call.id, call.ticket, "deadline exceeded")
                 raise SpearError(ErrorCode.DEADLINE_EXCEEDED, f"{method}: no answer within {timeout:g}s")
         except trio.Cancelled:
-            if call.id and not call.event.is_set():
+            if call.id and not call.done:
                 sent_cancel = self._give_up(call.id, call.ticket, "caller cancelled")
                 if sent_cancel and cancel_grace is not None:
                     with trio.CancelScope(shield=True) as grace:
                         grace.deadline = trio.current_time() + cancel_grace
-                        await call.event.wait()
-                    if not call.event.is_set() and not self.closed and self.on_unconfirmed_cancel is not None:
+                        await call.wait()
+                    if not call.done and not self.closed and self.on_unconfirmed_cancel is not None:
                         self.on_unconfirmed_cancel(method, call.id)
             raise
         finally:
             if call.id:
                 del self._calls[call.id]
-                if not call.event.is_set():  # else the core has forgotten it already
+                if not call.done:  # else the core has forgotten it already
                     self.core.forget(call.id)
         if call.error is not None:
             raise call.error
@@ -311,7 +325,7 @@ class Caller(Link):
     def _try_lead(self, call: _PendingCall) -> bool:
         if self._lead_socket is None or self._leader is not None or self._reader_busy or self.closed:
             return False
-        if call.event.is_set():
+        if call.done:
             return False
         self._leader = call
         if self._reader_idle is not None:
@@ -325,7 +339,7 @@ class Caller(Link):
 
     def _end_lead(self) -> None:
         leader, self._leader = self._leader, None
-        if len(self._calls) > 1 or leader is None or not leader.event.is_set():
+        if len(self._calls) > 1 or leader is None or not leader.done:
             # other calls wait (or the leader, cancelled, for its confirmation): the
             # reader reads for them now
             self._lead_released.unpark_all()
@@ -339,7 +353,7 @@ class Caller(Link):
         assert socket is not None
         core = self.core
         try:
-            while not call.event.is_set():
+            while not call.done:
                 body = await socket.receive_body()
                 if body is None:
                     core.receive_body(None, trio.current_time())

@@ -119,6 +119,10 @@ class NodeConfig:
     agent_listen: str | None = None
     """Where process agents dial back: unix:///path, tcp://host:port or ws://host:port.
     None: a unix socket in a fresh private temp directory."""
+    agent_advertise: str | None = None
+    """The SERVICE_ADDR handed to external agents (``issue_agent_secret``), when they
+    must dial another address than the one bound (``ws://0.0.0.0:…``, a proxy, a
+    Kubernetes service). None: the bound agent listener's address."""
     data_dir: Path = dataclasses.field(default_factory=_default_data_dir)
     token: str | None = None
     """If set, client hellos must carry it (UNAUTHENTICATED otherwise)."""
@@ -239,7 +243,7 @@ class NodeConfig:
                 config.data_dir = (base / str(value)).resolve()
             elif key == "listen":
                 config.listen = [value] if isinstance(value, str) else list(value)
-            elif key in ("token", "agent_listen", "metrics_listen"):
+            elif key in ("token", "agent_listen", "agent_advertise", "metrics_listen"):
                 if value is not None and not isinstance(value, str):
                     raise SpearError(ErrorCode.INVALID_ARGUMENT, f"config: {key} must be str")
                 setattr(config, key, value)

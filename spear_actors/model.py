@@ -152,7 +152,8 @@ class ArtifactSpec:
             config=dict(_field(data, "config", dict, {}, where)),
             content=_field(data, "content", bytes, None, where),
         )
-        if not spec.location and spec.content is None:
+        if not spec.location and spec.content is None and spec.artifact_type != "external":
+            # (an external task's code runs elsewhere: its location only describes it)
             raise _invalid(f"{where}location is required (or inline content)")
         return spec
 

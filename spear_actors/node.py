@@ -31,6 +31,7 @@ from .model import ArtifactSpec, InstancePolicy
 from .node_facade import ExecutionStream, FrontEnd, Node
 from .policy import OperatorPolicy
 from .runtimes.base import Runtime
+from .runtimes.external import ExternalRuntime
 from .runtimes.process import ProcessRuntime
 from .runtimes.wasm import WasmRuntime
 from .store import (
@@ -51,18 +52,24 @@ log = logging.getLogger(__name__)
 
 
 def _runtimes(config: NodeConfig, policy: OperatorPolicy) -> dict[str, Runtime]:
-    runtimes: dict[str, Runtime] = {
-        "process": ProcessRuntime(
-            config.agent_endpoint(),
-            start_timeout=config.start_timeout_s,
-            stop_grace=config.stop_grace_s,
-            heartbeat_interval=config.agent_heartbeat_interval_s,
-            heartbeat_timeout=config.agent_heartbeat_timeout_s,
-            cancel_grace=config.cancel_grace_s,
-            node_id=config.node_id,
-            sandbox=policy.sandbox(),
-        )
-    }
+    agents = ProcessRuntime(
+        config.agent_endpoint(),
+        start_timeout=config.start_timeout_s,
+        stop_grace=config.stop_grace_s,
+        heartbeat_interval=config.agent_heartbeat_interval_s,
+        heartbeat_timeout=config.agent_heartbeat_timeout_s,
+        cancel_grace=config.cancel_grace_s,
+        node_id=config.node_id,
+        sandbox=policy.sandbox(),
+    )
+    runtimes: dict[str, Runtime] = {"process": agents}
+    runtimes["external"] = ExternalRuntime(
+        agents,
+        policy.secret_limits(),
+        advertise=config.agent_advertise,
+        cancel_grace=config.cancel_grace_s,
+        sandbox=agents.sandbox,
+    )
     runtimes["wasm"] = WasmRuntime(
         config.data_dir,
         max_workers=config.wasm_workers,
@@ -225,6 +232,9 @@ async def _serving(
 
         await nursery.start(run_manager)
         node = Node(config, manager.ref, nursery, manager.admission, store)
+        external = runtimes["external"]
+        assert isinstance(external, ExternalRuntime)
+        node.agent_secrets = external
         for declaration in config.tasks:
             await node.declare_task(
                 TaskSeed(

@@ -38,6 +38,7 @@ from .metrics import NodeMetrics
 from .model import ExecutionMode, ExecutionStatus, InvokeRequest, build_invoke_request
 from .protocol.transports import Endpoint
 from .runtimes.base import StreamSink
+from .runtimes.external import ExternalRuntime
 from .store import ExecutionStore, MemoryStore
 
 __all__ = ["ExecutionStream", "FrontEnd", "Node"]
@@ -76,6 +77,8 @@ class Node:
         """Where the metrics are served (the real port for port 0), if they are."""
         self.front_ends: list[FrontEnd] = []
         """What serves this node to the network (stopped first by :meth:`drain`)."""
+        self.agent_secrets: ExternalRuntime | None = None
+        """Issues the secrets of external agents (set by :func:`open_core`)."""
 
     # -- invocation -------------------------------------------------------------------
     async def invoke(self, function_name: str, parameters: Any = None, **fields: Any) -> dict[str, Any]:
@@ -325,6 +328,36 @@ class Node:
         """Delete a task once its instances have stopped. Busy and not *force*:
         FAILED_PRECONDITION; with *force*, its executions end CANCELLED."""
         return await self._manager.ask(lambda reply: DeleteTask(task_id, force, reply))
+
+    async def issue_agent_secret(self, task_id: str, ttl: float | None = None) -> dict[str, Any]:
+        """A one-time secret with which one agent started elsewhere dials in to become
+        an instance of the external task *task_id* (its id or name), good for *ttl*
+        seconds (docs/agents.md, "External agents")."""
+        if self.agent_secrets is None:
+            raise SpearError(ErrorCode.FAILED_PRECONDITION, "this node has no external runtime")
+        task = await self._task_by_id_or_name(task_id)
+        artifact_type = task["artifact"]["artifact_type"]
+        if artifact_type != "external":
+            raise SpearError(
+                ErrorCode.FAILED_PRECONDITION,
+                f"task {task['task_name']} is not external (artifact_type {artifact_type!r}): its agents are "
+                "started by the node",
+            )
+        if task["status"] == "DELETING":
+            raise SpearError(ErrorCode.FAILED_PRECONDITION, f"task {task['task_name']} is being deleted")
+        return self.agent_secrets.issue(task["task_id"], task["task_name"], ttl)
+
+    async def _task_by_id_or_name(self, task: str) -> dict[str, Any]:
+        try:
+            return await self.get_task(task)
+        except SpearError as exc:
+            if exc.code is not ErrorCode.NOT_FOUND:
+                raise
+        # The first name with the prefix *task* is *task* itself, if it exists.
+        page = await self.list_tasks(prefix=task, limit=1)
+        if page["tasks"] and page["tasks"][0]["task_name"] == task:
+            return await self.get_task(page["tasks"][0]["task_id"])
+        raise SpearError(ErrorCode.NOT_FOUND, f"no task has the id or name {task!r}")
 
     # -- node ------------------------------------------------------------------------------
     async def get_health(self, scope: str = "node") -> dict[str, Any]:

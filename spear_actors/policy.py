@@ -26,6 +26,7 @@ from .artifacts.fetch import FetchRules
 from .artifacts.location import SourceKind, parse_source
 from .errors import ErrorCode, SpearError
 from .model import ArtifactSpec
+from .runtimes.external import SecretLimits
 from .runtimes.sandbox import DEFAULT_AGENT_ENV, Sandbox, refused_env_name
 from .runtimes.wasm.settings import WasmCeilings, WasmSettings
 
@@ -34,7 +35,8 @@ __all__ = ["OperatorPolicy", "listens_beyond_loopback", "path_allowed", "policy_
 _MiB: Final = 1024 * 1024
 _GiB: Final = 1024 * _MiB
 _SOURCES: Final = ("inline", "local", "http")
-_RUNTIMES: Final = ("process", "wasm")
+_RUNTIMES: Final = ("process", "wasm", "external")
+_DEFAULT_RUNTIMES: Final = ("process", "wasm")
 _LOOPBACK_NAMES: Final = ("localhost", "ip6-localhost")
 _MAX_INT: Final = 2**63 - 1
 
@@ -109,8 +111,8 @@ class OperatorPolicy:
     for a node on loopback; two adapt when it listens beyond loopback (see
     :meth:`resolved`)."""
 
-    runtimes: list[str] = dataclasses.field(default_factory=lambda: list(_RUNTIMES))
-    """``artifact_type`` values clients may use."""
+    runtimes: list[str] = dataclasses.field(default_factory=lambda: list(_DEFAULT_RUNTIMES))
+    """``artifact_type`` values clients may use (``external`` only when listed)."""
     sources: list[str] | None = None
     """Where client artifacts may come from: ``inline`` content, ``local`` paths (only
     under :attr:`artifact_roots`), ``http`` (and https) URLs. None: all three on a
@@ -171,6 +173,13 @@ class OperatorPolicy:
     """cpu.max per instance cgroup, in CPUs (0: none)."""
     agent_cgroup_pids: int = 0
     """pids.max per instance cgroup (0: none)."""
+    external_secret_ttl_s: float = 600.0
+    """How long an agent secret of an external task is good for, when the caller of
+    ``issue_agent_secret`` does not say."""
+    external_secret_max_ttl_s: float = 3600.0
+    """The longest validity a caller may ask for."""
+    external_max_secrets_per_task: int = 8
+    """Agent secrets not yet used, plus agents waiting for an instance, per task."""
 
     # -- loading ------------------------------------------------------------------------------
     @classmethod
@@ -218,6 +227,13 @@ class OperatorPolicy:
         _number(self.agent_cgroup_memory_bytes, "agent_cgroup_memory_bytes", minimum=0, maximum=_MAX_INT, integer=True)
         _number(self.agent_cgroup_cpus, "agent_cgroup_cpus", minimum=0, maximum=4096, integer=False)
         _number(self.agent_cgroup_pids, "agent_cgroup_pids", minimum=0, maximum=2**31, integer=True)
+        for name in ("external_secret_ttl_s", "external_secret_max_ttl_s"):
+            _number(getattr(self, name), name, minimum=1, maximum=30 * 86400, integer=False)
+        if self.external_secret_ttl_s > self.external_secret_max_ttl_s:
+            raise _invalid("external_secret_ttl_s", "must not exceed external_secret_max_ttl_s")
+        _number(
+            self.external_max_secrets_per_task, "external_max_secrets_per_task", minimum=1, maximum=4096, integer=True
+        )
         if self.agent_user is not None and (not isinstance(self.agent_user, str) or not self.agent_user):
             raise _invalid("agent_user", "must be a user name")
         for name in ("client_commands", "wasm_preopen_writable"):
@@ -270,6 +286,14 @@ class OperatorPolicy:
             cgroup_pids=self.agent_cgroup_pids,
         )
 
+    def secret_limits(self) -> SecretLimits:
+        """The external runtime's bounds on agent secrets."""
+        return SecretLimits(
+            default_ttl_s=self.external_secret_ttl_s,
+            max_ttl_s=self.external_secret_max_ttl_s,
+            max_per_task=self.external_max_secrets_per_task,
+        )
+
     def wasm_ceilings(self, workers: int) -> WasmCeilings:
         """The WASM runtime's ceilings, for a runtime with *workers* threads."""
         share = self.wasm_task_workers or max(1, workers // 2)
@@ -287,6 +311,8 @@ class OperatorPolicy:
         (naming the rule, never revealing a file) for anything outside the policy."""
         if spec.artifact_type not in self.runtimes:
             raise policy_refusal(f"artifact_type {spec.artifact_type!r} is not one of {sorted(self.runtimes)}")
+        if spec.artifact_type == "external":
+            return  # nothing is fetched, read or run here: the agent is started elsewhere
         source = parse_source(spec)
         kind = "http" if source.kind is SourceKind.HTTP else source.kind.value
         if kind not in (self.sources if self.sources is not None else _SOURCES):

@@ -16,7 +16,7 @@ from typing import Any
 
 import trio
 
-from ..artifacts import ArtifactStore, describe_artifact
+from ..artifacts import ArtifactStore, ResolvedArtifact, describe_artifact
 from ..errors import ErrorCode, SpearError
 from ..model import InstancePolicy, TaskStatus
 from ..policy import OperatorPolicy
@@ -125,7 +125,11 @@ class ManagerTaskTable:
             )
         if self._policy is not None and not seed.trusted:
             self._policy.admit(artifact)
-        resolved = await self._artifacts.resolve(artifact, pin=True, deadline=seed.deadline)
+        runtime = self._runtimes[artifact.artifact_type]
+        if runtime.needs_artifact:
+            resolved = await self._artifacts.resolve(artifact, pin=True, deadline=seed.deadline)
+        else:  # the code lives elsewhere (external agents): nothing to fetch or pin
+            resolved = ResolvedArtifact(None, "")
         try:
             if seed.expect_digest and resolved.digest != seed.expect_digest:
                 raise SpearError(
@@ -141,7 +145,7 @@ class ManagerTaskTable:
                 artifact=artifact,
                 artifact_path=resolved.path,
                 artifact_digest=resolved.digest,
-                policy=policy.merged_over(self._defaults),
+                policy=policy.merged_over(runtime.policy_defaults).merged_over(self._defaults),
                 origin_policy=seed.policy if seed.persist else None,
             )
         except BaseException:

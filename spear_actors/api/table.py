@@ -23,6 +23,8 @@ MAX_TIMEOUT_MS: Final = 24 * 3600 * 1000
 MAX_ID_LENGTH: Final = 1024
 """Longest execution or task id (or name) accepted as a param."""
 MAX_REASON_LENGTH: Final = 1024
+MAX_SECRET_TTL_S: Final = 30 * 86400
+"""Longest agent secret validity a request may ask for (the node's policy may allow less)."""
 
 _EXECUTION_ID = Param(
     "execution_id", str, REQUIRED, "the execution", minimum=1, maximum=MAX_ID_LENGTH, cli="execution_id"
@@ -240,6 +242,41 @@ METHODS: Final[tuple[Method, ...]] = (
             "delete-task",
             "delete a task (by name or id)",
             ("spear delete-task hello", "spear delete-task hello --force"),
+        ),
+    ),
+    Method(
+        "issue_agent_secret",
+        "A one-time secret with which one agent, started elsewhere, dials in as an instance of an external task.",
+        node_method="issue_agent_secret",
+        params=(
+            Param(
+                "task_id",
+                str,
+                REQUIRED,
+                "the external task's id or name",
+                minimum=1,
+                maximum=MAX_ID_LENGTH,
+                cli="task",
+                cli_help="task name or id",
+            ),
+            Param(
+                "ttl_s",
+                float,
+                None,
+                "seconds the secret is good for (nil: the node's `external_secret_ttl_s`)",
+                minimum=1,
+                maximum=MAX_SECRET_TTL_S,
+                nullable=True,
+                python_name="ttl",
+                cli="--ttl",
+                cli_help="seconds the secret is good for (default: the node's, 600)",
+            ),
+        ),
+        result="`{task_id, task_name, agent_id, secret, agent_addr, ttl_s, expires_at, env}`",
+        cli=CliCommand(
+            "agent-secret",
+            "issue a one-time secret for an external agent of a task and print its environment",
+            ("spear agent-secret sensor", "spear agent-secret sensor --ttl 60 --json"),
         ),
     ),
     Method(

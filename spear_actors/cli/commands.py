@@ -7,6 +7,7 @@ import argparse
 import difflib
 import json
 import os
+import shlex
 import socket
 import sys
 import uuid
@@ -75,7 +76,23 @@ async def _run(client: Client, args: argparse.Namespace) -> None:
         params["include_executions"] = True
     if args.command == "tasks" and args.cluster:
         params["scope"] = "cluster"
-    show(await client.call(method.name, params), args.json)
+    answer = await client.call(method.name, params)
+    if args.command == "agent-secret" and not args.json:
+        _print_agent_environment(answer)
+        return
+    show(answer, args.json)
+
+
+def _print_agent_environment(answer: dict[str, Any]) -> None:
+    """The environment of an external agent, as lines to paste (an env file, or shell
+    assignments); what they are for goes to stderr, so stdout is only the lines."""
+    for name, value in answer["env"].items():
+        print(f"{name}={shlex.quote(str(value))}")
+    print(
+        f"# one agent of task {answer['task_name']} may dial in once with this secret, "
+        f"within {answer['ttl_s']:g} s (agent id {answer['agent_id']})",
+        file=sys.stderr,
+    )
 
 
 def _params(method: Method, args: argparse.Namespace) -> dict[str, Any]:
@@ -182,9 +199,9 @@ def _load_json(text: str, what: str) -> Any:
 def _artifact_spec(args: argparse.Namespace) -> dict[str, Any]:
     location: str = args.artifact
     path = Path(location)
-    if "://" not in location:
-        location = str(path.resolve())
     kind = args.artifact_type or ("wasm" if path.suffix in (".wasm", ".wat") else "process")
+    if "://" not in location and kind != "external":  # (an external task's location only describes it)
+        location = str(path.resolve())
     spec: dict[str, Any] = {"location": location, "artifact_type": kind}
     if args.checksum:
         spec["checksum"] = args.checksum

@@ -136,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     target.add_argument(
         "--artifact", help="artifact location: path, file://, http(s):// (a .py file runs with the node's Python)"
     )
-    target.add_argument("--artifact-type", help="process or wasm (default: from the extension)")
+    target.add_argument("--artifact-type", help="process, wasm or external (default: from the extension)")
     target.add_argument("--checksum", help="sha256 of the artifact (required for http(s) locations)")
     target.add_argument("--artifact-config", help='artifact_spec.config as JSON (e.g. \'{"abi": "export"}\')')
     target.add_argument(

@@ -42,7 +42,7 @@ NOT_ROUTED: Final[Any] = object()
 """What :meth:`ClusterRouter.call` answers for a call the node serves as usual."""
 
 _BY_EXECUTION: Final = frozenset({"get_execution", "wait_execution", "cancel_execution"})
-_BY_TASK: Final = frozenset({"get_task", "delete_task"})
+_BY_TASK: Final = frozenset({"get_task", "delete_task", "issue_agent_secret"})
 _STREAM_WINDOW: Final = 16
 
 

@@ -18,7 +18,7 @@ from typing import Any
 import trio
 
 from ..errors import SpearError
-from ..model import ArtifactSpec
+from ..model import ArtifactSpec, InstancePolicy
 
 __all__ = ["Call", "InstanceSpec", "LogSink", "Runtime", "RuntimeInstance", "StreamSink"]
 
@@ -94,6 +94,13 @@ class Runtime(abc.ABC):
     """A kind of instance (``kind`` matches ``artifact_spec.artifact_type``)."""
 
     kind: str
+
+    needs_artifact: bool = True
+    """Whether a task's artifact is resolved (fetched, verified, pinned) when it is
+    created; False for runtimes whose code lives elsewhere (external agents)."""
+    policy_defaults: InstancePolicy = InstancePolicy()
+    """Instance policy defaults of this runtime's tasks, between the task's own
+    policy and the node's ``[defaults]``."""
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Background service of the runtime (listeners, tickers), run by the node for

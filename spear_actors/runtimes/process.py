@@ -14,17 +14,18 @@ import collections
 import dataclasses
 import hashlib
 import logging
+import math
 import os
 import secrets
 import shlex
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import trio
 
@@ -36,17 +37,20 @@ from ..protocol.framing import AGENT_LINK_MAX_FRAME_SIZE
 from ..protocol.handshake import accept_connection
 from ..protocol.messages import Hello, Welcome
 from ..protocol.transports import Transport, parse_endpoint, serve_endpoint
-from .base import Call, InstanceSpec, LogSink, Runtime, RuntimeInstance, StreamSink
+from .agent_instance import AgentInstance
+from .base import InstanceSpec, Runtime, RuntimeInstance
 from .cgroup import InstanceCgroup, cgroup_problem
 from .guardian import Guardian, kill_marked
-from .output import LineSplitter, capped_log
+from .output import LineSplitter
 from .sandbox import Sandbox, agent_environment
 
-__all__ = ["ProcessRuntime", "agent_command"]
+__all__ = ["AgentDoor", "AgentServe", "ProcessRuntime", "agent_command"]
 
 log = logging.getLogger(__name__)
 
 _STDERR_TAIL_LINES: Final = 20
+MAX_AGENT_HANDSHAKES: Final = 128
+"""Agent connections at most between accept and welcome; more are closed at once."""
 
 
 def agent_command(spec: InstanceSpec) -> tuple[list[str], str | None, dict[str, str]]:
@@ -87,6 +91,18 @@ def agent_command(spec: InstanceSpec) -> tuple[list[str], str | None, dict[str, 
     if not isinstance(env, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
         raise SpearError(ErrorCode.INVALID_ARGUMENT, "artifact_spec.config.env must map strings to strings")
     return argv + args, cwd, dict(env)
+
+
+AgentServe = Callable[[Connection], Awaitable[None]]
+"""Serves one authenticated agent connection for its whole life."""
+
+
+class AgentDoor(Protocol):
+    """A way in to the agent listener for agents the node did not spawn."""
+
+    def admit(self, digest: bytes, hello: Hello) -> AgentServe | None:
+        """None: *digest* (sha256 of the hello's secret) is not this door's; else what
+        serves the connection once welcomed. Raises UNAUTHENTICATED to refuse it."""
 
 
 @dataclasses.dataclass(eq=False)
@@ -134,6 +150,11 @@ class ProcessRuntime(Runtime):
         )
         # sha256(secret) → arrival; looked up by digest so no secret is compared by hand.
         self._arrivals: dict[bytes, _Arrival] = {}
+        self._greeting = 0
+        """Agent connections that have not finished their handshake."""
+        self._flood_logged = -math.inf
+        self.doors: list[AgentDoor] = []
+        """Other ways in for agents the node did not spawn (the external runtime)."""
         self._address: str | None = None
 
     @property
@@ -167,15 +188,31 @@ class ProcessRuntime(Runtime):
         finally:
             await self._guardian.aclose()
 
-    async def _authenticate(self, hello: Hello) -> _Arrival:
+    async def _authenticate(self, hello: Hello) -> _Arrival | AgentServe:
         digest = hashlib.sha256((hello.auth or "").encode()).digest()
         arrival = self._arrivals.get(digest)
+        if arrival is None:
+            for door in self.doors:
+                serve = door.admit(digest, hello)
+                if serve is not None:
+                    return serve
         if arrival is None or arrival.connection is not None:
             log.warning("agent %r rejected: unknown or reused secret", hello.peer_id)
             raise SpearError(ErrorCode.UNAUTHENTICATED, "unknown or already used agent secret")
         return arrival
 
     async def _serve_agent(self, transport: Transport) -> None:
+        if self._greeting >= MAX_AGENT_HANDSHAKES:
+            # A flood of connections that never say hello (the listener may face a
+            # network, for external agents): closed at once, not held for the timeout.
+            now = trio.current_time()
+            if now - self._flood_logged >= 10:
+                self._flood_logged = now
+                log.warning("agent listener: %d handshakes in progress; refusing more", self._greeting)
+            await transport.aclose()
+            return
+        self._greeting += 1
+        greeting = True
         try:
             async with accept_connection(
                 transport,
@@ -183,12 +220,20 @@ class ProcessRuntime(Runtime):
                 config=self._connection_config,
                 welcome=Welcome(role="node", peer_id=self.node_id),
             ) as connection:
-                arrival: _Arrival = connection.identity
+                self._greeting -= 1
+                greeting = False
+                arrival = connection.identity
+                if not isinstance(arrival, _Arrival):  # came in through a door
+                    await arrival(connection)
+                    return
                 arrival.connection = connection
                 arrival.changed.set()
                 await connection.wait_closed()
         except SpearError as exc:
             log.info("agent connection on %s refused or failed: %s", transport.description, exc)
+        finally:
+            if greeting:
+                self._greeting -= 1
 
     @asynccontextmanager
     async def open_instance(self, spec: InstanceSpec) -> AsyncIterator[RuntimeInstance]:
@@ -292,7 +337,7 @@ class ProcessRuntime(Runtime):
                         await pipe.aclose()
 
 
-class ProcessInstance(RuntimeInstance):
+class ProcessInstance(AgentInstance):
     """An agent process and its connection."""
 
     def __init__(
@@ -305,58 +350,20 @@ class ProcessInstance(RuntimeInstance):
         *,
         task_id: str = "",
     ) -> None:
-        self.instance_id = instance_id
-        self.task_id = task_id
-        self._events = events()
-        self._stopping = False
-        """Set once the node stops this instance: an exit after that is no failure."""
-        self.sandbox = sandbox or Sandbox()
+        super().__init__(instance_id, cancel_grace, sandbox, task_id=task_id)
         self.process = process
-        self.cancel_grace = cancel_grace
         self._stderr_tail = stderr_tail
-        self._connection: Connection | None = None
-        self._failed = trio.Event()
-        self._failure: SpearError | None = None
 
     def describe(self) -> dict[str, Any]:
         return {"pid": self.process.pid, "returncode": self.process.returncode}
 
-    def _attach(self, connection: Connection) -> None:
-        self._connection = connection
-        connection.on_unconfirmed_cancel = self._ignored_cancel
-
-    def _ignored_cancel(self, method: str, request_id: int) -> None:
-        # An agent that does not confirm a cancel may be stuck for good: replace it.
-        self._fail(
-            f"agent did not confirm the cancel of request {request_id} within {self.cancel_grace:g}s",
-            "cancel_unconfirmed",
-        )
-
-    def _fail(self, reason: str, kind: str) -> None:
-        """The instance failed (*kind*: a fixed word for the metrics)."""
-        if self._failure is None:
-            self._failure = SpearError(ErrorCode.INSTANCE_FAILED, reason, {"stderr_tail": "\n".join(self._stderr_tail)})
-            self._failed.set()
-            if not self._stopping and self._connection is not None:
-                if self._events is not None:
-                    self._events.instance_failed("process", self.task_id, kind)
-                log.info(
-                    "instance %s failed: %s",
-                    self.instance_id,
-                    reason,
-                    extra={"instance_id": self.instance_id, "task_id": self.task_id},
-                )
+    def _failure_details(self) -> dict[str, Any]:
+        return {"stderr_tail": "\n".join(self._stderr_tail)}
 
     async def _reap(self, changed: trio.Event) -> None:
         code = await self.process.wait()
         self._fail(f"agent process exited with code {code}", "exited")
         changed.set()
-
-    async def _watch_connection(self) -> None:
-        assert self._connection is not None
-        await self._connection.wait_closed()
-        reason = self._connection.close_reason
-        self._fail(f"agent connection lost: {reason.message if reason else 'closed'}", "connection_lost")
 
     def _start_error(self, timeout: float) -> SpearError:
         code = self.process.returncode
@@ -368,63 +375,6 @@ class ProcessInstance(RuntimeInstance):
         tail = "\n".join(self._stderr_tail)
         message = f"{why}; stderr tail:\n{tail}" if tail else why
         return SpearError(ErrorCode.INSTANCE_FAILED, message, {"stderr_tail": tail, "exit_code": code})
-
-    async def execute(self, call: Call, sink: StreamSink | None, log: LogSink) -> Any:
-        connection = self._connection
-        assert connection is not None
-        params = {
-            "function": call.function_name,
-            "params": call.params,
-            "execution_id": call.execution_id,
-            "environment": call.environment,
-            "headers": call.headers,
-        }
-        try:
-            if sink is None:
-                envelope = await connection.request(
-                    "execute", params, timeout=call.timeout, cancel_grace=self.cancel_grace
-                )
-            else:
-                async with connection.stream(
-                    "execute", params, timeout=call.timeout, cancel_grace=self.cancel_grace
-                ) as items:
-                    async for item in items:
-                        await sink(item)
-                    envelope = items.result
-        except SpearError as exc:
-            if exc.code is ErrorCode.DEADLINE_EXCEEDED:
-                raise SpearError(
-                    ErrorCode.DEADLINE_EXCEEDED,
-                    f"{call.function_name} did not finish before its deadline",
-                ) from None
-            if exc.code is ErrorCode.UNAVAILABLE:
-                await self._failed.wait()
-                assert self._failure is not None
-                raise SpearError(
-                    ErrorCode.INSTANCE_FAILED, self._failure.message, dict(self._failure.details)
-                ) from None
-            if "logs" in exc.details:  # the error's copy of the logs is capped as well
-                kept = self._log_lines(exc.details["logs"], log)
-                raise SpearError(exc.code, exc.message, {**exc.details, "logs": kept}) from None
-            raise
-        if not isinstance(envelope, dict):
-            raise SpearError(ErrorCode.PROTOCOL_ERROR, "agent answered execute without a result envelope")
-        self._log_lines(envelope.get("logs"), log)
-        return envelope.get("value")
-
-    def _log_lines(self, lines: object, log: LogSink) -> list[str]:
-        """Hand the agent's log lines for one execution to *log*, capped; return them."""
-        if not isinstance(lines, list):
-            return []
-        kept = list(capped_log(lines, self.sandbox.max_line_bytes, self.sandbox.max_execution_log_bytes))
-        for line in kept:
-            log(line)
-        return kept
-
-    async def wait_failed(self) -> SpearError:
-        await self._failed.wait()
-        assert self._failure is not None
-        return self._failure
 
     async def _stop(self, grace: float) -> None:
         """Goodbye, SIGTERM to the group, SIGKILL after *grace*, reap. Idempotent."""

@@ -49,6 +49,11 @@ def test_policy_table_is_read_relative_to_the_config_file(tmp_path: Path) -> Non
         ({"agent_env": ["PATH", "LD_PRELOAD"]}, "agent_env"),
         ({"client_commands": "yes"}, "client_commands"),
         ({"surprise": 1}, "surprise"),
+        ({"external_secret_ttl_s": 0}, "external_secret_ttl_s"),
+        ({"external_secret_ttl_s": 7200}, "external_secret_ttl_s"),  # above the (default) maximum
+        ({"external_secret_max_ttl_s": math.inf}, "external_secret_max_ttl_s"),
+        ({"external_max_secrets_per_task": 0}, "external_max_secrets_per_task"),
+        ({"external_max_secrets_per_task": 2.5}, "external_max_secrets_per_task"),
     ],
 )
 def test_bad_policy_values_are_refused_by_name(table: dict[str, object], named: str) -> None:
@@ -90,3 +95,20 @@ def test_the_example_config_lists_the_roots_make_run_needs() -> None:
     assert policy.artifact_roots is not None and ROOT / "examples" in policy.artifact_roots
     policy.admit(config.tasks[0].artifact)  # the declared task would pass even as a client's
     assert OperatorPolicy().validate() is None
+
+
+def test_external_mode_is_the_operators_to_allow() -> None:
+    assert "external" not in OperatorPolicy().runtimes  # clients may not create external tasks by default
+    config = NodeConfig.from_dict(
+        {
+            "agent_advertise": "ws://agents.example:7600",
+            "policy": {
+                "runtimes": ["process", "external"],
+                "external_secret_max_ttl_s": 7200,
+                "external_secret_ttl_s": 60,
+            },
+        }
+    )
+    assert config.agent_advertise == "ws://agents.example:7600"
+    limits = config.policy.secret_limits()
+    assert (limits.default_ttl_s, limits.max_ttl_s, limits.max_per_task) == (60.0, 7200.0, 8)

@@ -32,9 +32,12 @@ light on purpose (stdlib + msgpack; asyncio is loaded only if an ``async def``
 function is registered), because every cold start pays for it.
 
 Threads: the main thread reads the connection and answers pings at once, so a
-busy function never makes the agent look dead. Plain functions and generators
-run in worker threads; coroutines and async generators run on one asyncio loop
-in its own thread. Cancelling a coroutine cancels its task; a plain function
+busy function never makes the agent look dead. A plain function first runs on
+that reader thread itself (no hand-off: the cheap case of a short function); a
+watchdog hands reading to a new thread when one runs over 2-4 ms, and that
+function's later calls go to worker threads, as do generators streaming their
+items; coroutines and async generators run on one asyncio loop in its own
+thread. Cancelling a coroutine cancels its task; a plain function
 cannot be interrupted, so it is abandoned: the node gets CANCELLED at once, the
 function's eventual result is dropped, and :func:`cancelled` turns True so a
 cooperative function can stop early.

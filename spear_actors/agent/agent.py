@@ -54,6 +54,7 @@ class Agent:
         self.name = name or os.path.basename(sys.argv[0] or "agent")
         self.max_workers = max_workers
         self.functions: dict[str, Callable[..., Any]] = {}
+        self._async: set[str] = set()  # names of the coroutine / async generator functions
         self._link: AgentLink | None = None
         self._calls: dict[int, CallState] = {}  # added by the reader; else under the link's lock
         self._jobs: SimpleQueue[tuple[Callable[..., Any], CallState] | None] = SimpleQueue()
@@ -89,6 +90,7 @@ class Agent:
             raise ValueError(f"function {name!r} is already registered")
         if _is_async(fn):
             self._ensure_loop()
+            self._async.add(name)
         self.functions[name] = fn
 
     # -- serving ----------------------------------------------------------------
@@ -109,7 +111,7 @@ class Agent:
         with link.lock:  # what is still running is abandoned: wake generators waiting for credit
             for state in self._calls.values():
                 state.cancelled = True
-            link.lock.notify_all()
+            link.changed.notify_all()
 
     def _hello(self, secret: str) -> Hello:
         """The hello: it must fit the node's pre-authentication limit (8 KiB), so the
@@ -134,7 +136,7 @@ class Agent:
             assert link is not None
             with link.lock:
                 state = self._calls.get(event.id)
-                link.lock.notify_all()
+                link.changed.notify_all()
             if state is not None and state.wake is not None:
                 state.wake()
 
@@ -153,20 +155,12 @@ class Agent:
             error = SpearError(ErrorCode.NOT_FOUND, f"function {name!r} is not registered (has: {known})")
             link.send(lambda core: core.fail(request.id, error))
             return
-        state = CallState(
-            request.id,
-            request.window is not None,
-            {
-                "execution_id": params.get("execution_id"),
-                "environment": params.get("environment"),
-                "headers": params.get("headers"),
-            },
-        )
+        state = CallState(request.id, request.window is not None, params)
         # Without the lock: only the reader adds, and a dict's one assignment is
         # atomic; the lock orders what others do with an entry (answer, cancel).
         self._calls[request.id] = state
         args = params.get("params")
-        if _is_async(fn):
+        if name in self._async:
             import asyncio
 
             state.future = asyncio.run_coroutine_threadsafe(self._run_async(fn, args, state), self._loop)
@@ -186,7 +180,7 @@ class Agent:
             if state is None:
                 return
             state.cancelled = True
-            link.lock.notify_all()
+            link.changed.notify_all()
         if state.future is not None:
             state.future.cancel()
         else:
@@ -197,19 +191,19 @@ class Agent:
         value (later answers are dropped by the core)."""
         link = self._link
         assert link is not None
-        envelope = {"value": outcome, "logs": state.logs}
+        link.send(lambda core: self._answer(core, state, outcome))
 
-        def answer(core: ProtocolCore) -> bytes | None:
-            self._calls.pop(state.id, None)
-            if isinstance(outcome, SpearError):
-                return core.fail(state.id, outcome)
-            try:
-                return core.respond(state.id, envelope)
-            except SpearError as exc:
-                error = SpearError(ErrorCode.FUNCTION_ERROR, f"result cannot be sent: {exc.message}")
-                return core.fail(state.id, error)
-
-        link.send(answer)
+    def _answer(self, core: ProtocolCore, state: CallState, outcome: Any) -> bytes | None:
+        """The body of *state*'s terminal answer (None: answered already); call under
+        the link's lock."""
+        self._calls.pop(state.id, None)
+        if isinstance(outcome, SpearError):
+            return core.fail(state.id, outcome)
+        try:
+            return core.respond(state.id, {"value": outcome, "logs": state.logs})
+        except SpearError as exc:
+            error = SpearError(ErrorCode.FUNCTION_ERROR, f"result cannot be sent: {exc.message}")
+            return core.fail(state.id, error)
 
     def _failure(self, state: CallState, exc: BaseException) -> SpearError:
         import traceback
@@ -227,22 +221,33 @@ class Agent:
         ``_WATCH_PERIOD``: if the same inline call is still running, it starts a
         new reader (so cancels and pings are read) and marks the function slow,
         whose later calls go to the worker threads; this thread then finishes the
-        call like a worker and leaves (:meth:`AgentLink.hand_over_reading`)."""
+        call like a worker and leaves (:meth:`AgentLink.hand_over_reading`).
+
+        What :meth:`_run_sync` and :meth:`_finish` do for a worker is done here in
+        one piece, with the answer and the inline bookkeeping under one lock round:
+        this is the SDK's cost per call."""
         link = self._link
-        assert link is not None
+        assert link is not None and link.core is not None
         self._inline = state
         self._inline_count += 1
         if self._watchdog_sleeping or self._watchdog is None:
             self._wake_watchdog()
+        token = current.set(state)
         try:
-            self._run_sync(lambda: _call(fn, args), state)
+            outcome = fn(**args) if type(args) is dict else _call(fn, args)
+            if type(outcome) is types.GeneratorType:  # a generator called in unary mode
+                outcome = list(outcome)
+        except BaseException as exc:
+            outcome = self._failure(state, exc)
         finally:
-            with link.lock:
-                if self._inline is state:
-                    self._inline = None
-                else:  # handed over: this thread is a worker that leaves now
-                    self._slow.add(name)
-                    self._handed_over -= 1
+            current.reset(token)
+        with link.lock:
+            if self._inline is state:
+                self._inline = None
+            else:  # handed over: this thread is a worker that leaves now
+                self._slow.add(name)
+                self._handed_over -= 1
+            link.enqueue(self._answer(link.core, state, outcome))
 
     def _wake_watchdog(self) -> None:
         if self._watchdog is None:
@@ -342,7 +347,7 @@ class Agent:
             while core.credit(state.id) <= 0 and not state.cancelled and not link.closed:
                 if state.id not in core.serving:
                     break
-                link.lock.wait()
+                link.changed.wait()
             if state.cancelled or link.closed or state.id not in core.serving:
                 raise _Abandoned
 

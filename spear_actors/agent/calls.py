@@ -18,12 +18,14 @@ class CallState:
 
     Protocol state (credit, items sent, whether it was answered) is the core's."""
 
-    __slots__ = ("cancelled", "context", "future", "id", "logs", "stream", "wake")
+    __slots__ = ("cancelled", "future", "id", "logs", "params", "stream", "wake")
 
-    def __init__(self, request_id: int, stream: bool, context: dict[str, Any] | None = None) -> None:
+    def __init__(self, request_id: int, stream: bool, params: dict[str, Any] | None = None) -> None:
         self.id = request_id
         self.stream = stream
-        self.context = context or {}
+        self.params = params or {}
+        """The ``execute`` request's params; :func:`context` picks the context from them
+        when asked (most calls never ask)."""
         self.cancelled = False
         self.logs: list[str] = []
         self.future: Any = None
@@ -50,7 +52,12 @@ def context() -> dict[str, Any]:
     state = current.get()
     if state is None:
         return {}
-    return dict(state.context)
+    params = state.params
+    return {
+        "execution_id": params.get("execution_id"),
+        "environment": params.get("environment"),
+        "headers": params.get("headers"),
+    }
 
 
 def cancelled() -> bool:

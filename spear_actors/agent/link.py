@@ -45,8 +45,11 @@ class AgentLink:
 
     def __init__(self, sock: socket.socket) -> None:
         self._sock = sock
-        self.lock = threading.Condition()
-        """Guards the core and the send queue; notified when credit or room arrives."""
+        self.lock = threading.RLock()
+        """Guards the core and the send queue (held with ``with``: a C-level lock,
+        cheaper than entering the condition, which is Python code)."""
+        self.changed = threading.Condition(self.lock)
+        """Notified (under :attr:`lock`) when credit or room arrives, or the link closes."""
         self.core: ProtocolCore | None = None
         self._queue: deque[bytes] = deque()
         self._queued_bytes = 0
@@ -54,6 +57,7 @@ class AgentLink:
         self.closed = False
         self._on_event: Callable[[Event], None] | None = None
         self._reader_epoch = 0  # which thread reads: see hand_over_reading
+        self._events: deque[Event] = deque()  # read, not yet handed on: see _read
         self._ended = threading.Event()
 
     # -- the handshake -------------------------------------------------------------
@@ -116,38 +120,51 @@ class AgentLink:
 
     def _read(self, epoch: int) -> bool:
         """Read and hand events on while this thread is the reader (*epoch*).
-        True when the link ended here; False once another thread took over."""
+        True when the link ended here; False once another thread took over.
+
+        What one read brings is turned into events under one lock round and handed
+        on in order from :attr:`_events`. Only the reader touches that queue, and a
+        hand-over happens only while the reader runs a function inline (between two
+        events, with the events it has not handed on yet still in the queue): so
+        the successor hands those on first, and the epoch, which changes only
+        then, is read without the lock after each event."""
         core = self.core
         assert core is not None
         on_event = self._on_event
         assert on_event is not None
         sock = self._sock
+        lock = self.lock
+        events = self._events
         data: bytes | None = None
         try:
             while True:
-                with self.lock:  # once per read and once per event
+                with lock:  # once per read
                     if data is not None:
                         core.receive_data(data, time.monotonic())
-                        data = None
+                    while (event := core.next_event()) is not None:
+                        events.append(event)
+                    if core.has_data_to_send:
+                        self._flush_core()
+                    if not events and core.close_reason is not None:  # closed by the heartbeat thread
+                        break
+                closed: ConnectionClosed | None = None
+                while events:
+                    event = events.popleft()
+                    if type(event) is ConnectionClosed:
+                        closed = event
+                        break
+                    on_event(event)
                     if self._reader_epoch != epoch:
                         return False
-                    event = core.next_event()
-                    if event is None:
-                        if core.closed:  # closed by the heartbeat thread
-                            break
-                        self._flush_core()
-                if event is None:
-                    try:
-                        data = sock.recv(_RECEIVE_SIZE)
-                    except OSError:
-                        data = b""
-                    continue
-                if isinstance(event, ConnectionClosed):
-                    if event.error.code != ErrorCode.UNAVAILABLE:
-                        print(f"spear agent: node reported {event.error}", file=sys.stderr)
+                if closed is not None:
+                    if closed.error.code != ErrorCode.UNAVAILABLE:
+                        print(f"spear agent: node reported {closed.error}", file=sys.stderr)
                     self._last_words()
                     break
-                on_event(event)
+                try:
+                    data = sock.recv(_RECEIVE_SIZE)
+                except OSError:
+                    data = b""
         except BaseException:
             self._end()
             raise
@@ -164,24 +181,25 @@ class AgentLink:
         with self.lock:
             if self.core is None or self.closed:
                 return
-            self._enqueue(produce(self.core))
+            self.enqueue(produce(self.core))
 
     def send_waiting(self, produce: Callable[[ProtocolCore], bytes | None]) -> None:
         """Like :meth:`send`, but first wait while more than 4 MiB is queued (stream
         items from a fast generator: the node reading slowly holds it back)."""
         with self.lock:
             while self._queued_bytes > _HIGH_WATER and not self.closed:
-                self.lock.wait()
+                self.changed.wait()
             if self.core is None or self.closed:
                 return
-            self._enqueue(produce(self.core))
+            self.enqueue(produce(self.core))
 
-    def _enqueue(self, body: bytes | None) -> None:
-        """Send *body* from this thread when nothing is queued or being written and
-        the socket takes it without waiting (the common case: no hand-off to the
-        writer thread); otherwise, or for the rest of a frame the socket did not
-        take, queue it for the writer. Called under the lock, so bodies keep the
-        core's order; never waits, so the reader never stops reading to write."""
+    def enqueue(self, body: bytes | None) -> None:
+        """Send *body* (made by the core; None: nothing) from this thread when
+        nothing is queued or being written and the socket takes it without waiting
+        (the common case: no hand-off to the writer thread); otherwise, or for the
+        rest of a frame the socket did not take, queue it for the writer. Call under
+        the lock, so bodies keep the core's order; never waits, so the reader never
+        stops reading to write."""
         if body is None:
             return
         frame = encode_frame(body)
@@ -195,27 +213,27 @@ class AgentLink:
             frame = frame[sent:]
         self._queue.append(frame)
         self._queued_bytes += len(frame)
-        self.lock.notify_all()
+        self.changed.notify_all()
 
     def _flush_core(self) -> None:
         assert self.core is not None
         for body in self.core.data_to_send():
-            self._enqueue(body)
+            self.enqueue(body)
 
     def _writer(self) -> None:
         sock = self._sock
-        lock = self.lock
+        changed = self.changed
         while True:
-            with lock:
+            with self.lock:
                 while not self._queue and not self.closed:
-                    lock.wait()
+                    changed.wait()
                 if self.closed:
                     return
                 bodies = list(self._queue)
                 self._queue.clear()
                 self._queued_bytes = 0
                 self._write_started = time.monotonic()
-                lock.notify_all()  # room for senders waiting on the high-water mark
+                changed.notify_all()  # room for senders waiting on the high-water mark
             try:
                 sock.sendall(b"".join(bodies))
             except OSError:
@@ -272,7 +290,7 @@ class AgentLink:
         """Stop every thread and close the socket."""
         with self.lock:
             self.closed = True
-            self.lock.notify_all()
+            self.changed.notify_all()
         try:
             self._sock.close()
         except OSError:

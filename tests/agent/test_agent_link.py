@@ -13,8 +13,6 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
 
@@ -31,24 +29,10 @@ from spear_actors.protocol.messages import Hello, Ping, Request, Response, Welco
 from spear_actors.protocol.transports import Transport, serve_endpoint
 
 from ..conftest import agent_spec, fast_config
+from .agent_processes import SECRET, agent_process
 
 AGENT = Path(__file__).resolve().parent / "bulky_agent.py"
 MIB = 1024 * 1024
-SECRET = "s3cret"
-
-
-@asynccontextmanager
-async def agent_process(address: str, script: Path = AGENT) -> AsyncIterator[trio.Process]:
-    env = {**os.environ, "SERVICE_ADDR": address, "SECRET": SECRET}
-    process = await trio.lowlevel.open_process([sys.executable, str(script)], env=env)
-    try:
-        yield process
-    finally:
-        with trio.CancelScope(shield=True):
-            if process.returncode is None:
-                os.kill(process.pid, signal.SIGCONT)
-                process.kill()
-            await process.wait()
 
 
 async def test_the_agent_reads_while_a_worker_cannot_write(tmp_path: Path) -> None:
@@ -79,7 +63,7 @@ async def test_the_agent_reads_while_a_worker_cannot_write(tmp_path: Path) -> No
         endpoint = await nursery.start(
             partial(serve_endpoint, f"unix://{tmp_path}/a.sock", node, max_frame_size=32 * MIB)
         )
-        async with agent_process(str(endpoint)):
+        async with agent_process(str(endpoint), AGENT):
             with trio.fail_after(60):  # a deadlock waits for this; the fix takes a second
                 await done.wait()
         nursery.cancel_scope.cancel()
@@ -112,7 +96,7 @@ async def test_a_node_caller_leaves_at_its_deadline_when_the_agent_stops_reading
         endpoint = await nursery.start(
             partial(serve_endpoint, f"unix://{tmp_path}/b.sock", node, max_frame_size=32 * MIB)
         )
-        async with agent_process(str(endpoint)) as process:
+        async with agent_process(str(endpoint), AGENT) as process:
             with trio.fail_after(30):
                 await ready.wait()
             os.kill(process.pid, signal.SIGSTOP)  # the agent reads nothing from now on
@@ -168,7 +152,7 @@ async def test_the_agent_exits_when_the_node_falls_silent(tmp_path: Path) -> Non
 
     async with trio.open_nursery() as nursery:
         endpoint = await nursery.start(partial(serve_endpoint, f"unix://{tmp_path}/c.sock", silent_node))
-        async with agent_process(str(endpoint)) as process:
+        async with agent_process(str(endpoint), AGENT) as process:
             with trio.fail_after(30):  # generous: a real process on a busy machine
                 await welcomed.wait()
                 await process.wait()

@@ -357,7 +357,7 @@ class ManagerActor(ManagerQueries, ManagerTaskTable, Actor[ManagerMessage]):
             execution_id, entry.definition.task_id, request.function_name, request.execution_mode, replay
         )
 
-        def notify_done(done: Reply[Outcome]) -> None:
+        def notify_done(_: Reply[Outcome]) -> None:
             # Runs in whichever task answered the outcome: only post, never touch state.
             self.ref.post(ExecutionDone(execution_id, outcome))
 

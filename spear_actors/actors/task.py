@@ -54,10 +54,9 @@ _KILLED_FROM_OUTSIDE = (-9, -15)
 
 STARTED_REPORT_AFTER = 0.005
 """Seconds after its start (up to twice that) an execution still running is
-reported to the manager (record → RUNNING), in one :class:`ExecutionsStarted`
-with the others due. A call
-that ends sooner costs no notification of its start: the manager reads it from the
-outcome slot's marks (see docs/architecture.md)."""
+reported to the manager (record → RUNNING), in one :class:`ExecutionsStarted` with
+the others due. A call that ends sooner costs no notification of its start: the
+manager reads it from the outcome slot's marks (see docs/architecture.md)."""
 
 
 @dataclasses.dataclass(slots=True)

@@ -141,6 +141,7 @@ GROUPS = [  # first match wins: (where the function is, the part it belongs to)
     ("trio_websocket/", "websocket: trio-websocket + wsproto"),
     ("wsproto/", "websocket: trio-websocket + wsproto"),
     ("h11/", "websocket: trio-websocket + wsproto"),
+    ("websockets/", "websocket: websockets (sans-IO core)"),
     ("msgpack", "msgpack"),
     ("spear_actors/actors/", "spear: actors (manager, task, instance, executions)"),
     ("spear_actors/protocol/", "spear: protocol (connection, messages, framing, outbox)"),

@@ -17,7 +17,6 @@ from collections.abc import Awaitable, Callable
 from typing import Final, Protocol
 
 import trio
-import trio_websocket
 
 from ..errors import ErrorCode, SpearError
 from ..protocol.framing import DEFAULT_MAX_FRAME_SIZE
@@ -30,15 +29,13 @@ from ..protocol.transports import (
     parse_endpoint,
     stream_transport,
 )
-from ..protocol.wsguard import FrameGuard
+from ..protocol.ws_transport import serve_websocket_stream
+from ..protocol.wsconnection import HandshakeFailed
 from .bytecount import ByteCounts
 from .refusals import RefusalLog
 
 __all__ = ["Admission", "listen"]
 
-_WS_QUEUE: Final = 64
-_WS_HANDSHAKE_TIMEOUT: Final = 10.0
-"""How long a websocket client has to send its HTTP upgrade request."""
 _ACCEPT_PAUSE: Final = 0.1
 """After accept fails for lack of descriptors or memory: wait this long, then retry."""
 _OUT_OF_RESOURCES: Final = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
@@ -178,30 +175,14 @@ async def _connection(
             # with the transport's own class (over TLS: the plain stream transport)
             await serve(stream_transport(inner, description=description), address)
             return
-        async with trio.open_nursery() as nursery:  # the websocket's reader task
-            try:
-                with trio.fail_after(_WS_HANDSHAKE_TIMEOUT):
-                    if isinstance(inner, trio.SSLStream):
-                        # first, and on its own: trio-websocket's reader would end
-                        # quietly on a failed TLS handshake and leave the upgrade
-                        # waiting for its timeout with the socket open
-                        await inner.do_handshake()
-                    # FrameGuard: an oversized frame is refused from its header (1009)
-                    request = await trio_websocket.wrap_server_stream(
-                        nursery,
-                        FrameGuard(inner, DEFAULT_MAX_FRAME_SIZE),
-                        message_queue_size=_WS_QUEUE,
-                        max_message_size=DEFAULT_MAX_FRAME_SIZE,
-                    )
-                    ws = await request.accept()
-            except (trio.TooSlowError, trio_websocket.ConnectionClosed, trio.BrokenResourceError, OSError) as exc:
-                refusals.refused("websocket handshake failed", f"{description}: {type(exc).__name__}")
-                nursery.cancel_scope.cancel()
-                return
-            try:
-                await serve(WebsocketTransport(ws, description=description), address)
-            finally:
-                nursery.cancel_scope.cancel()
+        try:
+            # the TLS handshake first and on its own, then the upgrade, all within the
+            # handshake's time limit; an oversized frame is refused from its header (1009)
+            ws = await serve_websocket_stream(inner, DEFAULT_MAX_FRAME_SIZE)
+        except (HandshakeFailed, trio.TooSlowError, trio.BrokenResourceError, OSError) as exc:
+            refusals.refused("websocket handshake failed", f"{description}: {type(exc).__name__}")
+            return
+        await serve(WebsocketTransport(ws, description=description), address)
     finally:
         admission.release(address)
         if byte_counts is not None:

@@ -4,7 +4,7 @@ Two kinds carry the same msgpack bodies:
 
 * :class:`StreamTransport`: a trio byte stream (TCP, unix socket) with the
   length-prefixed framing of :mod:`.framing`;
-* :class:`WebsocketTransport`: a trio-websocket connection, one binary message per body.
+* :class:`WebsocketTransport`: a websocket (:mod:`.wsconnection`), one binary message per body.
 
 Also here: opening a client transport to an endpoint URL (``tcp://host:port``,
 ``unix:///path``, ``ws://host:port``), and serving one. The parts live in
@@ -22,15 +22,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import trio
-import trio_websocket
 
 from ..errors import ErrorCode, SpearError
-from .endpoints import Endpoint, _host, _reason, parse_endpoint
+from .endpoints import Endpoint, _reason, parse_endpoint
 from .framing import DEFAULT_MAX_FRAME_SIZE
 from .streams import SocketTransport, StreamTransport, open_unix_listener, stream_transport
 from .transport_base import Transport, TransportHandler, _run_handler
-from .ws_transport import _WS_QUEUE, WebsocketTransport, _open_wss_transport, _serve_websocket
-from .wsguard import NowaitWriter
+from .ws_transport import WebsocketTransport, _serve_websocket, open_websocket_transport
 
 __all__ = [
     "Endpoint",
@@ -65,38 +63,9 @@ async def open_transport(
     endpoint = url if isinstance(url, Endpoint) else parse_endpoint(url)
     if endpoint.scheme in ("tls", "wss") and ssl_context is None:
         ssl_context = ssl.create_default_context()
-    if endpoint.scheme == "wss":
-        assert ssl_context is not None
-        async with _open_wss_transport(endpoint, ssl_context, max_frame_size, connect_timeout) as wss_transport:
-            yield wss_transport
-        return
-    if endpoint.scheme == "ws":
-        # connect_timeout bounds the connect and handshake only (trio-websocket applies
-        # it); errors raised by the caller's block pass through unchanged.
-        connected = False
-        try:
-            async with trio_websocket.open_websocket_url(
-                f"{endpoint.scheme}://{_host(endpoint.host)}:{endpoint.port}/",
-                ssl_context=ssl_context,
-                message_queue_size=_WS_QUEUE,
-                max_message_size=max_frame_size,
-                connect_timeout=connect_timeout,
-                disconnect_timeout=1.0,
-            ) as ws:
-                connected = True
-                if isinstance(ws._stream, trio.SocketStream):
-                    # writes without waiting (WebsocketTransport.send_nowait): the
-                    # reader task and trio-websocket's own sends see the same stream
-                    ws._stream = NowaitWriter(ws._stream)
-                transport = WebsocketTransport(ws, description=str(endpoint))
-                try:
-                    yield transport
-                finally:
-                    await transport.aclose()
-        except (OSError, trio_websocket.HandshakeError, trio.TooSlowError, trio.BrokenResourceError) as exc:
-            if connected:
-                raise
-            raise SpearError(ErrorCode.UNAVAILABLE, f"cannot connect to {endpoint}: {exc!r}") from None
+    if endpoint.scheme in ("ws", "wss"):
+        async with open_websocket_transport(endpoint, ssl_context, max_frame_size, connect_timeout) as ws_transport:
+            yield ws_transport
         return
     stream: trio.abc.Stream
     try:

@@ -1,9 +1,10 @@
 """Refuse an oversized websocket frame from its header, before its bytes arrive.
 
-trio-websocket counts a message's bytes as they come, so a frame header announcing
-2^63 bytes, followed by a trickle, is only refused after ``max_message_size`` bytes
-have arrived (or never, if the peer stops). :class:`FrameGuard` sits between the
-socket and trio-websocket on a server connection: it reads the RFC 6455 frame
+A websocket connection counts a message's bytes as they come, so a frame header
+announcing 2^63 bytes, followed by a trickle, would only be refused after
+``max_message_size`` bytes have arrived (or never, if the peer stops). :class:`FrameGuard`
+sits between the socket and the :class:`~.wsconnection.WebsocketConnection` on a
+server connection: it reads the RFC 6455 frame
 headers in the bytes going up (after the HTTP upgrade request), and when one
 announces more than the limit it sends the close frame itself (code 1009, message
 too big) and ends the stream, so the connection closes at once.
@@ -12,7 +13,7 @@ Its base, :class:`NowaitWriter` (alone under a client connection), lets the
 connection write a message without waiting (``WebsocketTransport.send_nowait``): a
 non-blocking write when no send is under way, whose unwritten rest goes first on the
 next send, so the answer to a request leaves from the task that made it instead of
-waking the connection's writer task (and trio-websocket's lock) for every message.
+waking the connection's writer task for every message.
 """
 
 from __future__ import annotations
@@ -25,14 +26,16 @@ import trio
 __all__ = ["FrameGuard", "GuardedListener", "NowaitWriter"]
 
 _END_OF_HTTP: Final = b"\r\n\r\n"
-_MAX_HTTP: Final = 64 * 1024  # past this, trio-websocket refuses the upgrade itself
+_MAX_HTTP: Final = 64 * 1024  # past this, the upgrade is refused (wsconnection.py)
 _TOO_BIG_CLOSE: Final = b"\x88\x02\x03\xf1"  # FIN + close, 2 bytes, code 1009
 _MAX_HEADER: Final = 14  # 2 + 8 (64-bit length) + 4 (mask)
+_RECEIVE_SIZE: Final = 64 * 1024
 
 
 class NowaitWriter(trio.abc.Stream):
-    """A stream under trio-websocket that a connection may also write to without
-    waiting (:meth:`write_nowait`); everything else passes through."""
+    """The stream under a websocket connection, which may also write to it without
+    waiting (:meth:`write_nowait`); reading from a plain socket waits first, then
+    reads; everything else passes through."""
 
     def __init__(self, stream: trio.abc.Stream) -> None:
         self.stream = stream
@@ -41,7 +44,20 @@ class NowaitWriter(trio.abc.Stream):
         self._refused = False
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
-        return await self.stream.receive_some(max_bytes)
+        socket_stream = self.stream
+        if not isinstance(socket_stream, trio.SocketStream):
+            return await socket_stream.receive_some(max_bytes)
+        # a plain socket: wait first, then read (a reader almost always comes before
+        # its data, and trying first costs a refused read every time; streams.py)
+        sock = socket_stream.socket
+        if sock.fileno() == -1:
+            raise trio.ClosedResourceError("the socket is closed")
+        while True:
+            await trio.lowlevel.wait_readable(sock)
+            try:
+                return os.read(sock.fileno(), max_bytes or _RECEIVE_SIZE)
+            except BlockingIOError:
+                continue
 
     # -- sending and closing --------------------------------------------------------
     def write_nowait(self, data: bytes) -> bool | None:
@@ -109,8 +125,8 @@ class FrameGuard(NowaitWriter):
     async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
         if self._refused:
             raise trio.BrokenResourceError("frame over the size limit")
-        data = await self.stream.receive_some(max_bytes)
-        if data and self._too_big(bytes(data)):
+        data = await super().receive_some(max_bytes)
+        if data and self._too_big(data if type(data) is bytes else bytes(data)):
             self._refused = True
             async with self._send_lock:
                 with trio.move_on_after(1.0), _suppress_broken():

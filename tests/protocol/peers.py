@@ -119,7 +119,7 @@ class Raw:
             await trio.aclose_forcefully(self.transport.stream)
         else:
             assert isinstance(self.transport, WebsocketTransport)
-            await trio.aclose_forcefully(self.transport.ws._stream)
+            await trio.aclose_forcefully(self.transport.ws.stream)
 
 
 @asynccontextmanager

@@ -221,7 +221,7 @@ async def test_reading_or_waiting_on_a_closed_socket_is_unavailable() -> None:
 async def test_websocket_answers_written_without_waiting_stay_whole_when_the_client_stops_reading() -> None:
     """A server websocket writes answers from the task that made them; what the socket
     does not take goes first on the next send. 24 answers of 1 MiB to a client whose
-    reads stall (its message queue fills) all arrive whole, with pings in between."""
+    reads stall (its socket fills) all arrive whole, with pings in between."""
 
     async def echo(request: IncomingRequest) -> Any:
         return request.params
@@ -229,14 +229,17 @@ async def test_websocket_answers_written_without_waiting_stay_whole_when_the_cli
     big = 1024 * 1024
     async with serving("ws://127.0.0.1:0", echo) as server, raw_client(server) as peer:
         await peer.hello()
-        await peer.send(*[Request(i, "echo", bytes([i]) * big) for i in range(1, 25)])
-        await trio.sleep(0.2)  # let the server's writes meet a full socket
         answers: dict[int, Any] = {}
-        with trio.fail_after(PROMPTLY * 4):
-            while len(answers) < 24:
-                message = await peer.receive_skipping_pings()
-                assert isinstance(message, Response), message
-                answers[message.id] = message.result
+        async with trio.open_nursery() as nursery:
+            # the requests go while the client does not read (a websocket connection
+            # reads only when asked): the server's answers fill the socket
+            nursery.start_soon(peer.send, *[Request(i, "echo", bytes([i]) * big) for i in range(1, 25)])
+            await trio.sleep(0.2)  # let the server's writes meet a full socket
+            with trio.fail_after(PROMPTLY * 4):
+                while len(answers) < 24:
+                    message = await peer.receive_skipping_pings()
+                    assert isinstance(message, Response), message
+                    answers[message.id] = message.result
         assert answers == {i: bytes([i]) * big for i in range(1, 25)}
         await peer.send(Request(99, "echo", "after"))
         with trio.fail_after(PROMPTLY):

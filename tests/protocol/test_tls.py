@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import ssl
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,7 +21,6 @@ from spear_actors.protocol.transports import (
     Transport,
     open_transport,
     serve_endpoint,
-    server_ssl_context,
     stream_transport,
 )
 
@@ -66,19 +64,6 @@ async def test_a_connection_over_tls() -> None:
                     assert items.result == "counted"
         await transport.aclose()
         nursery.cancel_scope.cancel()
-
-
-@pytest.fixture
-def certificates(tmp_path: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
-    """(server context made from cert and key files, client context trusting the CA)."""
-    ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1", "localhost")
-    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
-    cert.private_key_and_cert_chain_pem.write_to_path(str(cert_file))
-    cert.private_key_pem.write_to_path(str(key_file))
-    client_context = ssl.create_default_context()
-    ca.configure_trust(client_context)
-    return server_ssl_context(str(cert_file), str(key_file)), client_context
 
 
 @pytest.mark.parametrize("scheme", ["tls", "wss"])

@@ -4,9 +4,11 @@ Figures, all in the same run (the baseline is the owner itself):
 
 * **invoke through the owner vs through a forwarding node**: sequential p50/p99 of a
   SYNC ``add`` by task name, sent to the owner node and to another node that forwards
-  it over its pooled node-to-node connection; and throughput with 64 calls in flight
-  (64 client tasks on one connection each way). Target: forwarding p50 <= 1.5x the
-  owner's.
+  it over its pooled node-to-node connection, in alternating rounds (so the machine's
+  drifting load weighs on both alike), with the CPU each node spent per call; and
+  throughput with 64 calls in flight (64 client tasks on one connection each way, also
+  in alternating rounds).
+  Target: forwarding p50 <= 1.5x the owner's.
 * **task-creation race**: a fresh name asked of all three nodes at once (NEW_TASK with
   an artifact); the latency of each of the three calls (each includes starting the
   agent process on the winner), and a check that each round made one task.
@@ -17,6 +19,10 @@ Figures, all in the same run (the baseline is the owner itself):
 
     python benchmarks/cluster.py            # about 60 s
     python benchmarks/cluster.py --quick    # fewer calls and rounds
+
+The nodes run the ``spear_actors`` that ``python -m spear_actors.cli`` finds: run from
+another directory with ``PYTHONPATH=<other checkout>`` to measure that code (e.g. a
+baseline) with this harness.
 """
 
 from __future__ import annotations
@@ -82,7 +88,12 @@ class Served:
 
 
 @asynccontextmanager
-async def serve(node_id: str, etcd_url: str, prefix: str, root: Path) -> AsyncIterator[Served]:
+async def serve(
+    node_id: str, etcd_url: str, prefix: str, root: Path, code: Path | None = None
+) -> AsyncIterator[Served]:
+    """A ``spear serve`` process; *code*: a checkout whose ``spear_actors`` it runs
+    (its working directory, first on its path; default: whatever this interpreter
+    imports)."""
     work = root / node_id
     work.mkdir()
     (work / "node.toml").write_text(_config(node_id, etcd_url, prefix, work))
@@ -94,6 +105,7 @@ async def serve(node_id: str, etcd_url: str, prefix: str, root: Path) -> AsyncIt
                 stdout=subprocess.PIPE,
                 stderr=subprocess.DEVNULL,
                 check=False,
+                cwd=None if code is None else str(code),
             )
         )
         assert process.stdout is not None
@@ -147,6 +159,68 @@ async def throughput(url: str, total: int, in_flight: int) -> float:
         return total / (time.perf_counter() - start)
 
 
+def cpu_seconds(process: trio.Process) -> float:
+    """CPU time (user + system) the process has used so far."""
+    fields = Path(f"/proc/{process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def sequential(a: Served, b: Served, calls: int, rounds: int) -> dict[str, Any]:
+    """p50, p99 and CPU per call of sequential calls through the owner *a* and through
+    *b*, measured in alternating rounds (the machine's load drifts: a ratio of two
+    windows taken one after the other would measure the drift too); also the ratio of
+    each round's p50s, under ``"ratios"``."""
+    labels = {"owner (node-a)": a, "forwarded (node-b -> node-a)": b}
+    samples: dict[str, list[float]] = {label: [] for label in labels}
+    cpu = {(label, node.node_id): 0.0 for label in labels for node in (a, b)}
+    ratios: list[float] = []
+    per_round = max(1, calls // rounds)
+    async with connect(a.url) as on_a, connect(b.url) as on_b:
+        clients = {"owner (node-a)": on_a, "forwarded (node-b -> node-a)": on_b}
+        for round_ in range(rounds):
+            p50s: dict[str, float] = {}
+            for label in list(labels) if round_ % 2 == 0 else list(labels)[::-1]:
+                client = clients[label]
+                before = {node.node_id: cpu_seconds(node.process) for node in (a, b)}
+                taken = await timed_calls(
+                    lambda client=client: client.invoke("add", [1, 2], task_name="bench"), per_round
+                )
+                for node in (a, b):
+                    cpu[label, node.node_id] += cpu_seconds(node.process) - before[node.node_id]
+                samples[label].extend(taken)
+                p50s[label] = p50_p99(taken)[0]
+            ratios.append(p50s["forwarded (node-b -> node-a)"] / p50s["owner (node-a)"])
+    results: dict[str, Any] = {}
+    for label, taken in samples.items():
+        # CPU over the timed calls and their warm-up calls alike
+        made = len(taken) + rounds * min(200, per_round // 5)
+        used = ", ".join(f"{node.node_id} {cpu[label, node.node_id] / made * 1e6:.0f}" for node in (a, b))
+        results[label] = (*p50_p99(taken), f"CPU per call, µs: {used}")
+    results["ratios"] = ratios
+    return results
+
+
+async def throughputs(a: Served, b: Served, total: int, rounds: int) -> dict[str, tuple[float, str]]:
+    """Calls per second (median over *rounds*) with 64 in flight through the owner *a*
+    and through *b*, alternating, and each node's CPU per call."""
+    labels = {"owner (node-a)": a.url, "forwarded (node-b -> node-a)": b.url}
+    rates: dict[str, list[float]] = {label: [] for label in labels}
+    cpu = {(label, node.node_id): 0.0 for label in labels for node in (a, b)}
+    for round_ in range(rounds):
+        for label in list(labels) if round_ % 2 == 0 else list(labels)[::-1]:
+            before = {node.node_id: cpu_seconds(node.process) for node in (a, b)}
+            rates[label].append(await throughput(labels[label], total // rounds, 64))
+            for node in (a, b):
+                cpu[label, node.node_id] += cpu_seconds(node.process) - before[node.node_id]
+    return {
+        label: (
+            statistics.median(rates[label]),
+            ", ".join(f"{node.node_id} {cpu[label, node.node_id] / total * 1e6:.0f}" for node in (a, b)),
+        )
+        for label in labels
+    }
+
+
 def ms(seconds: float) -> str:
     return f"{seconds * 1000:.2f} ms"
 
@@ -175,23 +249,20 @@ async def main(quick: bool) -> None:
                     made = await on_a.invoke("add", [1, 2], task_name="bench", artifact_spec=AGENT)
                 assert id_owner(made["task_id"]) == "node-a"
                 print(f"cluster: 3 nodes (spear serve), etcd {etcd.url}, lease TTL {TTL} s")
-                print("\n-- invoke by name, sequential --")
-                results: dict[str, tuple[float, float]] = {}
-                for label, url in (("owner (node-a)", a.url), ("forwarded (node-b -> node-a)", b.url)):
-                    async with connect(url) as client:
-                        samples = await timed_calls(
-                            lambda client=client: client.invoke("add", [1, 2], task_name="bench"), calls
-                        )
-                    results[label] = p50_p99(samples)
-                    p50, p99 = results[label]
-                    print(f"{label:32} p50 {ms(p50)}  p99 {ms(p99)}  ({calls} calls)")
-                owner_p50 = results["owner (node-a)"][0]
-                forwarded_p50 = results["forwarded (node-b -> node-a)"][0]
-                print(f"forwarded / owner p50: {forwarded_p50 / owner_p50:.2f}x (target <= 1.5x)")
-                print("\n-- throughput, 64 in flight --")
-                for label, url in (("owner (node-a)", a.url), ("forwarded (node-b -> node-a)", b.url)):
-                    rate = await throughput(url, bulk, 64)
-                    print(f"{label:32} {rate:8.0f} calls/s  ({bulk} calls)")
+                print("\n-- invoke by name, sequential (owner and forwarded in alternating rounds) --")
+                results = await sequential(a, b, calls, rounds=5 if quick else 10)
+                ratios = results.pop("ratios")
+                for label, (p50, p99, cpu) in results.items():
+                    print(f"{label:32} p50 {ms(p50)}  p99 {ms(p99)}  ({calls} calls; {cpu})")
+                owner_p50, forwarded_p50 = (results[label][0] for label in results)
+                print(
+                    f"forwarded / owner p50: {forwarded_p50 / owner_p50:.2f}x"
+                    f"  (per round: median {statistics.median(ratios):.2f}x, {min(ratios):.2f}-{max(ratios):.2f}; "
+                    "target <= 1.5x)"
+                )
+                print("\n-- throughput, 64 in flight (owner and forwarded in alternating rounds) --")
+                for label, (rate, used) in (await throughputs(a, b, bulk, rounds=2 if quick else 4)).items():
+                    print(f"{label:32} {rate:8.0f} calls/s  ({bulk} calls; CPU per call, µs: {used})")
 
                 print("\n-- task-creation race: one new name asked of 3 nodes at once --")
                 race: list[float] = []

@@ -1,6 +1,6 @@
 """Where a call's time goes in the node: trio task steps, run-loop passes and cProfile.
 
-    .venv/bin/python benchmarks/profile_invoke.py [--n 2000] [--top 25] [--quick]
+    .venv/bin/python benchmarks/profile_invoke.py [--n 2000] [--top 25] [--quick] [--paths inproc,ws]
 
 For in-process ``node.invoke`` (caller in the node's loop) and for ws invoke (a client
 service in its own process, the ``_peers_spear.py client`` driver of peers.py), over
@@ -235,7 +235,7 @@ class Measure:
         report_profile(title, profile, calls, top, clock, self.last_node_cpu)
 
 
-async def main(n: int, top: int, cpu_timer: bool) -> None:
+async def main(n: int, top: int, cpu_timer: bool, paths: set[str]) -> None:
     counter = LoopCounter()
     measure = Measure(counter, cpu_timer)
     config = NodeConfig(
@@ -252,9 +252,12 @@ async def main(n: int, top: int, cpu_timer: bool) -> None:
             for _ in range(n):
                 await node.invoke("echo", PAYLOAD, task_name=TASK)
 
-        await in_process()  # warm-up
-        await measure.counted("in-process node.invoke", in_process, n)
-        await measure.profiled("in-process node.invoke", in_process, n, top)
+        if "inproc" in paths:
+            await in_process()  # warm-up
+            await measure.counted("in-process node.invoke", in_process, n)
+            await measure.profiled("in-process node.invoke", in_process, n, top)
+        if "ws" not in paths:
+            return
 
         urls = {endpoint.scheme: str(endpoint) for endpoint in node.endpoints}
         argv = [sys.executable, str(HERE / "_peers_spear.py"), "client", urls["ws"], urls["tcp"], str(os.getpid())]
@@ -281,6 +284,7 @@ if __name__ == "__main__":
     parser.add_argument("--top", type=int, default=25, help="functions listed from cProfile")
     parser.add_argument("--quick", action="store_true", help="n=500")
     parser.add_argument("--wall", action="store_true", help="cProfile on wall time (default: the thread's CPU time)")
+    parser.add_argument("--paths", default="inproc,ws", help="what to measure: inproc, ws or both (default)")
     args = parser.parse_args()
     quick = args.quick or bool(os.environ.get("BENCH_QUICK") or os.environ.get("SPEAR_BENCH_QUICK"))
-    trio.run(main, 500 if quick else args.n, args.top, not args.wall)
+    trio.run(main, 500 if quick else args.n, args.top, not args.wall, set(args.paths.split(",")))

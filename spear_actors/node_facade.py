@@ -26,6 +26,7 @@ from .actors.messages import (
     Invoke,
     ManagerMessage,
     Outcome,
+    OutcomeSlot,
     Query,
     Routed,
     WaitExecution,
@@ -146,7 +147,7 @@ class Node:
         The manager routes the execution's result into *outcome*, the reply slot made
         here; a routing refusal fails it too (through ``on_done`` of the routing
         reply, which also arms the deadline: the routed deadline + a grace)."""
-        outcome: Reply[Outcome] = Reply()
+        outcome = OutcomeSlot()
         routing: Reply[Routed] = Reply()
         scope = trio.CancelScope()
 

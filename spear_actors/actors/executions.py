@@ -254,12 +254,12 @@ class ExecutionRegistry:
         self.counts[record.status] += 1
         return record
 
-    def started(self, record: ExecutionRecord, instance_id: str) -> None:
-        """PENDING → RUNNING on *instance_id*."""
+    def started(self, record: ExecutionRecord, instance_id: str, started_at: float) -> None:
+        """PENDING → RUNNING on *instance_id* since *started_at* (wall-clock time)."""
         if record.status is ExecutionStatus.PENDING:
             self._move(record, ExecutionStatus.RUNNING)
             record.instance_id = instance_id
-            record.started_at = time.time()
+            record.started_at = started_at
         elif record.status is ExecutionStatus.RUNNING:
             record.instance_id = instance_id  # moved: its first instance died before starting it
 

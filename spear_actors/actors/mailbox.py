@@ -31,10 +31,12 @@ class Reply(Generic[T]):
     teardown of an actor) may race to answer and exactly one wins.
     """
 
-    __slots__ = ("_error", "_event", "_value", "on_done")
+    __slots__ = ("_done", "_error", "_event", "_value", "on_done")
 
     def __init__(self) -> None:
-        self._event = trio.Event()
+        self._done = False
+        self._event: trio.Event | None = None
+        """Made by the first :meth:`wait` (many replies are only read, never awaited)."""
         self._value: T | None = None
         self._error: SpearError | None = None
         self.on_done: Callable[[Reply[T]], None] | None = None
@@ -51,30 +53,37 @@ class Reply(Generic[T]):
         return self._value
 
     def _answered(self) -> None:
-        self._event.set()
+        self._done = True
+        if self._event is not None:
+            self._event.set()
         if self.on_done is not None:
             self.on_done(self)
 
     @property
     def done(self) -> bool:
         """True once answered."""
-        return self._event.is_set()
+        return self._done
 
     def send(self, value: T) -> None:
         """Answer with a value (ignored if already answered)."""
-        if not self._event.is_set():
+        if not self._done:
             self._value = value
             self._answered()
 
     def fail(self, error: SpearError) -> None:
         """Answer with an error (ignored if already answered)."""
-        if not self._event.is_set():
+        if not self._done:
             self._error = error
             self._answered()
 
     async def wait(self) -> T:
         """Wait for the answer; return the value or raise the error."""
-        await self._event.wait()
+        if self._done:
+            await trio.lowlevel.checkpoint()
+        else:
+            if self._event is None:
+                self._event = trio.Event()
+            await self._event.wait()
         if self._error is not None:
             raise self._error
         return self._value  # type: ignore[return-value]
@@ -142,10 +151,13 @@ class ActorRef(Generic[M]):
         """Send ``build(reply)`` and wait for the reply's value (or its error).
 
         The receiving actor guarantees an answer: from its handler, or from its
-        teardown (UNAVAILABLE) if it stops first.
+        teardown (UNAVAILABLE) if it stops first. Sending yields only when the
+        inbox is full: the wait that follows is the checkpoint (one wake-up per ask,
+        not one for the send and one for the answer).
         """
+        await trio.lowlevel.checkpoint_if_cancelled()
         reply: Reply[T] = Reply()
-        await self.tell(build(reply))
+        await self.send(build(reply))
         return await reply.wait()
 
 

@@ -25,10 +25,11 @@ from .messages import (
     DeleteTask,
     Drain,
     ExecutionDone,
-    ExecutionStarted,
+    ExecutionsStarted,
     Invoke,
     ManagerMessage,
     Outcome,
+    OutcomeSlot,
     Query,
     Routed,
     StopTask,
@@ -107,10 +108,11 @@ class ManagerActor(ManagerQueries, ManagerTaskTable, Actor[ManagerMessage]):
     def handle(self, message: ManagerMessage) -> None:
         if isinstance(message, Invoke):
             self._invoke(message)
-        elif isinstance(message, ExecutionStarted):
-            record = self.registry.get(message.execution_id)
-            if record is not None:
-                self.registry.started(record, message.instance_id)
+        elif isinstance(message, ExecutionsStarted):
+            for execution_id, instance_id, started_at in message.started:
+                record = self.registry.get(execution_id)
+                if record is not None:
+                    self.registry.started(record, instance_id, started_at)
         elif isinstance(message, ExecutionDone):
             self._execution_done(message)
         elif isinstance(message, Query):
@@ -330,7 +332,7 @@ class ManagerActor(ManagerQueries, ManagerTaskTable, Actor[ManagerMessage]):
             environment=context.environment,
             headers=context.headers,
         )
-        outcome: Reply[Outcome] = message.outcome or Reply()
+        outcome = message.outcome or OutcomeSlot()
         submit = Submit(call, outcome, deadline, message.sink, request.force_new_instance, context.max_retries)
         try:
             entry.ref.tell_nowait(submit)
@@ -355,9 +357,9 @@ class ManagerActor(ManagerQueries, ManagerTaskTable, Actor[ManagerMessage]):
             execution_id, entry.definition.task_id, request.function_name, request.execution_mode, replay
         )
 
-        def notify_done(done: Reply[Outcome]) -> None:
+        def notify_done(_: Reply[Outcome]) -> None:
             # Runs in whichever task answered the outcome: only post, never touch state.
-            self.ref.post(ExecutionDone(execution_id, done))
+            self.ref.post(ExecutionDone(execution_id, outcome))
 
         outcome.on_done = notify_done
         estimate = entry.latency.percentile(0.5) if request.execution_mode is ExecutionMode.ASYNC else None
@@ -394,6 +396,9 @@ class ManagerActor(ManagerQueries, ManagerTaskTable, Actor[ManagerMessage]):
         if record is None:
             return
         outcome = message.outcome
+        if record.status is ExecutionStatus.PENDING and outcome.started_at is not None:
+            # it ended before its start was reported: the slot's marks say where and when
+            self.registry.started(record, outcome.instance_id, outcome.started_at)
         self.registry.finish(record, outcome.value, outcome.error)
         if self._idle_waiters:
             self._answer_idle_waiters()
@@ -424,7 +429,7 @@ class ManagerActor(ManagerQueries, ManagerTaskTable, Actor[ManagerMessage]):
         # its answer while the note was still queued): only then is anything left
         # unfinished really cut short by the shutdown.
         for message in take_queued(self._inbox):
-            if isinstance(message, (ExecutionDone, ExecutionStarted)):
+            if isinstance(message, (ExecutionDone, ExecutionsStarted)):
                 self.handle(message)
             else:
                 fail_reply(message, error)

@@ -19,7 +19,7 @@ __all__ = [
     "Execute",
     "ExecutionDone",
     "ExecutionFinished",
-    "ExecutionStarted",
+    "ExecutionsStarted",
     "GetTaskInfo",
     "InstanceExited",
     "InstanceMessage",
@@ -27,6 +27,7 @@ __all__ = [
     "Invoke",
     "ManagerMessage",
     "Outcome",
+    "OutcomeSlot",
     "Query",
     "Routed",
     "StopInstance",
@@ -51,6 +52,23 @@ class Outcome:
     instance_id: str
     execution_time_ms: float
     logs: list[str]
+
+
+class OutcomeSlot(Reply[Outcome]):
+    """The reply slot of an execution's outcome, marked with where and when the
+    execution started: the task actor writes the marks when it hands the call to an
+    instance, and the manager reads them with the outcome (:class:`ExecutionDone`),
+    so a call that ends quickly needs no notification of its start of its own
+    (a longer one is reported by :class:`ExecutionsStarted`)."""
+
+    __slots__ = ("instance_id", "started_at")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.instance_id = ""
+        """The instance running it (the last one, if it was run again elsewhere)."""
+        self.started_at: float | None = None
+        """Wall-clock time it first left the queue for an instance (None: it never did)."""
 
 
 @dataclasses.dataclass(slots=True)
@@ -79,7 +97,7 @@ class Invoke:
     request: InvokeRequest
     reply: Reply[Routed]
     sink: StreamSink | None = None
-    outcome: Reply[Outcome] | None = None
+    outcome: OutcomeSlot | None = None
     """The caller's own slot for the outcome (SYNC and STREAM): the manager routes
     the execution's result into it, so the caller waits once, on the outcome, and is
     not woken for :class:`Routed` first. None: the manager makes one."""
@@ -156,10 +174,11 @@ class Drain:
 
 @dataclasses.dataclass(slots=True)
 class ExecutionDone:
-    """The manager's note that an execution's outcome reply was answered."""
+    """The manager's note that an execution's outcome slot was answered (with the
+    slot's marks of where and when it started, if it did)."""
 
     execution_id: str
-    outcome: Reply[Outcome]
+    outcome: OutcomeSlot
 
 
 @dataclasses.dataclass(slots=True)
@@ -171,11 +190,13 @@ class TaskStopped:
 
 # -- task → manager -----------------------------------------------------------------
 @dataclasses.dataclass(slots=True)
-class ExecutionStarted:
-    """An execution left the queue for an instance."""
+class ExecutionsStarted:
+    """Executions that left the queue for an instance a while ago (the task's
+    ``STARTED_REPORT_AFTER``) and are still running: (execution id, instance id,
+    wall-clock start). One that ends sooner is never in one: its start comes with
+    its outcome (:class:`OutcomeSlot`)."""
 
-    execution_id: str
-    instance_id: str
+    started: list[tuple[str, str, float]]
 
 
 @dataclasses.dataclass(slots=True)
@@ -202,7 +223,7 @@ class Submit:
     """Run *call* on one of the task's instances before *deadline* (trio time)."""
 
     call: Call
-    reply: Reply[Outcome]
+    reply: OutcomeSlot
     deadline: float
     sink: StreamSink | None = None
     force_new_instance: bool = False
@@ -310,7 +331,7 @@ ManagerMessage = (
     | DeleteTask
     | ExecutionDone
     | TaskStopped
-    | ExecutionStarted
+    | ExecutionsStarted
     | TaskInstances
     | TaskQueueFull
     | Drain

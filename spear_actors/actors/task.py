@@ -26,7 +26,7 @@ from .messages import (
     CancelExecution,
     Execute,
     ExecutionFinished,
-    ExecutionStarted,
+    ExecutionsStarted,
     GetTaskInfo,
     InstanceExited,
     InstanceMessage,
@@ -51,6 +51,12 @@ killed from outside by SIGKILL or SIGTERM excepted: they say nothing about the a
 
 _KILLED_FROM_OUTSIDE = (-9, -15)
 """Exit codes of an agent killed by SIGKILL or SIGTERM (it did not exit by itself)."""
+
+STARTED_REPORT_AFTER = 0.005
+"""Seconds after its start (up to twice that) an execution still running is
+reported to the manager (record → RUNNING), in one :class:`ExecutionsStarted` with
+the others due. A call that ends sooner costs no notification of its start: the
+manager reads it from the outcome slot's marks (see docs/architecture.md)."""
 
 
 @dataclasses.dataclass(slots=True)
@@ -144,8 +150,12 @@ class TaskActor(Actor[TaskMessage]):
         self._running: dict[str, tuple[str, Submit, Execute]] = {}
         """execution id → (instance running it, the call as it was submitted, the
         Execute sent for this attempt)"""
-        self._wakeup = trio.Event()
         self._timer_at = math.inf
+        """When the timer looks next (lowered by :meth:`_wake_timer_by`)."""
+        self._timer_scope: trio.CancelScope | None = None
+        """The timer's wait, while it waits: moving its deadline wakes it no sooner."""
+        self._started_due: collections.deque[tuple[float, Execute]] = collections.deque()
+        """Dispatched attempts, in order, with when their start is due to be reported."""
         self._queued_deadline = math.inf
         self._ids = itertools.count(1)
         self._last_start_error: SpearError | None = None
@@ -206,7 +216,8 @@ class TaskActor(Actor[TaskMessage]):
             if not self._slots:
                 self.stop()
             return
-        self._dispatch()
+        if self._pending or self._queue_full:
+            self._dispatch()
 
     def _stop_task(self, reason: SpearError) -> None:
         """Fail what waits, stop every instance with *reason*; the actor stops once
@@ -259,7 +270,7 @@ class TaskActor(Actor[TaskMessage]):
                 queued.environment,
                 queued.headers,
             )
-            reply = submit.reply
+            reply: Reply[Outcome] = submit.reply
             if submit.retries > 0:
                 # This attempt answers the task, which may run it again elsewhere.
                 reply = Reply()
@@ -275,8 +286,15 @@ class TaskActor(Actor[TaskMessage]):
             slot.inflight += 1
             slot.executions += 1
             self._running[call.execution_id] = (slot.instance_id, submit, execute)
+            marks = submit.reply
+            if marks.started_at is None:
+                marks.started_at = time.time()
+            marks.instance_id = slot.instance_id
             if self._parent is not None:
-                self._parent.post(ExecutionStarted(call.execution_id, slot.instance_id))
+                due = now + STARTED_REPORT_AFTER
+                self._started_due.append((due, execute))
+                if due < self._timer_at:
+                    self._wake_timer_by(due)
         if self._pending:
             # A call has to wait: the timer must expire it at its deadline.
             self._wake_timer_by(self._queued_deadline)
@@ -286,10 +304,29 @@ class TaskActor(Actor[TaskMessage]):
         self._scale_up()
 
     def _wake_timer_by(self, when: float) -> None:
-        """Make sure the timer looks again no later than *when* (free if it will anyway)."""
+        """Make sure the timer looks again no later than *when* (free if it will
+        anyway; a later *when* does not wake it now either, it moves its deadline)."""
         if when < self._timer_at:
             self._timer_at = when
-            self._wakeup.set()
+            if self._timer_scope is not None:
+                self._timer_scope.deadline = when
+
+    def _report_started(self, now: float) -> float:
+        """Tell the manager of the starts due by *now* whose attempt still runs;
+        return when to look next (the next due, but not sooner than a whole
+        STARTED_REPORT_AFTER from now: reports go in batches, so a steady stream of
+        short calls wakes the timer once per period, not once per call)."""
+        due = self._started_due
+        started: list[tuple[str, str, float]] = []
+        while due and due[0][0] <= now:
+            execute = due.popleft()[1]
+            execution_id = execute.call.execution_id
+            running = self._running.get(execution_id)
+            if running is not None and running[2] is execute:
+                started.append((execution_id, running[0], running[1].reply.started_at or time.time()))
+        if started and self._parent is not None:
+            self._parent.post(ExecutionsStarted(started))
+        return max(due[0][0], now + STARTED_REPORT_AFTER) if due else math.inf
 
     def _attempt_ended(self, submit: Submit, outcome: Reply[Outcome]) -> None:
         # Runs in the instance's task that answered: post, never touch state here.
@@ -497,11 +534,13 @@ class TaskActor(Actor[TaskMessage]):
 
     # -- time -------------------------------------------------------------------
     async def _timer(self) -> None:
-        """Expire waiting calls at their deadline; stop instances idle too long."""
+        """Expire waiting calls at their deadline; stop instances idle too long;
+        report the starts of executions that run longer than STARTED_REPORT_AFTER."""
         idle_timeout = self._policy.idle_timeout_s
         while True:
             now = trio.current_time()
-            wake = math.inf
+            self._timer_at = math.inf  # what is asked of it from here on counts
+            wake = self._report_started(now)
             for entry in list(self._pending):
                 deadline = entry.submit.deadline
                 if deadline <= now:
@@ -525,10 +564,11 @@ class TaskActor(Actor[TaskMessage]):
             elif self._stop_reason is None and self._draining is None:
                 self._replenish()
                 self._dispatch()  # calls that waited out the back-off may start instances now
-            self._wakeup = trio.Event()
+            wake = min(wake, self._timer_at)
             self._timer_at = wake
-            with trio.move_on_at(wake):
-                await self._wakeup.wait()
+            with trio.CancelScope(deadline=wake) as self._timer_scope:
+                await trio.sleep_forever()
+            self._timer_scope = None
 
     def _reap_idle(self, now: float, idle_timeout: float) -> float:
         """Stop instances idle past the timeout (above the minimum); return when to look again."""

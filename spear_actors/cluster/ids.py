@@ -6,7 +6,7 @@ it. For an execution that is its owner for life. For a task it is the owner as l
 the task lives: when that node is gone, the task is gone with it (a new owner creates
 it again under a new id), so a call for the old id can say which node was lost. An id
 without a valid node part (a client-chosen id, an id from a node outside any cluster)
-names no node and is looked up locally.
+names no node: a cluster node serves it if it holds it, else asks its peers (:mod:`.routing`).
 """
 
 from __future__ import annotations

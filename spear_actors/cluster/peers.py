@@ -15,7 +15,7 @@ import trio
 
 from .._nursery import background_nursery
 from ..errors import ErrorCode, SpearError
-from ..protocol.connection import Connection
+from ..protocol.connection import Connection, ConnectionConfig
 from ..protocol.handshake import open_connection
 from ..protocol.messages import Hello
 from ..protocol.transports import open_transport
@@ -28,6 +28,11 @@ log = logging.getLogger(__name__)
 _PREFERRED = ("tcp://", "tls://", "ws://", "wss://")
 """Raw sockets first: the node-to-node hop is cheapest without websocket framing."""
 
+_PEER_CONFIG = ConnectionConfig(callers_read=False)
+"""The reader task reads every answer: a relaying node's caller reading its own
+(the fast path of a client making one call at a time) costs it more CPU in
+hand-overs than it saves (measured: docs/performance.md, "Cluster routing")."""
+
 
 def peer_url(node: NodeInfo) -> str | None:
     """The endpoint of *node* to dial: its first tcp:// or tls:// one, else ws:// or
@@ -39,9 +44,24 @@ def peer_url(node: NodeInfo) -> str | None:
     return None
 
 
+class _Dial:
+    """A dial under way: callers wait for it; it ends with a connection or an error."""
+
+    __slots__ = ("connection", "done", "error")
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.connection: Connection | None = None
+        self.error: SpearError | None = None
+
+
 class PeerPool:
     """Open connections to peer nodes, made on first use and kept while they live;
-    a dead one is replaced on the next call. Get one from :func:`open_peer_pool`."""
+    a dead one is replaced on the next call. Get one from :func:`open_peer_pool`.
+
+    A dial runs in the pool's own task: callers wait for it, and one that gives up
+    (cancelled, past its deadline) leaves it to finish, so the connection is there
+    for the next call and no half-made socket is dropped."""
 
     def __init__(self, node_id: str, token: str | None, nursery: trio.Nursery, connect_timeout: float) -> None:
         self._node_id = node_id
@@ -49,7 +69,7 @@ class PeerPool:
         self._nursery = nursery
         self._connect_timeout = connect_timeout
         self._connections: dict[str, Connection] = {}
-        self._locks: dict[str, trio.Lock] = {}
+        self._dials: dict[str, _Dial] = {}
 
     async def connection(self, node: NodeInfo) -> Connection:
         """The open connection to *node*, dialled now if there is none;
@@ -57,18 +77,28 @@ class PeerPool:
         existing = self._connections.get(node.node_id)
         if existing is not None and not existing.closed:
             return existing
-        lock = self._locks.setdefault(node.node_id, trio.Lock())
-        async with lock:
-            existing = self._connections.get(node.node_id)
-            if existing is not None and not existing.closed:
-                return existing
+        dial = self._dials.get(node.node_id)
+        if dial is None:
+            dial = self._dials[node.node_id] = _Dial()
+            self._nursery.start_soon(self._dial, node, dial)
+        await dial.done.wait()
+        if dial.connection is None:
+            error = dial.error or SpearError(ErrorCode.UNAVAILABLE, f"cannot reach node {node.node_id}")
+            raise SpearError(error.code, error.message, dict(error.details))
+        return dial.connection
+
+    async def _dial(self, node: NodeInfo, dial: _Dial) -> None:
+        try:
             url = peer_url(node)
             if url is None:
                 raise SpearError(
                     ErrorCode.UNAVAILABLE, f"node {node.node_id} has no endpoint to dial", {"node_id": node.node_id}
                 )
             try:
-                connection: Connection = await self._nursery.start(self._hold, url)
+                with trio.fail_after(self._connect_timeout * 2):  # the connect, then the hello
+                    connection: Connection = await self._nursery.start(self._hold, node.node_id, url)
+            except trio.TooSlowError:
+                raise SpearError(ErrorCode.UNAVAILABLE, "no welcome in time") from None
             except SpearError as exc:
                 raise SpearError(
                     ErrorCode.UNAVAILABLE if exc.code is not ErrorCode.UNAUTHENTICATED else exc.code,
@@ -76,18 +106,37 @@ class PeerPool:
                     {"node_id": node.node_id},
                 ) from None
             self._connections[node.node_id] = connection
-            return connection
+            dial.connection = connection
+        except SpearError as exc:
+            if "node_id" not in exc.details:
+                exc = SpearError(
+                    exc.code, f"cannot reach node {node.node_id}: {exc.message}", {"node_id": node.node_id}
+                )
+            dial.error = exc
+        finally:
+            if dial.connection is None and dial.error is None:  # the pool closed meanwhile
+                dial.error = SpearError(
+                    ErrorCode.UNAVAILABLE,
+                    f"stopped dialling node {node.node_id}: shutting down",
+                    {"node_id": node.node_id},
+                )
+            del self._dials[node.node_id]
+            dial.done.set()
 
-    async def _hold(self, url: str, *, task_status: trio.TaskStatus[Connection]) -> None:
+    async def _hold(self, node_id: str, url: str, *, task_status: trio.TaskStatus[Connection]) -> None:
         started = False
         try:
             async with (
                 open_transport(url, connect_timeout=self._connect_timeout) as transport,
-                open_connection(transport, Hello(role="node", peer_id=self._node_id, auth=self._token)) as connection,
+                open_connection(
+                    transport, Hello(role="node", peer_id=self._node_id, auth=self._token), config=_PEER_CONFIG
+                ) as connection,
             ):
                 task_status.started(connection)
                 started = True
                 await connection.wait_closed()
+                if self._connections.get(node_id) is connection:
+                    del self._connections[node_id]
         except (SpearError, OSError, trio.BrokenResourceError) as exc:
             if not started:
                 if isinstance(exc, SpearError):

@@ -3,7 +3,9 @@ elsewhere are forwarded to the owner.
 
 The gateway hands every call to :class:`ClusterRouter` when the node is in a cluster
 (``Gateway.router``). The owner of an execution is named by its id
-(:func:`.ids.execution_owner`); the owner of a task by its claim (the
+(:func:`.ids.execution_owner`); an execution id chosen by a client names no node,
+and is served by the node asked if it holds it, else by the live peer that answers
+for it (a bounded lookup). The owner of a task is named by its claim (the
 :class:`.view.ClusterView`, then the id's node part). A call that arrives from a peer
 node (hello role ``node``) is served here and never forwarded again, except a new
 task's name lost to another node's claim (one more hop, to the winner, who owns it).
@@ -27,6 +29,7 @@ from ..protocol.handshake import Authenticator, token_authenticator
 from ..protocol.messages import Hello
 from ..protocol.serving import IncomingRequest
 from .ids import execution_owner, id_owner, new_execution_id, new_task_id
+from .invoke_fields import parse_invoke, routing_fields
 from .peers import PeerPool
 from .placement import place_task
 from .records import NodeInfo, TaskEntry
@@ -44,6 +47,12 @@ NOT_ROUTED: Final[Any] = object()
 _BY_EXECUTION: Final = frozenset({"get_execution", "wait_execution", "cancel_execution"})
 _BY_TASK: Final = frozenset({"get_task", "delete_task", "issue_agent_secret"})
 _STREAM_WINDOW: Final = 16
+_LOOKUP_TIMEOUT: Final = 2.0
+"""Seconds a cluster-wide lookup of a client-chosen execution id may take at most."""
+_LOOKUP_FAN_OUT: Final = 16
+"""Peers asked at once by such a lookup (a larger cluster is asked in turns)."""
+_WATCH_LOOKUPS: Final = 16
+"""Client-chosen ids of one watch looked up in the cluster; further ones are watched here."""
 
 
 class ClusterRouter:
@@ -59,28 +68,37 @@ class ClusterRouter:
         self._execution_prefix = new_execution_id(self.node_id).rsplit("-", 1)[0] + "-"  # "<node>:exec-"
 
     # -- invoke / stream_function ------------------------------------------------------
-    async def invoke(self, method: Method, request: InvokeRequest, incoming: IncomingRequest) -> Any:
-        """Serve or forward an invocation (*incoming* is the client's request)."""
+    async def invoke(self, method: Method, incoming: IncomingRequest) -> Any:
+        """Serve or forward an invocation (*incoming* is the client's request).
+
+        Routing reads only what it needs from the client's params (the kind of call,
+        the task's id or name, the function's name: :func:`_routing_fields`); a call
+        that goes to another node is relayed as it came, and its owner parses and
+        validates it in full. A call served here is parsed here."""
+        fields = routing_fields(incoming.params)
+        if fields is None:  # another spelling, or a bad field: parsing accepts it or says why
+            request = parse_invoke(incoming.params)
+            existing = request.invocation_type is InvocationType.EXISTING_TASK
+            task = request.task_id if existing else request.task_name
+        else:
+            existing, task = fields
         from_peer = _from_peer(incoming)
-        if request.invocation_type is InvocationType.EXISTING_TASK:
-            owner = self._task_owner(request.task_id)
+        if existing:
+            owner = self._task_owner(task)
             if owner is None or owner == self.node_id or from_peer:
-                return await self._run_local(request, incoming)
-            return await self._forward(self._live_owner(owner, request.task_id), method, incoming)
-        request.validate()
-        name = request.task_name
-        owned = self.registry.owned_task(name)
+                return await self._run_local(parse_invoke(incoming.params), incoming)
+            return await self._forward(self._live_owner(owner, task), method, incoming)
+        owned = self.registry.owned_task(task)
         if owned is not None:
-            return await self._run_owned(request, owned, incoming)
-        entry = self.view.task(name)
-        live_elsewhere = entry is not None and entry.owner != self.node_id and self.view.node(entry.owner) is not None
-        if entry is not None and live_elsewhere and not from_peer:
-            return await self._forward(self._live_owner(entry.owner, name), method, incoming)
+            return await self._run_owned(parse_invoke(incoming.params), owned, incoming)
         if not from_peer:
+            entry = self.view.task(task)
+            if entry is not None and entry.owner != self.node_id and self.view.node(entry.owner) is not None:
+                return await self._forward(self._live_owner(entry.owner, task), method, incoming)
             target = place_task(self._local_info(), self.view.nodes())
             if target.node_id != self.node_id:
                 return await self._forward(target, method, incoming)
-        return await self._claim_and_run(method, request, incoming)
+        return await self._claim_and_run(method, parse_invoke(incoming.params), incoming)
 
     async def _claim_and_run(self, method: Method, request: InvokeRequest, incoming: IncomingRequest) -> Any:
         """Claim the new task's name (the transaction decides who creates it), then
@@ -146,7 +164,9 @@ class ClusterRouter:
             return NOT_ROUTED
         if name in _BY_EXECUTION:
             owner = execution_owner(args["execution_id"])
-            if owner is None or owner == self.node_id:
+            if owner is None:
+                return await self._unnamed_execution(method, args, incoming)
+            if owner == self.node_id:
                 return NOT_ROUTED
             return await self._forward(self._live_owner(owner, args["execution_id"]), method, incoming)
         if name in _BY_TASK:
@@ -172,8 +192,12 @@ class ClusterRouter:
         """Split the ids by owner: this node's watched here, the others' at their owners,
         every record passed on as it comes."""
         by_owner: dict[str, list[str]] = {}
+        lookups = 0
         for execution_id in execution_ids:
             owner = execution_owner(execution_id)
+            if owner is None and lookups < _WATCH_LOOKUPS and self._has_peers():
+                lookups += 1
+                owner = await self._holder_of(execution_id, incoming)
             key = self.node_id if owner is None else owner
             by_owner.setdefault(key, []).append(execution_id)
         if set(by_owner) == {self.node_id}:
@@ -207,6 +231,75 @@ class ClusterRouter:
         if failure is not None:
             raise failure
         return {"count": count}
+
+    # -- execution ids chosen by clients ------------------------------------------------
+    async def _unnamed_execution(self, method: Method, args: Mapping[str, Any], incoming: IncomingRequest) -> Any:
+        """get/wait/cancel of an execution id that names no node (a client chose it):
+        served here if this node knows it, else by the live node that does (see
+        :meth:`_find_execution`), else this node's NOT_FOUND."""
+        try:
+            return await getattr(self.node, method.node_method)(**args)
+        except SpearError as exc:
+            if exc.code is not ErrorCode.NOT_FOUND or not self._has_peers():
+                raise
+            missing = exc
+        holder = await self._find_execution(args["execution_id"], incoming)
+        if holder is None:
+            raise missing
+        return await self._forward(holder, method, incoming)
+
+    async def _holder_of(self, execution_id: str, incoming: IncomingRequest) -> str | None:
+        """The node holding the client-chosen *execution_id*: this one, another live
+        one, or None (unknown: this node answers for it)."""
+        try:
+            await self.node.get_execution(execution_id, include_result=False)
+            return self.node_id
+        except SpearError as exc:
+            if exc.code is not ErrorCode.NOT_FOUND:
+                raise
+        holder = await self._find_execution(execution_id, incoming)
+        return None if holder is None else holder.node_id
+
+    def _has_peers(self) -> bool:
+        return any(node.node_id != self.node_id for node in self.view.nodes())
+
+    async def _find_execution(self, execution_id: str, incoming: IncomingRequest) -> NodeInfo | None:
+        """Ask the live peers (at most :data:`_LOOKUP_FAN_OUT` at once, within
+        :data:`_LOOKUP_TIMEOUT` or the call's deadline) which one has *execution_id*.
+        None when none has it; UNAVAILABLE naming the peers that could not be asked
+        when none that answered has it."""
+        peers = sorted((n for n in self.view.nodes() if n.node_id != self.node_id), key=lambda n: n.node_id)
+        left = _timeout(incoming)
+        limiter = trio.CapacityLimiter(_LOOKUP_FAN_OUT)
+        found: NodeInfo | None = None
+        answered: set[str] = set()
+
+        async def ask(node: NodeInfo, done: trio.CancelScope) -> None:
+            nonlocal found
+            async with limiter:
+                try:
+                    connection = await self.peers.connection(node)
+                    await connection.request("get_execution", {"execution_id": execution_id, "include_result": False})
+                except SpearError as exc:
+                    if exc.code is ErrorCode.NOT_FOUND:
+                        answered.add(node.node_id)
+                    return
+            found = found or node
+            done.cancel()
+
+        with trio.move_on_after(min(_LOOKUP_TIMEOUT, left if left is not None else _LOOKUP_TIMEOUT)):
+            async with trio.open_nursery() as nursery:
+                for node in peers:
+                    nursery.start_soon(ask, node, nursery.cancel_scope)
+        if found is None and len(answered) < len(peers):
+            silent = [n.node_id for n in peers if n.node_id not in answered]
+            raise SpearError(
+                ErrorCode.UNAVAILABLE,
+                f"execution {execution_id[:200]!r} is not on this node, nor on the nodes that answered; "
+                f"not asked (unreachable or too slow): {', '.join(silent[:10])}",
+                {"execution_id": execution_id[:200], "unreachable": silent[:10]},
+            )
+        return found
 
     # -- cluster views -------------------------------------------------------------------
     async def _cluster_tasks(self, args: Mapping[str, Any]) -> dict[str, Any]:

@@ -249,9 +249,9 @@ class Gateway:
     async def _call(self, method: Method, incoming: IncomingRequest) -> Any:
         serve = getattr(self.node, method.node_method)
         if method.params is None:  # an InvokeFunctionRequest
+            if self.router is not None:  # it reads the request only as far as routing needs
+                return await self.router.invoke(method, incoming)
             request = InvokeRequest.from_dict(incoming.params if incoming.params is not None else {})
-            if self.router is not None:
-                return await self.router.invoke(method, request, incoming)
             if method.stream:
                 return await serve(request, incoming.send_item)
             return await serve(request)

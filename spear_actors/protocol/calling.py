@@ -14,6 +14,14 @@ dispatching whatever else arrives. One leader at a time; the reader task reads o
 while nobody leads, and waits for data without taking it (``wait_readable``), so a
 leader takes over at once by cancelling that wait. A caller leads only after its
 send completed, so while any task waits to write, someone reads.
+
+While a caller leads, the reader task is parked. A lead that ends with other calls
+still waiting wakes it at once (they need a reader); one that ends with nothing else
+in flight lets it sleep on for up to :data:`READER_RESUME_AFTER` seconds, so that
+calls made one after another (the usual case on an agent link: the next call leads
+again) do not wake it twice each (cancelled out of its wait, then woken when the lead
+ends). Meanwhile nothing is awaited from the peer but its pings and its close, which
+wait in the socket for the next leader or for the reader's return.
 """
 
 from __future__ import annotations
@@ -32,30 +40,47 @@ from .framing import ProtocolError
 from .link import Link
 from .transports import SocketTransport
 
-__all__ = ["Caller", "ResponseStream"]
+__all__ = ["READER_RESUME_AFTER", "Caller", "ResponseStream"]
+
+READER_RESUME_AFTER = 0.02
+"""Seconds the reader task may stay parked after a lead ended with no call in flight."""
 
 
 class _PendingCall:
-    """The caller's side of a unary request: an event and its outcome."""
+    """The caller's side of a unary request: its outcome, and an event to wait for it
+    (made only when the caller waits: a caller that leads reads its answer itself)."""
 
-    __slots__ = ("error", "event", "id", "result", "ticket")
+    __slots__ = ("_event", "done", "error", "id", "result", "ticket")
 
     def __init__(self) -> None:
         self.id = 0  # set once the core numbered the request
         self.ticket = 0  # the outbox's ticket for its body
-        self.event = trio.Event()
+        self.done = False
+        self._event: trio.Event | None = None
         self.result: Any = None
         self.error: SpearError | None = None
 
     def end(self, result: Any) -> None:
-        if not self.event.is_set():
+        if not self.done:
             self.result = result
-            self.event.set()
+            self._answered()
 
     def fail(self, error: SpearError) -> None:
-        if not self.event.is_set():
+        if not self.done:
             self.error = error
-            self.event.set()
+            self._answered()
+
+    def _answered(self) -> None:
+        self.done = True
+        if self._event is not None:
+            self._event.set()
+
+    async def wait(self) -> None:
+        """Until answered (not a checkpoint when it already is: callers check first)."""
+        if not self.done:
+            if self._event is None:
+                self._event = trio.Event()
+            await self._event.wait()
 
 
 class ResponseStream:
@@ -142,6 +167,7 @@ class Caller(Link):
         self._leader: _PendingCall | None = None
         self._lead_released = trio.lowlevel.ParkingLot()  # the reader, while a caller leads
         self._reader_idle: trio.CancelScope | None = None
+        self._reader_parked: trio.CancelScope | None = None
         self._reader_busy = False
 
     @property
@@ -183,32 +209,33 @@ class Caller(Link):
                     # lead only once the request is out: while it waits to be
                     # written, the reader task reads whatever the peer sends
                     if outbox.written < call.ticket:
+                        self._wake_reader()  # someone reads while we wait to write
                         await outbox.wait_written(call.ticket)
                     if self._try_lead(call):
                         try:
                             await self._read_until(call)
                         finally:
                             self._end_lead()
-                if not call.event.is_set():
-                    await call.event.wait()
-            if not call.event.is_set():  # the timeout passed
+                if not call.done:
+                    await call.wait()
+            if not call.done:  # the timeout passed
                 self._check_open()
                 self._give_up(call.id, call.ticket, "deadline exceeded")
                 raise SpearError(ErrorCode.DEADLINE_EXCEEDED, f"{method}: no answer within {timeout:g}s")
         except trio.Cancelled:
-            if call.id and not call.event.is_set():
+            if call.id and not call.done:
                 sent_cancel = self._give_up(call.id, call.ticket, "caller cancelled")
                 if sent_cancel and cancel_grace is not None:
                     with trio.CancelScope(shield=True) as grace:
                         grace.deadline = trio.current_time() + cancel_grace
-                        await call.event.wait()
-                    if not call.event.is_set() and not self.closed and self.on_unconfirmed_cancel is not None:
+                        await call.wait()
+                    if not call.done and not self.closed and self.on_unconfirmed_cancel is not None:
                         self.on_unconfirmed_cancel(method, call.id)
             raise
         finally:
             if call.id:
                 del self._calls[call.id]
-                if not call.event.is_set():  # else the core has forgotten it already
+                if not call.done:  # else the core has forgotten it already
                     self.core.forget(call.id)
         if call.error is not None:
             raise call.error
@@ -242,6 +269,7 @@ class Caller(Link):
                 request_id, body = self.core.request(method, params, timeout_ms=_ms(timeout), window=window)
                 items.request_id = request_id
                 self._calls[request_id] = items
+                self._wake_reader()  # nobody leads for a stream: the reader takes its items
                 ticket = self._outbox.put(body)  # its deadline now runs in the iteration
             if scope.cancelled_caught:
                 self._check_open()
@@ -297,16 +325,27 @@ class Caller(Link):
     def _try_lead(self, call: _PendingCall) -> bool:
         if self._lead_socket is None or self._leader is not None or self._reader_busy or self.closed:
             return False
-        if call.event.is_set():
+        if call.done:
             return False
         self._leader = call
         if self._reader_idle is not None:
             self._reader_idle.cancel()
         return True
 
+    def _wake_reader(self) -> None:
+        """End the reader task's lazy sleep after a lead (see the module docstring)."""
+        if self._leader is None and self._reader_parked is not None:
+            self._lead_released.unpark_all()
+
     def _end_lead(self) -> None:
-        self._leader = None
-        self._lead_released.unpark_all()
+        leader, self._leader = self._leader, None
+        if len(self._calls) > 1 or leader is None or not leader.done:
+            # other calls wait (or the leader, cancelled, for its confirmation): the
+            # reader reads for them now
+            self._lead_released.unpark_all()
+        elif self._reader_parked is not None and self._reader_parked.deadline == math.inf:
+            # nothing else in flight: the next call will most likely lead again
+            self._reader_parked.deadline = trio.current_time() + READER_RESUME_AFTER
 
     async def _read_until(self, call: _PendingCall) -> None:
         """Read and dispatch until *call* is answered (or the connection dies)."""
@@ -314,7 +353,7 @@ class Caller(Link):
         assert socket is not None
         core = self.core
         try:
-            while not call.event.is_set():
+            while not call.done:
                 body = await socket.receive_body()
                 if body is None:
                     core.receive_body(None, trio.current_time())
@@ -363,7 +402,9 @@ class Caller(Link):
             if body is not None:
                 return body
             if self._leader is not None:
-                await self._lead_released.park()
+                with trio.CancelScope() as self._reader_parked:
+                    await self._lead_released.park()
+                self._reader_parked = None
                 continue
             with trio.CancelScope() as self._reader_idle:
                 await socket.wait_readable()

@@ -51,7 +51,7 @@ class Connection(Server):
             identity=identity,
             peer_max_frame_size=peer_max_frame_size,
         )
-        self._init_calling(may_lead=handler is None)
+        self._init_calling(may_lead=handler is None and config.callers_read)
         self._init_serving(handler)
 
     async def _run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:

@@ -56,6 +56,10 @@ class ConnectionConfig:
     """Bytes queued for sending above which senders wait, and the reader of a
     connection that serves requests stops reading (backpressure on a peer that
     sends requests but does not read their answers)."""
+    callers_read: bool = True
+    """Whether a caller may read its own answer (a connection that serves no
+    requests, over a plain socket; :mod:`.calling`). False leaves all reading to the
+    reader task: a node relaying calls over a connection spends less CPU so."""
 
 
 class Link:

@@ -12,8 +12,7 @@ import trio.testing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from spear_actors.actors.mailbox import Reply
-from spear_actors.actors.messages import CancelExecution, Outcome, StopTask, Submit
+from spear_actors.actors.messages import CancelExecution, OutcomeSlot, StopTask, Submit
 from spear_actors.actors.task import TaskActor, TaskDefinition
 from spear_actors.errors import ErrorCode, SpearError
 from spear_actors.model import ArtifactSpec, InstancePolicy
@@ -83,7 +82,7 @@ def test_a_call_retried_after_its_instance_died_is_answered() -> None:
 
 def run_scenario(ops: list[tuple[str, float, float]]) -> None:
     runtime = InlineRuntime()
-    replies: list[tuple[Reply[Outcome], float, float]] = []
+    replies: list[tuple[OutcomeSlot, float, float]] = []
 
     async def scenario() -> None:
         actor = TaskActor(definition(), runtime)
@@ -91,7 +90,7 @@ def run_scenario(ops: list[tuple[str, float, float]]) -> None:
             ref = await nursery.start(actor.run)
             for kind, a, b in ops:
                 if kind == "call":
-                    reply: Reply[Outcome] = Reply()
+                    reply = OutcomeSlot()
                     now = trio.current_time()
                     call = Call(f"e{len(replies)}", "sleep", a, timeout=b)
                     replies.append((reply, a, b))
@@ -112,7 +111,7 @@ def run_scenario(ops: list[tuple[str, float, float]]) -> None:
                     except SpearError as exc:
                         assert exc.code in TERMINAL_CODES, exc
             # Calls still queued or dispatched when the task stops are answered too.
-            last = [Reply[Outcome]() for _ in range(4)]
+            last = [OutcomeSlot() for _ in range(4)]
             for i, reply in enumerate(last):
                 call = Call(f"last{i}", "sleep", 1.0, timeout=100)
                 ref.tell_nowait(Submit(call, reply, trio.current_time() + 100, retries=1))
@@ -136,7 +135,7 @@ async def test_calls_wait_in_arrival_order_for_a_free_slot(autojump_clock: trio.
     finished: list[int] = []
 
     async def submit(ref: Any, i: int) -> None:
-        reply: Reply[Outcome] = Reply()
+        reply = OutcomeSlot()
         await ref.tell(Submit(Call(f"e{i}", "sleep", 1.0, timeout=100), reply, trio.current_time() + 100))
         await reply.wait()
         finished.append(i)
@@ -155,9 +154,9 @@ async def test_pending_call_expires_at_its_deadline(autojump_clock: trio.abc.Clo
     runtime = InlineRuntime()
     async with trio.open_nursery() as nursery:
         ref = await nursery.start(TaskActor(definition(max_instances=1, max_concurrency=1), runtime).run)
-        busy: Reply[Outcome] = Reply()
+        busy = OutcomeSlot()
         ref.tell_nowait(Submit(Call("busy", "sleep", 50.0, timeout=100), busy, trio.current_time() + 100))
-        waiting: Reply[Outcome] = Reply()
+        waiting = OutcomeSlot()
         start = trio.current_time()
         ref.tell_nowait(Submit(Call("late", "sleep", 1.0, timeout=2), waiting, start + 2))
         try:
@@ -176,7 +175,7 @@ async def test_queue_limit_answers_resource_exhausted_at_once(autojump_clock: tr
     async with trio.open_nursery() as nursery:
         actor = TaskActor(definition(max_instances=1, max_concurrency=1, max_pending=2), runtime)
         ref = await nursery.start(actor.run)
-        replies = [Reply[Outcome]() for _ in range(4)]
+        replies = [OutcomeSlot() for _ in range(4)]
         for i, reply in enumerate(replies):
             ref.tell_nowait(Submit(Call(f"e{i}", "sleep", 1.0, timeout=100), reply, trio.current_time() + 100))
             if i == 0:
@@ -198,7 +197,7 @@ async def test_idle_instances_are_reaped_down_to_the_minimum(autojump_clock: tri
     async with trio.open_nursery() as nursery:
         actor = TaskActor(definition(min_instances=1, max_instances=3, max_concurrency=1, idle_timeout_s=5.0), runtime)
         ref = await nursery.start(actor.run)
-        replies = [Reply[Outcome]() for _ in range(3)]
+        replies = [OutcomeSlot() for _ in range(3)]
         for i, reply in enumerate(replies):
             ref.tell_nowait(Submit(Call(f"e{i}", "sleep", 1.0, timeout=100), reply, trio.current_time() + 100))
         for reply in replies:
@@ -217,7 +216,7 @@ async def test_a_failed_start_leaves_the_waiting_call_queued_for_the_next_one(
     runtime = InlineRuntime(fail_starts=1)
     async with trio.open_nursery() as nursery:
         ref = await nursery.start(TaskActor(definition(max_instances=1), runtime).run)
-        reply: Reply[Outcome] = Reply()
+        reply = OutcomeSlot()
         start = trio.current_time()
         ref.tell_nowait(Submit(Call("e", "sleep", 1.0, timeout=100), reply, start + 100))
         # The start fails; the call waits out the back-off (0.5 s) and runs on the next start.
@@ -232,7 +231,7 @@ async def test_a_crash_looping_task_backs_off_exponentially_and_fails_fast(autoj
     async with trio.open_nursery() as nursery:
         actor = TaskActor(definition(max_instances=1), runtime, backoff=(1.0, 30.0))
         ref = await nursery.start(actor.run)
-        first: Reply[Outcome] = Reply()
+        first = OutcomeSlot()
         start = trio.current_time()
         ref.tell_nowait(Submit(Call("e", "sleep", 0.0, timeout=100), first, start + 100))
         # The first call waits through two failed starts and their back-offs (1 s,
@@ -245,7 +244,7 @@ async def test_a_crash_looping_task_backs_off_exponentially_and_fails_fast(autoj
         assert round(trio.current_time() - start, 2) == 3.15  # 3 starts of 0.05 s + 1 s + 2 s
         assert actor.status.value == "DEGRADED"
         # While it backs off (4 s) and has no instance, calls are refused at once ...
-        refused: Reply[Outcome] = Reply()
+        refused = OutcomeSlot()
         at = trio.current_time()
         ref.tell_nowait(Submit(Call("e2", "sleep", 0.0, timeout=100), refused, at + 100))
         with pytest.raises(SpearError) as again:
@@ -253,7 +252,7 @@ async def test_a_crash_looping_task_backs_off_exponentially_and_fails_fast(autoj
         assert again.value.code is ErrorCode.UNAVAILABLE and trio.current_time() == at
         await trio.sleep(again.value.details["retry_after_ms"] / 1000)
         # ... then a fourth start works and the task is ACTIVE again.
-        ok: Reply[Outcome] = Reply()
+        ok = OutcomeSlot()
         ref.tell_nowait(Submit(Call("e3", "sleep", 0.0, timeout=100), ok, trio.current_time() + 100))
         assert (await ok.wait()).result["slept"] == 0.0
         assert runtime.started == 4

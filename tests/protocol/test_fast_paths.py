@@ -19,7 +19,7 @@ import trio.testing
 
 from spear_actors.errors import ErrorCode, SpearError
 from spear_actors.protocol.calls import IncomingRequest
-from spear_actors.protocol.messages import Cancel, Error, Request, Response, Welcome
+from spear_actors.protocol.messages import Cancel, Error, Request, Response, StreamEnd, StreamItem, Welcome
 from spear_actors.protocol.transports import SocketTransport, Transport
 
 from .peers import PROMPTLY, Raw, connected, raw_client, serving
@@ -268,3 +268,33 @@ async def test_websocket_client_requests_written_without_waiting_arrive_whole(sc
                     nursery.start_soon(call, i)
         assert results == {i: bytes([i]) * big for i in range(1, 25)}
         assert await connection.request("echo", "after") == "after"
+
+
+async def test_between_calls_a_stream_gets_its_items_and_the_peer_closing_is_noticed(url: str) -> None:
+    """After a lead with nothing else in flight the reader task may sleep a while
+    (calls one after another lead in turn); a stream, which nobody leads, and the
+    peer's close are still read without waiting for another call."""
+    leave = trio.Event()
+
+    async def peer(transport: Transport) -> None:
+        raw = Raw(transport)
+        await raw.welcome(Welcome())
+        for i in range(3):
+            request = await raw.receive_skipping_pings()
+            assert isinstance(request, Request)
+            await raw.send(Response(request.id, i))
+        stream = await raw.receive_skipping_pings()
+        assert isinstance(stream, Request)
+        await raw.send(StreamItem(stream.id, 0, "a"), StreamItem(stream.id, 1, "b"), StreamEnd(stream.id, 2, "end"))
+        await leave.wait()
+        await raw.abort()
+
+    async with serving(url, on_transport=peer) as server, connected(server) as connection:
+        with trio.fail_after(PROMPTLY):
+            assert [await connection.request("call") for _ in range(3)] == [0, 1, 2]
+            async with connection.stream("items") as items:
+                assert [item async for item in items] == ["a", "b"]
+            assert items.result == "end"
+            leave.set()
+            await connection.wait_closed()
+    assert connection.close_reason is not None and connection.close_reason.code == ErrorCode.UNAVAILABLE

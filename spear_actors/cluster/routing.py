@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Final
 
 import trio
@@ -27,7 +27,7 @@ from ..errors import ErrorCode, SpearError
 from ..model import InvocationType, InvokeRequest
 from ..protocol.handshake import Authenticator, token_authenticator
 from ..protocol.messages import Hello
-from ..protocol.serving import IncomingRequest
+from ..protocol.serving import Deferred, IncomingRequest
 from .ids import execution_owner, id_owner, new_execution_id, new_task_id
 from .invoke_fields import parse_invoke, routing_fields
 from .peers import PeerPool
@@ -367,7 +367,14 @@ class ClusterRouter:
                 async for item in items:
                     await incoming.send_item(item)
                 return items.result
-        return await connection.request(method.name, incoming.params, timeout=timeout)
+        # relayed: the peer connection's reader hands the owner's answer straight to
+        # the client's connection; no task waits here (the deferred answer keeps the
+        # client's request in service, and its cancel, deadline or connection loss
+        # give the owner's call up)
+        deferred = incoming.defer()
+        call = await connection.relay(method.name, incoming.params, _relay_answer(deferred), timeout=timeout)
+        deferred.on_give_up = call.give_up
+        return deferred
 
 
 def peer_or_client_authenticator(client_token: str, cluster_token: str) -> Authenticator:
@@ -387,6 +394,18 @@ def peer_or_client_authenticator(client_token: str, cluster_token: str) -> Authe
 def _from_peer(incoming: IncomingRequest) -> bool:
     peer = getattr(incoming.connection, "peer", None)
     return getattr(peer, "role", None) == "node"
+
+
+def _relay_answer(deferred: Deferred) -> Callable[[Any, SpearError | None], None]:
+    """The callback that gives the owner's answer to the client's request."""
+
+    def on_answer(result: Any, error: SpearError | None) -> None:
+        if error is None:
+            deferred.answer(result)
+        else:
+            deferred.fail(error)
+
+    return on_answer
 
 
 def _timeout(incoming: IncomingRequest) -> float | None:

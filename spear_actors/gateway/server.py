@@ -23,6 +23,7 @@ from ..protocol.calls import IncomingRequest
 from ..protocol.connection import Connection, ConnectionConfig
 from ..protocol.handshake import accept_connection, token_authenticator
 from ..protocol.messages import Error, Welcome
+from ..protocol.serving import Deferred
 from ..protocol.transports import Endpoint, Transport, parse_endpoint
 from .bytecount import ByteCounts
 from .exposure import AuthThrottle
@@ -235,16 +236,24 @@ class Gateway:
                 {"retry_after_ms": _DRAIN_RETRY_MS},
             )
         self._calls += 1
+        result: Any = None
         try:
-            return await isolated_request(
+            result = await isolated_request(
                 incoming.method,
                 functools.partial(self._call, method, incoming),
                 functools.partial(_request_context, incoming),
             )
+            return result
         finally:
-            self._calls -= 1
-            if self._calls == 0 and self._no_calls is not None:
-                self._no_calls.set()
+            if type(result) is Deferred:  # relayed: the call ends with its answer (drain waits)
+                result.add_done_callback(self._call_ended)
+            else:
+                self._call_ended()
+
+    def _call_ended(self) -> None:
+        self._calls -= 1
+        if self._calls == 0 and self._no_calls is not None:
+            self._no_calls.set()
 
     async def _call(self, method: Method, incoming: IncomingRequest) -> Any:
         serve = getattr(self.node, method.node_method)

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import collections
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -40,7 +40,7 @@ from .framing import ProtocolError
 from .link import Link
 from .transports import SocketTransport
 
-__all__ = ["READER_RESUME_AFTER", "Caller", "ResponseStream"]
+__all__ = ["READER_RESUME_AFTER", "Caller", "RelayedCall", "ResponseStream"]
 
 READER_RESUME_AFTER = 0.02
 """Seconds the reader task may stay parked after a lead ended with no call in flight."""
@@ -81,6 +81,47 @@ class _PendingCall:
             if self._event is None:
                 self._event = trio.Event()
             await self._event.wait()
+
+
+class RelayedCall:
+    """A unary request whose answer goes to a callback (:meth:`Caller.relay`), from
+    the task that reads it: nobody waits for it."""
+
+    __slots__ = ("_connection", "_on_answer", "done", "id", "ticket")
+
+    def __init__(self, connection: Caller, on_answer: Callable[[Any, SpearError | None], None]) -> None:
+        self._connection = connection
+        self._on_answer = on_answer
+        self.id = 0
+        self.ticket = 0
+        self.done = False
+        """True once answered or given up."""
+
+    def end(self, result: Any) -> None:
+        if not self.done:
+            self._ended()
+            self._on_answer(result, None)
+
+    def fail(self, error: SpearError) -> None:
+        if not self.done:
+            self._ended()
+            self._on_answer(None, error)
+
+    def _ended(self) -> None:
+        self.done = True
+        del self._connection._calls[self.id]  # the core has forgotten it already
+
+    def give_up(self, reason: str) -> None:
+        """Stop waiting for the answer: the request is taken back if none of it was
+        sent, else the peer is sent a cancel; the callback is not called."""
+        if self.done:
+            return
+        self.done = True
+        connection = self._connection
+        del connection._calls[self.id]
+        if not connection.closed:
+            connection._give_up(self.id, self.ticket, reason)
+        connection.core.forget(self.id)
 
 
 class ResponseStream:
@@ -161,7 +202,7 @@ class Caller(Link):
     """The calling role (see the module docstring)."""
 
     def _init_calling(self, *, may_lead: bool) -> None:
-        self._calls: dict[int, _PendingCall | ResponseStream] = {}
+        self._calls: dict[int, _PendingCall | ResponseStream | RelayedCall] = {}
         socket = self.transport if isinstance(self.transport, SocketTransport) else None
         self._lead_socket = socket if may_lead else None
         self._leader: _PendingCall | None = None
@@ -241,6 +282,34 @@ class Caller(Link):
             raise call.error
         return call.result
 
+    async def relay(
+        self,
+        method: str,
+        params: Any,
+        on_answer: Callable[[Any, SpearError | None], None],
+        *,
+        timeout: float | None = None,
+    ) -> RelayedCall:
+        """Call *method* on the peer; its answer goes to ``on_answer(result, error)``
+        (error None on success; UNAVAILABLE if the connection dies first), called by
+        the task that reads it. Waits only while the send queue is over its high
+        water. *timeout* travels to the peer, which enforces it; the caller enforces
+        its own with :meth:`RelayedCall.give_up`, as it does a cancel."""
+        self._check_open()
+        outbox = self._outbox
+        if outbox.queued_bytes > self.config.send_high_water:
+            await outbox.wait_room()
+            self._check_open()
+        call = RelayedCall(self, on_answer)
+        call.id, body = self.core.request(method, params, timeout_ms=_ms(timeout))
+        self._calls[call.id] = call
+        self._wake_reader()  # nobody leads for it: the reader takes its answer
+        try:
+            call.ticket = outbox.put(body)
+        except SpearError:
+            pass  # the link is lost: _die has failed the call, on_answer has it
+        return call
+
     @asynccontextmanager
     async def stream(
         self,
@@ -314,7 +383,7 @@ class Caller(Link):
             waiter.push(event.data)  # type: ignore[union-attr]
 
     def _fail_calls(self, reason: SpearError) -> None:
-        for waiter in self._calls.values():
+        for waiter in list(self._calls.values()):  # a relayed call leaves the dict
             waiter.fail(SpearError(reason.code, reason.message))
         if self._leader is not None and self._lead_socket is not None:
             # wake the leader's read (a cancel scope around each read would cost

@@ -15,12 +15,24 @@ its successor as the connection's reader just before the handler would first wai
 written and the same task goes back to reading: no task is spawned at all for it
 (each request still has its own cancel scope; a handler that waits has its own task,
 the one that read it, while the successor reads).
+
+**Deferred answers.** A handler whose answer will come from elsewhere (a node
+relaying a call to the node that owns it: the owner's answer arrives on another
+connection) returns :meth:`IncomingRequest.defer`'s :class:`Deferred` instead of
+waiting for it: no task waits. The request stays in service (its handler slot,
+its bytes, :attr:`Server.in_service`) until :meth:`Deferred.answer` or
+:meth:`Deferred.fail` sends its one answer, or until it is given up — the peer's
+cancel (answered CANCELLED), its deadline (a timer task of the connection answers
+DEADLINE_EXCEEDED), the connection's end (no answer) — and then
+:attr:`Deferred.on_give_up` is told, so that the work behind it stops.
 """
 
 from __future__ import annotations
 
 import functools
+import heapq
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -42,7 +54,7 @@ from .framing import ProtocolError
 from .inline import run_inline
 from .transports import StreamTransport
 
-__all__ = ["Handler", "IncomingRequest", "Server"]
+__all__ = ["Deferred", "Handler", "IncomingRequest", "Server"]
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +78,15 @@ class IncomingRequest:
         self.cancel_scope = trio.CancelScope()
         self.cancel_reason: str | None = None
         """Set when the peer cancelled this request (with the reason it gave)."""
+        self._deferred: Deferred | None = None
+
+    def defer(self) -> Deferred:
+        """For a unary request whose answer comes later from a callback: the handler
+        returns this :class:`Deferred` (see the module docstring), and no task waits."""
+        if self.is_stream:
+            raise SpearError(ErrorCode.FAILED_PRECONDITION, f"{self.method}: a stream's answer cannot be deferred")
+        self._deferred = Deferred(self)
+        return self._deferred
 
     @property
     def items_sent(self) -> int:
@@ -92,6 +113,87 @@ class IncomingRequest:
             self._credit_event.set()
 
 
+class Deferred:
+    """The answer to a request, to come later (see the module docstring): call
+    :meth:`answer` or :meth:`fail` once, from any task, without waiting."""
+
+    __slots__ = ("_armed", "_done", "_ended", "_error", "_incoming", "_result", "on_give_up")
+
+    def __init__(self, incoming: IncomingRequest) -> None:
+        self._incoming: IncomingRequest | None = incoming
+        self._armed = False  # the handler returned it: the connection holds the request
+        self._ended = False  # answered or given up
+        self._result: Any = None
+        self._error: SpearError | None = None
+        self._done: list[Callable[[], None]] = []
+        self.on_give_up: Callable[[str], None] | None = None
+        """Told (with a reason) when the request is given up before it is answered:
+        the peer cancelled it, its deadline passed, or the connection ended."""
+
+    @property
+    def ended(self) -> bool:
+        """True once answered or given up."""
+        return self._ended
+
+    def add_done_callback(self, callback: Callable[[], None]) -> None:
+        """Call *callback* once the request is out of service (answered or given up)."""
+        if self._incoming is None:
+            callback()
+        else:
+            self._done.append(callback)
+
+    def answer(self, result: Any) -> None:
+        """Send *result* as the request's answer (nothing if it has ended already)."""
+        if not self._ended:
+            self._result = result
+            self._end()
+
+    def fail(self, error: SpearError) -> None:
+        """Send *error* as the request's answer (nothing if it has ended already)."""
+        if not self._ended:
+            self._error = error
+            self._end()
+
+    def _end(self) -> None:
+        self._ended = True
+        incoming = self._incoming
+        if self._armed and incoming is not None:  # else the handler's return sends it
+            incoming.connection._end_deferred(incoming, self._body())
+
+    def _body(self) -> bytes | None:
+        """The answer's body (the request's one answer)."""
+        incoming = self._incoming
+        assert incoming is not None
+        core = incoming.connection.core
+        if self._error is not None:
+            return core.fail(incoming.id, self._error)
+        try:
+            return core.respond(incoming.id, self._result)
+        except SpearError as exc:  # the result cannot be sent: say why instead
+            return core.fail(incoming.id, exc)
+
+    def _give_up(self, reason: str, error: SpearError | None) -> None:
+        """End without the awaited answer: *error* is sent instead (None: nothing is)."""
+        incoming = self._incoming
+        if self._ended or incoming is None:
+            return
+        self._ended = True
+        if self.on_give_up is not None:
+            try:
+                self.on_give_up(reason)
+            except SpearError:
+                pass  # the other side is gone already: nothing to stop
+        connection = incoming.connection
+        body = None if error is None or connection.closed else connection.core.fail(incoming.id, error)
+        connection._end_deferred(incoming, body)
+
+    def _finished(self) -> None:
+        self._incoming = None  # let the request's params go (a deadline's entry may outlive it)
+        callbacks, self._done = self._done, []
+        for callback in callbacks:
+            callback()
+
+
 class Server(Caller):
     """The serving role, and the reader task (see the module docstring)."""
 
@@ -107,6 +209,10 @@ class Server(Caller):
         self._bytes_in_service = 0
         buffered = self.transport if isinstance(self.transport, StreamTransport) else None
         self._buffered = buffered
+        self._deferred_deadlines: list[tuple[float, int, Deferred]] = []  # a heap
+        self._deferred_pending = 0  # deferred answers with a deadline, not yet ended
+        self._deadline_timer: trio.CancelScope | None = None
+        self._deadline_timer_started = False
 
     @property
     def in_service(self) -> int:
@@ -127,7 +233,11 @@ class Server(Caller):
             incoming = self._handlers.get(event.id)
             if incoming is not None:
                 incoming.cancel_reason = event.reason
-                incoming.cancel_scope.cancel()
+                deferred = incoming._deferred
+                if deferred is not None and deferred._armed:
+                    deferred._give_up(f"peer cancelled: {event.reason}", SpearError(ErrorCode.CANCELLED, event.reason))
+                else:
+                    incoming.cancel_scope.cancel()
         elif kind is CreditReceived:
             assert isinstance(event, CreditReceived)
             incoming = self._handlers.get(event.id)
@@ -135,8 +245,79 @@ class Server(Caller):
                 incoming._credit_arrived()
 
     def _cancel_handlers(self) -> None:
+        deferred: list[Deferred] = []
         for incoming in self._handlers.values():
             incoming.cancel_scope.cancel()
+            if incoming._deferred is not None and incoming._deferred._armed:
+                deferred.append(incoming._deferred)
+        for answer in deferred:  # each leaves self._handlers
+            answer._give_up("the connection ended", None)
+
+    # -- deferred answers ------------------------------------------------------------
+    def _hold_deferred(self, incoming: IncomingRequest, deferred: Deferred) -> None:
+        """The handler returned *deferred*, not ended yet: keep *incoming* in service
+        until it ends."""
+        deferred._armed = True
+        if self.closed:  # it ended while the handler ran without waiting
+            deferred._give_up("the connection ended", None)
+            return
+        if incoming.cancel_reason is not None:
+            reason = incoming.cancel_reason
+            deferred._give_up(f"peer cancelled: {reason}", SpearError(ErrorCode.CANCELLED, reason))
+            return
+        deadline = incoming.cancel_scope.deadline
+        if deadline != math.inf:
+            self._deferred_pending += 1
+            deferred.add_done_callback(self._deadline_dropped)
+            heapq.heappush(self._deferred_deadlines, (deadline, incoming.id, deferred))
+            if not self._deadline_timer_started:
+                self._deadline_timer_started = True
+                assert self._nursery is not None
+                self._nursery.start_soon(self._expire_deferred)
+            elif self._deadline_timer is not None and deadline < self._deadline_timer.deadline:
+                self._deadline_timer.deadline = deadline
+
+    def _end_deferred(self, incoming: IncomingRequest, body: bytes | None) -> None:
+        """A held request has ended: out of service, and *body* sent."""
+        del self._handlers[incoming.id]
+        self._bytes_in_service -= incoming.size
+        self._serving_room.set()
+        self._handler_slots.release()
+        assert incoming._deferred is not None
+        incoming._deferred._finished()
+        if body is not None and not self.closed:
+            try:
+                self._outbox.put(body)
+            except SpearError:
+                pass  # a lost link: _die has run
+
+    def _deadline_dropped(self) -> None:
+        self._deferred_pending -= 1
+        heap = self._deferred_deadlines
+        if len(heap) > 64 + 2 * self._deferred_pending:  # mostly answered ones: drop them
+            self._deferred_deadlines = [entry for entry in heap if not entry[2]._ended]
+            heapq.heapify(self._deferred_deadlines)
+
+    async def _expire_deferred(self) -> None:
+        """The timer of held requests' deadlines (one task per connection, started by
+        the first such request; it ends with the connection)."""
+        while True:
+            heap = self._deferred_deadlines
+            with trio.CancelScope(deadline=heap[0][0] if heap else math.inf) as self._deadline_timer:
+                await trio.sleep_forever()
+            self._deadline_timer = None
+            now = trio.current_time()
+            while (heap := self._deferred_deadlines) and heap[0][0] <= now:  # giving up may compact it
+                _, _, deferred = heapq.heappop(heap)
+                incoming = deferred._incoming
+                if incoming is not None and not deferred._ended:
+                    deferred._give_up(
+                        "deadline exceeded",
+                        SpearError(
+                            ErrorCode.DEADLINE_EXCEEDED,
+                            f"{incoming.method}: deadline of {incoming.timeout_ms} ms exceeded",
+                        ),
+                    )
 
     # -- the reader task -----------------------------------------------------------
     def _start_reader(self) -> None:
@@ -266,14 +447,26 @@ class Server(Caller):
                     if before_waiting is not None:
                         before_waiting()
                     await self._handler_slots.acquire()
+                result = None
                 try:
                     if before_waiting is None:
                         result = await handler(incoming)
                     else:
                         result = await run_inline(handler(incoming), before_waiting)
                 finally:
-                    self._handler_slots.release()
-            if scope.cancelled_caught:
+                    if result is None or result is not incoming._deferred:
+                        self._handler_slots.release()  # else the deferred answer holds it
+            deferred = incoming._deferred
+            if result is deferred and deferred is not None:
+                if not deferred._ended:
+                    self._hold_deferred(incoming, deferred)
+                    return  # held: the deferred answer ends it
+                # answered before the handler returned: sent as a returned result is
+                self._handler_slots.release()
+                incoming._deferred = None
+                body = deferred._body()
+                deferred._finished()
+            elif scope.cancelled_caught:
                 if self.closed:
                     return
                 if incoming.cancel_reason is not None:
@@ -294,9 +487,10 @@ class Server(Caller):
             log.exception("handler for %s failed", incoming.method)
             body = core.fail(incoming.id, SpearError(ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}"))
         finally:
-            del self._handlers[incoming.id]
-            self._bytes_in_service -= incoming.size
-            self._serving_room.set()
+            if incoming._deferred is None or not incoming._deferred._armed:
+                del self._handlers[incoming.id]
+                self._bytes_in_service -= incoming.size
+                self._serving_room.set()
         if body is None or self.closed:
             return
         # more handlers of the same read run in this pass: the last one writes

@@ -11,7 +11,7 @@ from typing import Any
 from spear_actors import connect
 from spear_actors.node import Node, open_node
 
-from ..conftest import fast_config
+from ..conftest import ROOT, fast_config
 from .cluster_helpers import cluster_config, eventually
 
 
@@ -56,3 +56,25 @@ async def open_cluster(
 
 def url_of(node: Node) -> str:
     return str(node.endpoints[0])
+
+
+def served_config(tmp_path: Path, node_id: str, etcd_url: str, prefix: str) -> str:
+    """The config file of a ``spear serve`` node *node_id* in the cluster at *etcd_url* / *prefix*."""
+    return f"""
+node_id = "{node_id}"
+listen = ["ws://127.0.0.1:0"]
+store = "memory"
+agent_listen = "unix://{tmp_path}/agents.sock"
+
+[policy]
+artifact_roots = ["{ROOT}"]
+
+[cluster]
+endpoints = ["{etcd_url}"]
+prefix = "{prefix}"
+lease_ttl_s = 2
+token = "cluster-secret"
+request_timeout_s = 1.0
+retry_interval_s = 0.1
+load_publish_interval_s = 0.1
+"""

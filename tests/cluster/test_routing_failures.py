@@ -16,32 +16,11 @@ from spear_actors.protocol.handshake import open_connection
 from spear_actors.protocol.messages import Hello
 from spear_actors.protocol.transports import open_transport
 
-from ..conftest import ROOT, agent_spec
+from ..conftest import agent_spec
 from ..node_process import spear_serve
 from .cluster_helpers import eventually
-from .cluster_nodes import cluster_health, node_config, open_cluster, url_of
+from .cluster_nodes import cluster_health, node_config, open_cluster, served_config, url_of
 from .etcd_server import EtcdServer
-
-
-def _served_config(tmp_path: Path, node_id: str, etcd_url: str, prefix: str) -> str:
-    return f"""
-node_id = "{node_id}"
-listen = ["ws://127.0.0.1:0"]
-store = "memory"
-agent_listen = "unix://{tmp_path}/agents.sock"
-
-[policy]
-artifact_roots = ["{ROOT}"]
-
-[cluster]
-endpoints = ["{etcd_url}"]
-prefix = "{prefix}"
-lease_ttl_s = 2
-token = "cluster-secret"
-request_timeout_s = 1.0
-retry_interval_s = 0.1
-load_publish_interval_s = 0.1
-"""
 
 
 async def test_owner_killed_then_next_new_task_recreates_it_on_a_live_node(
@@ -50,7 +29,7 @@ async def test_owner_killed_then_next_new_task_recreates_it_on_a_live_node(
     async with open_cluster(tmp_path, etcd.url, prefix, ["node-b", "node-c"]) as (b, _c):
         served_dir = tmp_path / "served"
         served_dir.mkdir()
-        config = _served_config(served_dir, "node-k", etcd.url, prefix)
+        config = served_config(served_dir, "node-k", etcd.url, prefix)
         async with spear_serve(served_dir, config) as served, connect(url_of(b)) as on_b:
             await eventually(
                 lambda: cluster_health(url_of(b)), lambda h: "node-k" in {n["node_id"] for n in h["nodes"]}

@@ -9,13 +9,16 @@ from typing import Any
 
 import pytest
 import trio
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from spear_actors.errors import ErrorCode, SpearError
 from spear_actors.protocol.calls import IncomingRequest
 from spear_actors.protocol.connection import ConnectionConfig
+from spear_actors.protocol.messages import Cancel, Error, Message, Request, Response
 from spear_actors.protocol.serving import Deferred
 
-from ..protocol.peers import PROMPTLY, connected, serving
+from ..protocol.peers import PROMPTLY, connected, raw_client, serving
 
 URL = "tcp://127.0.0.1:0"
 
@@ -26,6 +29,7 @@ class Holder:
 
     def __init__(self) -> None:
         self.held: list[Deferred] = []
+        self.params: list[Any] = []  # of each held request, in the order held
         self.given_up: list[str] = []
         self.changed = trio.Event()
 
@@ -38,6 +42,7 @@ class Holder:
             return deferred
         deferred.on_give_up = self._gave_up
         self.held.append(deferred)
+        self.params.append(incoming.params)
         self._changed()
         return deferred
 
@@ -201,3 +206,72 @@ async def test_a_stream_request_cannot_be_deferred() -> None:
                 async for _ in items:
                     pass
         assert refused.value.code is ErrorCode.FAILED_PRECONDITION
+
+
+_FATES = st.sampled_from(["answer", "fail", "cancel", "deadline", "answer-then-cancel", "cancel-then-answer", "left"])
+
+
+@settings(max_examples=30, deadline=None)
+@given(fates=st.lists(_FATES, min_size=1, max_size=6), order=st.randoms(use_true_random=False), abort=st.booleans())
+async def test_every_held_request_gets_exactly_one_answer_whatever_happens_to_it(
+    fates: list[str], order: Any, abort: bool
+) -> None:
+    """Held requests answered, failed, cancelled (before or after their answer), past
+    their deadline, or left when the peer goes away (*abort*; else they are answered
+    last): on the wire, exactly one terminal answer each, the one its fate says."""
+    holder = Holder()
+    async with serving(URL, holder) as server, raw_client(server) as raw:
+        with trio.fail_after(PROMPTLY):
+            await raw.hello()
+            ids = list(range(1, len(fates) + 1))
+            await raw.send(
+                *(
+                    Request(i, "hold", i, 30 if fate == "deadline" else 60_000)
+                    for i, fate in zip(ids, fates, strict=True)
+                )
+            )
+            await holder.until(held=len(ids))
+            by_id = dict(zip(holder.params, holder.held, strict=True))  # served in any order
+            actions = [i for i, fate in zip(ids, fates, strict=True) if fate not in ("deadline", "left")]
+            order.shuffle(actions)
+            for i in actions:
+                fate = fates[i - 1]
+                if fate in ("answer", "answer-then-cancel"):
+                    by_id[i].answer(i)
+                elif fate == "fail":
+                    by_id[i].fail(SpearError(ErrorCode.NOT_FOUND, f"no {i}"))
+                if fate in ("cancel", "answer-then-cancel", "cancel-then-answer"):
+                    await raw.send(Cancel(i, f"stop {i}"))
+            if abort:
+                await raw.send(Request(len(ids) + 1, "echo", "barrier"))
+            else:
+                for i in ids:
+                    if fates[i - 1] == "left":
+                        by_id[i].answer(i)
+            expected = sum(1 for f in fates if f != "left" or not abort) + int(abort)
+            answers: dict[int, list[Message]] = {}
+            received = 0
+            while received < expected:
+                message = await raw.receive_skipping_pings()
+                assert isinstance(message, (Response, Error)) and message.id is not None, message
+                answers.setdefault(message.id, []).append(message)
+                received += 1
+                if message.id <= len(fates) and fates[message.id - 1] == "cancel-then-answer":
+                    by_id[message.id].answer("late")  # ignored: it was answered CANCELLED
+            assert all(len(got) == 1 for got in answers.values()), answers
+            for i, fate in zip(ids, fates, strict=True):
+                if fate == "left" and abort:
+                    assert i not in answers
+                    continue
+                (got,) = answers[i]
+                if fate in ("answer", "answer-then-cancel", "left"):
+                    assert isinstance(got, Response) and got.result == i
+                else:
+                    assert isinstance(got, Error)
+                    want = {"fail": "NOT_FOUND", "cancel": "CANCELLED", "cancel-then-answer": "CANCELLED"}
+                    assert got.code == want.get(fate, "DEADLINE_EXCEEDED")
+            if abort:
+                await raw.abort()
+                await server.connections[0].wait_closed()
+                assert holder.given_up.count("the connection ended") == fates.count("left")
+            assert server.connections[0].in_service == 0

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -21,6 +22,8 @@ from spear_actors.protocol.serving import Deferred
 from ..protocol.peers import PROMPTLY, connected, raw_client, serving
 
 URL = "tcp://127.0.0.1:0"
+KIB = 1024
+MIB = 1024 * KIB
 
 
 class Holder:
@@ -275,3 +278,29 @@ async def test_every_held_request_gets_exactly_one_answer_whatever_happens_to_it
                 await server.connections[0].wait_closed()
                 assert holder.given_up.count("the connection ended") == fates.count("left")
             assert server.connections[0].in_service == 0
+
+
+async def test_the_bytes_of_held_requests_count_against_the_connections_budget() -> None:
+    """Issue 12's budget holds for deferred answers: held requests' bytes stop the
+    reader until they are answered."""
+    holder = Holder()
+    config = ConnectionConfig(max_bytes_in_service=1 * MIB)
+    async with serving(URL, holder, config=config) as server, raw_client(server) as raw:
+        await raw.hello()
+        async with trio.open_nursery() as nursery:
+            # 8 held requests of 512 KiB: the node reads until it holds more than 1 MiB
+            nursery.start_soon(raw.send, *(Request(i, "hold", b"r" * (512 * KIB)) for i in range(1, 9)))
+            with trio.fail_after(PROMPTLY):
+                await holder.until(held=2)
+            await trio.testing.wait_all_tasks_blocked(cushion=0.1)
+            assert server.connections[0].in_service == 2  # over the budget: reading stopped
+            assert server.connections[0].bytes_in_service > 1 * MIB
+            with trio.fail_after(PROMPTLY):
+                answered = 0
+                while answered < 8:  # answering frees the budget: the rest is read
+                    await holder.until(held=answered + 1)
+                    holder.held[answered].answer(answered)
+                    answered += 1
+                answers = [await raw.receive_skipping_pings() for _ in range(8)]
+        assert sorted(a.id for a in answers if isinstance(a, Response)) == list(range(1, 9))
+        assert server.connections[0].in_service == 0

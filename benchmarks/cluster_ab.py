@@ -10,6 +10,10 @@ ratios), and the CPU the target node spent per call.
 
     python benchmarks/cluster_ab.py                                  # this checkout only
     python benchmarks/cluster_ab.py --baseline /tmp/main --rounds 12
+    python benchmarks/cluster_ab.py --baseline /tmp/main --in-flight 64   # throughput instead
+
+With ``--in-flight N`` each round is instead ``--calls`` calls with N in flight on the
+target's one client connection, and the figure is calls per second.
 """
 
 from __future__ import annotations
@@ -26,13 +30,13 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks._timing import p50_p99, timed_calls
+from benchmarks._timing import p50_p99, throughput, timed_calls
 from benchmarks.cluster import AGENT, ROOT, Served, cpu_seconds, serve, until_all_see
 from spear_actors import connect
 from tests.cluster.etcd_server import ETCD, EtcdServer
 
 
-async def main(baselines: list[Path], rounds: int, calls: int) -> None:
+async def main(baselines: list[Path], rounds: int, calls: int, in_flight: int) -> None:
     if ETCD is None:
         raise SystemExit("etcd is not installed (apt-get install etcd-server)")
     with tempfile.TemporaryDirectory(prefix="spear-cluster-ab-") as tmp:
@@ -59,18 +63,26 @@ async def main(baselines: list[Path], rounds: int, calls: int) -> None:
                     for label in list(targets) if round_ % 2 == 0 else list(targets)[::-1]:
                         client, node = clients[label], targets[label]
                         before = cpu_seconds(node.process)
-                        taken = await timed_calls(
-                            lambda client=client: client.invoke("add", [1, 2], task_name="bench"), calls, warm_up=20
-                        )
+                        call = lambda client=client: client.invoke("add", [1, 2], task_name="bench")  # noqa: E731
+                        if in_flight:
+                            await timed_calls(call, 0, warm_up=20)
+                            p50s[label].append(await throughput([call], in_flight, calls))
+                        else:
+                            p50s[label].append(p50_p99(await timed_calls(call, calls, warm_up=20))[0])
                         cpu[label] += cpu_seconds(node.process) - before
-                        p50s[label].append(p50_p99(taken)[0])
-            print(f"{rounds} rounds of {calls} sequential calls per target, alternated; etcd {etcd.url}")
+            kind = f"calls at {in_flight} in flight" if in_flight else "sequential calls"
+            print(f"{rounds} rounds of {calls} {kind} per target, alternated; etcd {etcd.url}")
             owner_p50s = p50s["owner (node-a)"]
             for label, values in p50s.items():
-                line = (
-                    f"{label:40} p50 {statistics.median(values) * 1000:.3f} ms "
-                    f"[{min(values) * 1000:.3f}-{max(values) * 1000:.3f}]"
-                )
+                if in_flight:
+                    line = (
+                        f"{label:40} {statistics.median(values):,.0f} calls/s [{min(values):,.0f}-{max(values):,.0f}]"
+                    )
+                else:
+                    line = (
+                        f"{label:40} p50 {statistics.median(values) * 1000:.3f} ms "
+                        f"[{min(values) * 1000:.3f}-{max(values) * 1000:.3f}]"
+                    )
                 if label != "owner (node-a)":
                     ratios = [v / o for v, o in zip(values, owner_p50s, strict=True)]
                     line += f"  / owner {statistics.median(ratios):.2f}x [{min(ratios):.2f}-{max(ratios):.2f}]"
@@ -86,7 +98,8 @@ if __name__ == "__main__":
     parser.add_argument("--baseline", action="append", type=Path, default=[], help="another checkout's root")
     parser.add_argument("--rounds", type=int, default=12)
     parser.add_argument("--calls", type=int, default=500, help="calls per target per round")
+    parser.add_argument("--in-flight", type=int, default=0, help="measure throughput with this many in flight")
     parser.add_argument("--quick", action="store_true", help="4 rounds of 200 calls")
     options = parser.parse_args()
     quick = options.quick or bool(os.environ.get("SPEAR_BENCH_QUICK"))
-    trio.run(main, options.baseline, 4 if quick else options.rounds, 200 if quick else options.calls)
+    trio.run(main, options.baseline, 4 if quick else options.rounds, 200 if quick else options.calls, options.in_flight)

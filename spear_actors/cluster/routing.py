@@ -25,6 +25,7 @@ import trio
 from ..api import Method
 from ..errors import ErrorCode, SpearError
 from ..model import InvocationType, InvokeRequest
+from ..protocol.connection import Connection
 from ..protocol.handshake import Authenticator, token_authenticator
 from ..protocol.messages import Hello
 from ..protocol.serving import Deferred, IncomingRequest
@@ -372,7 +373,8 @@ class ClusterRouter:
         # client's request in service, and its cancel, deadline or connection loss
         # give the owner's call up)
         deferred = incoming.defer()
-        call = await connection.relay(method.name, incoming.params, _relay_answer(deferred), timeout=timeout)
+        on_answer = _relay_answer(deferred, connection, owner.node_id)
+        call = await connection.relay(method.name, incoming.params, on_answer, timeout=timeout)
         deferred.on_give_up = call.give_up
         return deferred
 
@@ -396,12 +398,21 @@ def _from_peer(incoming: IncomingRequest) -> bool:
     return getattr(peer, "role", None) == "node"
 
 
-def _relay_answer(deferred: Deferred) -> Callable[[Any, SpearError | None], None]:
-    """The callback that gives the owner's answer to the client's request."""
+def _relay_answer(deferred: Deferred, connection: Connection, owner: str) -> Callable[[Any, SpearError | None], None]:
+    """The callback that gives the owner's answer to the client's request (the loss
+    of the peer connection named as the owner's)."""
 
     def on_answer(result: Any, error: SpearError | None) -> None:
         if error is None:
             deferred.answer(result)
+        elif connection.closed and error.code is ErrorCode.UNAVAILABLE:
+            deferred.fail(
+                SpearError(
+                    ErrorCode.UNAVAILABLE,
+                    f"lost the connection to node {owner}, which owns this call, mid-call: {error.message}",
+                    {"owner": owner},
+                )
+            )
         else:
             deferred.fail(error)
 

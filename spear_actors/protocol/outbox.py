@@ -30,12 +30,9 @@ from collections.abc import Callable
 import trio
 
 from ..errors import SpearError
-from . import passflush
 from .transports import SocketTransport, Transport, WebsocketTransport
 
 __all__ = ["Outbox"]
-
-_FIRST_AT_ONCE = False  # write a pass's first body at once (measured: docs/performance.md)
 
 
 class Outbox:
@@ -63,69 +60,26 @@ class Outbox:
         """trio time at which the write under way began (None: no write is waiting)."""
         self._ready = trio.Event()  # the writer task has work
         self._progress = trio.Event()  # a write ended
-        self._waiting = 0  # tasks waiting on _progress
         self.closed = False
-        # bodies gathered in this pass, written once before the run loop waits
-        self._flusher: passflush.PassFlusher | None = None  # set while the writer task runs
-        self._pass: list[bytes] = []
-        self._pass_bytes = 0
-        self._queue_bytes = 0
-        self._marked = False  # the flusher will call flush_pass before the run loop waits
 
     # -- sending ---------------------------------------------------------------
     def put(self, body: bytes, *, defer: bool = False) -> int:
-        """Send *body* without waiting: gathered with the other bodies put in this
-        pass and written once before the run loop waits (:mod:`.passflush`), or, when
-        the link is busy or cannot write without waiting, queued for the writer task.
-        Returns its ticket. A gathered body counts as written: it is sent (or the
-        connection closes), its sender may leave.
+        """Send *body* now if the link takes it without waiting, else queue it for the
+        writer task; never waits. Returns its ticket.
 
-        *defer*: without the flusher (no writer task yet), queue it for the writer
-        task, even if the link would take it now (a body put in the same pass, or
-        else the writer a pass later, carries it). Raises the transport's
-        :class:`SpearError` if the link is gone.
+        *defer*: queue it for the writer task, even if the link would take it now (a
+        body put in the same pass, or else the writer a pass later, carries it).
+        Raises the transport's :class:`SpearError` if the link is gone.
         """
         self._tickets += 1
         ticket = self._tickets
         if self.closed:
             return ticket
-        if self._busy or self._kept or self._direct is None:
-            self._enqueue(ticket, body)
-            return ticket
-        flusher = self._flusher
-        if flusher is not None:
-            if _FIRST_AT_ONCE and not self._marked:
-                self._marked = True
-                flusher.mark(self)
-                self._write_now(ticket, body)
-                return ticket
-            if self._queue:  # bodies deferred before the writer started
-                size = self._queue_bytes
-                self._pass.extend(self._take())
-                self._pass_bytes += size
-                self.queued_bytes += size
-            self._pass.append(body)
-            self._pass_bytes += len(body)
+        if defer or self._busy or self._kept or self._direct is None:
+            self._queue.append((ticket, body))
             self.queued_bytes += len(body)
-            self.written = ticket
-            if not self._marked:
-                self._marked = True
-                flusher.mark(self)
+            self._ready.set()
             return ticket
-        if defer:
-            self._enqueue(ticket, body)
-            return ticket
-        self._write_now(ticket, body)
-        return ticket
-
-    def _enqueue(self, ticket: int, body: bytes) -> None:
-        self._queue.append((ticket, body))
-        self._queue_bytes += len(body)
-        self.queued_bytes += len(body)
-        self._ready.set()
-
-    def _write_now(self, ticket: int, body: bytes) -> None:
-        assert self._direct is not None
         bodies = [body] if not self._queue else [*self._take(), body]
         try:
             done = self._direct.send_nowait(bodies)
@@ -137,39 +91,7 @@ class Outbox:
         else:
             self._kept = True  # the transport sends the rest first, on the writer's next write
             self._ready.set()
-
-    def flush_pass(self) -> None:
-        """Write the bodies gathered in this pass, in one write that does not wait;
-        what the link does not take goes first on the writer task's next write.
-        Called by the run's :class:`~.passflush.PassFlusher`; a lost link closes the
-        connection (``on_lost``)."""
-        self._marked = False
-        bodies = self._pass
-        if not bodies:
-            return
-        self._pass = []
-        size, self._pass_bytes = self._pass_bytes, 0
-        if self.closed:
-            return
-        if self._busy or self._kept:  # not expected: the writer keeps the order
-            self._queue.extendleft((0, body) for body in reversed(bodies))
-            self._queue_bytes += size
-            self._ready.set()
-            return
-        assert self._direct is not None
-        self.queued_bytes -= size
-        try:
-            done = self._direct.send_nowait(bodies)
-        except SpearError as exc:
-            self._on_lost(exc)
-            return
-        if not done:
-            # the rest goes first on the writer's next write; like a batch the writer
-            # is writing, it no longer counts as queued
-            self._kept = True
-            self._ready.set()
-        if self._waiting:
-            self._wake()
+        return ticket
 
     def withdraw(self, ticket: int) -> bool:
         """Take back a queued body none of which has left; False when (part of) it
@@ -177,7 +99,6 @@ class Outbox:
         for index, (queued, body) in enumerate(self._queue):
             if queued == ticket:
                 del self._queue[index]
-                self._queue_bytes -= len(body)
                 self.queued_bytes -= len(body)
                 if not self._queue and not self._busy and not self._kept:
                     self.written = self._tickets  # the rest is written
@@ -188,53 +109,29 @@ class Outbox:
         """Wait until the body of *ticket* has been handed to the transport (or the
         outbox closed). Cancelling the wait leaves the body queued."""
         while self.written < ticket and not self.closed:
-            await self._wait_progress()
+            await self._progress.wait()
 
     async def wait_room(self) -> None:
         """Wait while more than the high-water mark is queued (or the outbox closed)."""
         while self.queued_bytes > self._high_water and not self.closed:
-            await self._wait_progress()
+            await self._progress.wait()
 
     async def flush(self) -> None:
         """Wait until everything put so far has been written (or the outbox closed)."""
-        if self._pass:
-            self.flush_pass()  # now, not when the pass ends
-        while (self.written < self._tickets or self._kept or self._busy) and not self.closed:
-            await self._wait_progress()
-
-    async def _wait_progress(self) -> None:
-        self._waiting += 1
-        try:
-            await self._progress.wait()
-        finally:
-            self._waiting -= 1
-
-    def _wake(self) -> None:
-        progress, self._progress = self._progress, trio.Event()
-        progress.set()
+        await self.wait_written(self._tickets)
 
     # -- the writer task -----------------------------------------------------------
     async def run_writer(self) -> None:
-        """Send what is queued, in batches, until closed. While it runs, bodies put
-        in one pass are gathered into one write (:mod:`.passflush`)."""
-        if self._direct is not None:
-            self._flusher = passflush.acquire()
-        try:
-            while True:
-                await self._ready.wait()
-                self._ready = trio.Event()
-                if self.closed:
-                    return
-                if not self._queue and not self._kept:
-                    continue
-                if not await self._write(self._take(), self._tickets):
-                    return
-        finally:
-            flusher, self._flusher = self._flusher, None
-            if flusher is not None:
-                if self._pass and not self.closed:
-                    self.flush_pass()
-                passflush.release(flusher)
+        """Send what is queued, in batches, until closed."""
+        while True:
+            await self._ready.wait()
+            self._ready = trio.Event()
+            if self.closed:
+                return
+            if not self._queue and not self._kept:
+                continue
+            if not await self._write(self._take(), self._tickets):
+                return
 
     async def _write(self, bodies: list[bytes], upto: int) -> bool:
         self._busy = True
@@ -250,7 +147,8 @@ class Outbox:
         self._kept = False
         # with nothing queued, every ticket is written or was withdrawn
         self.written = max(self.written, upto) if self._queue else self._tickets
-        self._wake()
+        progress, self._progress = self._progress, trio.Event()
+        progress.set()
         if self._queue:
             self._ready.set()
         return True
@@ -264,6 +162,5 @@ class Outbox:
     def _take(self) -> list[bytes]:
         batch = [body for _, body in self._queue]
         self._queue.clear()
-        self.queued_bytes -= self._queue_bytes
-        self._queue_bytes = 0
+        self.queued_bytes = 0
         return batch

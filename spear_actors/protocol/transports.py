@@ -24,6 +24,7 @@ from contextlib import asynccontextmanager
 import trio
 
 from ..errors import ErrorCode, SpearError
+from .dialing import dial_tcp
 from .endpoints import Endpoint, _reason, parse_endpoint
 from .framing import DEFAULT_MAX_FRAME_SIZE
 from .streams import SocketTransport, StreamTransport, open_unix_listener, stream_transport
@@ -71,17 +72,13 @@ async def open_transport(
     try:
         with trio.fail_after(connect_timeout):
             if endpoint.scheme in ("tcp", "tls"):
-                tcp = await trio.open_tcp_stream(endpoint.host, endpoint.port)
-                tcp.setsockopt(stdlib_socket.IPPROTO_TCP, stdlib_socket.TCP_NODELAY, 1)
-                stream = tcp
-                if ssl_context is not None:
-                    tls = trio.SSLStream(tcp, ssl_context, server_hostname=endpoint.host)
-                    try:
-                        await tls.do_handshake()
-                    except BaseException:
-                        await trio.aclose_forcefully(tcp)
-                        raise
-                    stream = tls
+                context = ssl_context
+                wrap = (
+                    None
+                    if context is None
+                    else (lambda tcp: trio.SSLStream(tcp, context, server_hostname=endpoint.host))
+                )
+                stream = await dial_tcp(endpoint, wrap)
             else:
                 stream = await trio.open_unix_socket(endpoint.path)
     except (OSError, trio.TooSlowError, trio.BrokenResourceError) as exc:

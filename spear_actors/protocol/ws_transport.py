@@ -14,6 +14,7 @@ from typing import Final
 import trio
 
 from ..errors import ErrorCode, SpearError
+from .dialing import dial_tcp
 from .endpoints import Endpoint, _host, _reason
 from .framing import ProtocolError
 from .tlssocket import TlsSocketStream
@@ -142,19 +143,13 @@ async def open_websocket_transport(
     :class:`SpearError` UNAVAILABLE; errors of the caller's block pass through."""
     try:
         with trio.fail_after(connect_timeout):
-            tcp = await trio.open_tcp_stream(endpoint.host, endpoint.port)
-            stream: trio.abc.Stream = tcp
-            if ssl_context is not None:
-                tls = TlsSocketStream(tcp, ssl_context, server_hostname=endpoint.host)
-                try:
-                    await tls.do_handshake()
-                except BaseException:
-                    await trio.aclose_forcefully(tcp)
-                    raise
-                stream = tls
+            context = ssl_context
+            wrap = (
+                None if context is None else (lambda tcp: TlsSocketStream(tcp, context, server_hostname=endpoint.host))
+            )
+            stream = await dial_tcp(endpoint, wrap)
     except (OSError, trio.TooSlowError, trio.BrokenResourceError) as exc:
         raise SpearError(ErrorCode.UNAVAILABLE, f"cannot connect to {endpoint}: {_reason(exc)}") from None
-    tcp.setsockopt(stdlib_socket.IPPROTO_TCP, stdlib_socket.TCP_NODELAY, 1)
     ws = await _connect(stream, endpoint, max_frame_size, connect_timeout)
     transport = WebsocketTransport(ws, description=str(endpoint))
     try:

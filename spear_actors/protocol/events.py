@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ..errors import SpearError
 from .framing import ProtocolError
+from .slots import SlotsValue
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing stays out of the agent's start-up
@@ -21,20 +22,7 @@ __all__ = [
 ]
 
 
-class _Event:
-    __slots__: tuple[str, ...] = ()
-
-    def __eq__(self, other: object) -> bool:
-        return type(other) is type(self) and all(getattr(self, n) == getattr(other, n) for n in self.__slots__)
-
-    __hash__ = None  # type: ignore[assignment]
-
-    def __repr__(self) -> str:
-        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__)
-        return f"{type(self).__name__}({fields})"
-
-
-class RequestReceived(_Event):
+class RequestReceived(SlotsValue):
     """The peer called *method*; answer it with :meth:`ProtocolCore.respond` or
     :meth:`ProtocolCore.fail` (exactly one of them counts). ``window`` set: a stream."""
 
@@ -48,7 +36,7 @@ class RequestReceived(_Event):
         self.window = window
 
 
-class ResponseReceived(_Event):
+class ResponseReceived(SlotsValue):
     """The successful terminal answer to our request *id* (``response`` or ``stream_end``)."""
 
     __slots__ = ("id", "result")
@@ -58,7 +46,7 @@ class ResponseReceived(_Event):
         self.result = result
 
 
-class ErrorReceived(_Event):
+class ErrorReceived(SlotsValue):
     """The failing terminal answer to our request *id*."""
 
     __slots__ = ("error", "id")
@@ -68,7 +56,7 @@ class ErrorReceived(_Event):
         self.error = error
 
 
-class ItemReceived(_Event):
+class ItemReceived(SlotsValue):
     """One item of the stream answering our request *id*."""
 
     __slots__ = ("data", "id", "seq")
@@ -79,7 +67,7 @@ class ItemReceived(_Event):
         self.data = data
 
 
-class CancelReceived(_Event):
+class CancelReceived(SlotsValue):
     """The peer gave up its request *id*, which we serve (reported once)."""
 
     __slots__ = ("id", "reason")
@@ -89,7 +77,7 @@ class CancelReceived(_Event):
         self.reason = reason
 
 
-class CreditReceived(_Event):
+class CreditReceived(SlotsValue):
     """The consumer of our stream answer *id* can take *n* more items."""
 
     __slots__ = ("id", "n")
@@ -99,7 +87,7 @@ class CreditReceived(_Event):
         self.n = n
 
 
-class ConnectionClosed(_Event):
+class ConnectionClosed(SlotsValue):
     """The connection is over (reported once). ``error`` is what every request still
     in flight fails with; ``failed`` lists those requests of ours; ``cause`` is the
     protocol error the peer was told about, if that is why."""

@@ -16,6 +16,7 @@ import msgpack
 
 from ..errors import ErrorCode, SpearError
 from .framing import ProtocolError
+from .slots import SlotsValue
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing is not imported at run time: see _Message
@@ -98,25 +99,11 @@ def _show(value: object) -> str:
     return type(value).__name__
 
 
-class _Message:
-    """Base of the message classes: slots, equality by field, a readable repr.
-
-    Plain classes rather than dataclasses on purpose: this module is imported by
-    every agent process at start-up, and ``dataclasses`` (with ``inspect``) and
-    ``typing`` would add ~10 ms to each cold start.
-    """
+class _Message(SlotsValue):
+    """Base of the message classes (``TYPE``: the wire name of the message)."""
 
     __slots__: tuple[str, ...] = ()
     TYPE = ""
-
-    def __eq__(self, other: object) -> bool:
-        return type(other) is type(self) and all(getattr(self, n) == getattr(other, n) for n in self.__slots__)
-
-    __hash__ = None  # type: ignore[assignment]
-
-    def __repr__(self) -> str:
-        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__)
-        return f"{type(self).__name__}({fields})"
 
 
 class Hello(_Message):

@@ -100,18 +100,8 @@ class NodeInfo:
         return self.load / self.capacity if self.capacity > 0 else float("inf")
 
     def to_json(self) -> bytes:
-        """The stored value (``lease`` is etcd's, not part of it)."""
-        return json.dumps(
-            {
-                "node_id": self.node_id,
-                "endpoints": list(self.endpoints),
-                "version": self.version,
-                "capacity": self.capacity,
-                "load": self.load,
-                "started_at": self.started_at,
-            },
-            separators=(",", ":"),
-        ).encode()
+        """The stored value (``lease`` is etcd's, not part of it): :meth:`to_dict` as JSON."""
+        return json.dumps(self.to_dict(), separators=(",", ":")).encode()
 
     @classmethod
     def from_json(cls, value: bytes, *, lease: int = 0) -> NodeInfo:
@@ -157,11 +147,8 @@ class TaskEntry:
     lease: int = 0
 
     def to_json(self) -> bytes:
-        """The stored value."""
-        return json.dumps(
-            {"task_name": self.task_name, "task_id": self.task_id, "owner": self.owner, "claimed_at": self.claimed_at},
-            separators=(",", ":"),
-        ).encode()
+        """The stored value: :meth:`to_dict` as JSON."""
+        return json.dumps(self.to_dict(), separators=(",", ":")).encode()
 
     @classmethod
     def from_json(cls, value: bytes, *, revision: int = 0, lease: int = 0) -> TaskEntry:

@@ -177,37 +177,31 @@ async def partial_hello_frames(target: Target, seconds: float) -> str:
     return f"{len(streams)} partial hellos"
 
 
-async def connection_flood(target: Target, seconds: float) -> str:
-    """1,500 idle TCP connections (over the node's connection limit)."""
+async def _idle_connections(host: str, port: int, seconds: float) -> str:
+    """1,500 TCP connections to *host*:*port* that send nothing, held for *seconds*."""
     streams: list[trio.SocketStream] = []
     failed = 0
     with trio.move_on_after(seconds):
         for _ in range(1500):
             try:
-                streams.append(await trio.open_tcp_stream(target.host, target.tcp_port))
+                streams.append(await trio.open_tcp_stream(host, port))
             except OSError:
                 failed += 1
         await trio.sleep_forever()
     for stream in streams:
         await trio.aclose_forcefully(stream)
     return f"{len(streams)} opened, {failed} failed to connect"
+
+
+async def connection_flood(target: Target, seconds: float) -> str:
+    """1,500 idle TCP connections (over the node's connection limit)."""
+    return await _idle_connections(target.host, target.tcp_port, seconds)
 
 
 async def websocket_upgrade_flood(target: Target, seconds: float) -> str:
     """1,500 TCP connections to the websocket port that never send their HTTP upgrade."""
     host, port = target.ws_url.removeprefix("ws://").rsplit(":", 1)
-    streams: list[trio.SocketStream] = []
-    failed = 0
-    with trio.move_on_after(seconds):
-        for _ in range(1500):
-            try:
-                streams.append(await trio.open_tcp_stream(host, int(port)))
-            except OSError:
-                failed += 1
-        await trio.sleep_forever()
-    for stream in streams:
-        await trio.aclose_forcefully(stream)
-    return f"{len(streams)} opened, {failed} failed to connect"
+    return await _idle_connections(host, int(port), seconds)
 
 
 async def agent_output_flood(target: Target, seconds: float) -> str:

@@ -19,6 +19,7 @@ import msgpack
 import trio
 import trio_websocket
 from _peers_common import MARKER, PAYLOAD, emit, in_flight_rate, serve_async, timed_sequence
+from _raw_framing import FrameReader, frame
 from _ws_pipelined import PipelinedWs
 
 CONNECTIONS = 8
@@ -31,30 +32,6 @@ async def _ws_handler(request: trio_websocket.WebSocketRequest) -> None:
             await ws.send_message(msgpack.packb(msgpack.unpackb(await ws.get_message())))
     except trio_websocket.ConnectionClosed:
         pass
-
-
-class FrameReader:
-    """Whole 8-byte-length-prefixed bodies from a stream."""
-
-    def __init__(self, stream: trio.SocketStream) -> None:
-        self.stream = stream
-        self.buffer = bytearray()
-
-    async def body(self) -> bytes:
-        buffer = self.buffer
-        while len(buffer) < 8 or len(buffer) < 8 + int.from_bytes(buffer[:8], "little"):
-            data = await self.stream.receive_some(65536)
-            if not data:
-                raise EOFError
-            buffer += data
-        length = int.from_bytes(buffer[:8], "little")
-        body = bytes(buffer[8 : 8 + length])
-        del buffer[: 8 + length]
-        return body
-
-
-def frame(body: bytes) -> bytes:
-    return len(body).to_bytes(8, "little") + body
 
 
 async def _unix_handler(stream: trio.SocketStream) -> None:

@@ -37,6 +37,7 @@ import trio_websocket
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from _raw_framing import FrameReader, frame  # noqa: E402
 from _timing import p50_p99, throughput, timed_calls  # noqa: E402
 from _ws_pipelined import PipelinedWs  # noqa: E402
 
@@ -108,23 +109,11 @@ async def _ws_pipelined_client(url: str, task_status: trio.TaskStatus[PipelinedW
 async def raw_unix_echo(n: int) -> tuple[float, float]:
     path = tempfile.mktemp(suffix=".sock")
 
-    async def read_frame(stream: trio.SocketStream, buffer: bytearray) -> bytes:
-        while len(buffer) < 8 or len(buffer) < 8 + int.from_bytes(buffer[:8], "little"):
-            data = await stream.receive_some(65536)
-            if not data:
-                raise EOFError
-            buffer += data
-        length = int.from_bytes(buffer[:8], "little")
-        body = bytes(buffer[8 : 8 + length])
-        del buffer[: 8 + length]
-        return body
-
     async def handler(stream: trio.SocketStream) -> None:
-        buffer = bytearray()
+        reader = FrameReader(stream)
         try:
             while True:
-                body = msgpack.packb(msgpack.unpackb(await read_frame(stream, buffer)))
-                await stream.send_all(len(body).to_bytes(8, "little") + body)
+                await stream.send_all(frame(msgpack.packb(msgpack.unpackb(await reader.body()))))
         except (EOFError, trio.BrokenResourceError):
             pass
 
@@ -134,12 +123,12 @@ async def raw_unix_echo(n: int) -> tuple[float, float]:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(trio.serve_listeners, handler, [trio.SocketListener(sock)])
         stream = await trio.open_unix_socket(path)
-        buffer = bytearray()
+        reader = FrameReader(stream)
         body = msgpack.packb(PAYLOAD)
 
         async def call() -> None:
-            await stream.send_all(len(body).to_bytes(8, "little") + body)
-            msgpack.unpackb(await read_frame(stream, buffer))
+            await stream.send_all(frame(body))
+            msgpack.unpackb(await reader.body())
 
         result = await sequential(call, n)
         await stream.aclose()

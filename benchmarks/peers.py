@@ -333,6 +333,8 @@ def main() -> None:
     total = args.total or (1920 if quick else 6400)
     wanted = set(args.systems.split(","))
     systems = [s for s in SYSTEMS if s.key in wanted]
+    if unknown := wanted - {s.key for s in SYSTEMS}:
+        parser.error(f"unknown systems {sorted(unknown)}; choose from {[s.key for s in SYSTEMS]}")
     if any(s.driver in ("ray", "tractor") for s in systems) and (why := ensure_peers_venv()):
         print(f"Ray and tractor skipped: {VENV.name}/ could not be set up: {why}")
         systems = [s for s in systems if s.driver not in ("ray", "tractor")]

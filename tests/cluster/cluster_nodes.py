@@ -12,6 +12,7 @@ from spear_actors import connect
 from spear_actors.node import Node, open_node
 
 from ..conftest import ROOT, fast_config
+from ..node_process import ServedNode, spear_serve
 from .cluster_helpers import cluster_config, eventually
 
 
@@ -78,3 +79,18 @@ request_timeout_s = 1.0
 retry_interval_s = 0.1
 load_publish_interval_s = 0.1
 """
+
+
+@asynccontextmanager
+async def served_member(
+    tmp_path: Path, node_id: str, etcd_url: str, prefix: str, *, seen_by: Node
+) -> AsyncIterator[ServedNode]:
+    """A ``spear serve`` process *node_id* in the cluster (stopped when the block ends),
+    yielded once *seen_by* lists it among the cluster's nodes."""
+    served_dir = tmp_path / "served"
+    served_dir.mkdir()
+    async with spear_serve(served_dir, served_config(served_dir, node_id, etcd_url, prefix)) as served:
+        await eventually(
+            lambda: cluster_health(url_of(seen_by)), lambda h: node_id in {n["node_id"] for n in h["nodes"]}
+        )
+        yield served

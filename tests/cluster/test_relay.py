@@ -17,9 +17,8 @@ from spear_actors.cluster import id_owner
 from spear_actors.errors import ErrorCode
 
 from ..conftest import agent_spec
-from ..node_process import spear_serve
 from .cluster_helpers import WAIT_S, eventually
-from .cluster_nodes import cluster_health, open_cluster, served_config, url_of
+from .cluster_nodes import open_cluster, served_member, url_of
 from .etcd_server import EtcdServer
 
 
@@ -133,31 +132,28 @@ async def test_a_draining_node_waits_for_the_calls_it_relays(etcd: EtcdServer, p
 
 
 async def test_an_owner_killed_mid_call_answers_unavailable(etcd: EtcdServer, prefix: str, tmp_path: Path) -> None:
-    async with open_cluster(tmp_path, etcd.url, prefix, ["node-b"]) as (b,):
-        served_dir = tmp_path / "served"
-        served_dir.mkdir()
-        config = served_config(served_dir, "node-k", etcd.url, prefix)
-        async with spear_serve(served_dir, config) as served, connect(url_of(b)) as on_b:
-            await eventually(
-                lambda: cluster_health(url_of(b)), lambda h: "node-k" in {n["node_id"] for n in h["nodes"]}
-            )
-            async with connect(served.url) as on_k:
-                made = await on_k.invoke("add", [1, 2], task_name="doomed", artifact_spec=agent_spec())
-                assert (await on_b.invoke("add", [2, 2], task_id=made["task_id"]))["result"] == 4  # relayed to k
-                outcome: list[SpearError] = []
+    async with (
+        open_cluster(tmp_path, etcd.url, prefix, ["node-b"]) as (b,),
+        served_member(tmp_path, "node-k", etcd.url, prefix, seen_by=b) as served,
+        connect(url_of(b)) as on_b,
+    ):
+        async with connect(served.url) as on_k:
+            made = await on_k.invoke("add", [1, 2], task_name="doomed", artifact_spec=agent_spec())
+            assert (await on_b.invoke("add", [2, 2], task_id=made["task_id"]))["result"] == 4  # relayed to k
+            outcome: list[SpearError] = []
 
-                async def call() -> None:
-                    try:
-                        await on_b.invoke("sleep", [30], task_id=made["task_id"], context={"execution_id": "k-1"})
-                    except SpearError as exc:
-                        outcome.append(exc)
+            async def call() -> None:
+                try:
+                    await on_b.invoke("sleep", [30], task_id=made["task_id"], context={"execution_id": "k-1"})
+                except SpearError as exc:
+                    outcome.append(exc)
 
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(call)
-                    await _running(on_k, "k-1")
-                    served.process.kill()  # kill -9 of the owner, mid-call
-                    await served.process.wait()
-            assert [e.code for e in outcome] == [ErrorCode.UNAVAILABLE]
-            assert "node-k" in outcome[0].message and outcome[0].details == {"owner": "node-k"}
-            # node-b serves on
-            assert (await on_b.get_health())["status"]
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(call)
+                await _running(on_k, "k-1")
+                served.process.kill()  # kill -9 of the owner, mid-call
+                await served.process.wait()
+        assert [e.code for e in outcome] == [ErrorCode.UNAVAILABLE]
+        assert "node-k" in outcome[0].message and outcome[0].details == {"owner": "node-k"}
+        # node-b serves on
+        assert (await on_b.get_health())["status"]

@@ -17,49 +17,45 @@ from spear_actors.protocol.messages import Hello
 from spear_actors.protocol.transports import open_transport
 
 from ..conftest import agent_spec
-from ..node_process import spear_serve
 from .cluster_helpers import eventually
-from .cluster_nodes import cluster_health, node_config, open_cluster, served_config, url_of
+from .cluster_nodes import node_config, open_cluster, served_member, url_of
 from .etcd_server import EtcdServer
 
 
 async def test_owner_killed_then_next_new_task_recreates_it_on_a_live_node(
     etcd: EtcdServer, prefix: str, tmp_path: Path
 ) -> None:
-    async with open_cluster(tmp_path, etcd.url, prefix, ["node-b", "node-c"]) as (b, _c):
-        served_dir = tmp_path / "served"
-        served_dir.mkdir()
-        config = served_config(served_dir, "node-k", etcd.url, prefix)
-        async with spear_serve(served_dir, config) as served, connect(url_of(b)) as on_b:
-            await eventually(
-                lambda: cluster_health(url_of(b)), lambda h: "node-k" in {n["node_id"] for n in h["nodes"]}
+    async with (
+        open_cluster(tmp_path, etcd.url, prefix, ["node-b", "node-c"]) as (b, _c),
+        served_member(tmp_path, "node-k", etcd.url, prefix, seen_by=b) as served,
+        connect(url_of(b)) as on_b,
+    ):
+        async with connect(served.url) as on_k:
+            made = await on_k.invoke("add", [1, 2], task_name="phoenix", artifact_spec=agent_spec())
+        assert id_owner(made["task_id"]) == "node-k"
+        await eventually(
+            lambda: on_b.list_tasks(scope="cluster"), lambda page: [t["owner"] for t in page["tasks"]] == ["node-k"]
+        )
+        assert (await on_b.invoke("add", [2, 2], task_name="phoenix"))["result"] == 4  # forwarded to k
+
+        served.process.kill()  # kill -9: no goodbye, the lease has to expire
+        await served.process.wait()
+
+        # the old id: UNAVAILABLE naming the lost owner (whether or not its lease ran out yet)
+        with pytest.raises(SpearError) as lost:
+            await on_b.invoke("add", [1, 1], task_id=made["task_id"])
+        assert lost.value.code is ErrorCode.UNAVAILABLE and "node-k" in lost.value.message
+
+        # the next NEW_TASK call, once the lease has expired, makes it again on a live node
+        async def new_task() -> dict[str, object]:
+            answer: dict[str, object] = await on_b.invoke(
+                "add", [5, 5], task_name="phoenix", artifact_spec=agent_spec()
             )
-            async with connect(served.url) as on_k:
-                made = await on_k.invoke("add", [1, 2], task_name="phoenix", artifact_spec=agent_spec())
-            assert id_owner(made["task_id"]) == "node-k"
-            await eventually(
-                lambda: on_b.list_tasks(scope="cluster"), lambda page: [t["owner"] for t in page["tasks"]] == ["node-k"]
-            )
-            assert (await on_b.invoke("add", [2, 2], task_name="phoenix"))["result"] == 4  # forwarded to k
+            return answer
 
-            served.process.kill()  # kill -9: no goodbye, the lease has to expire
-            await served.process.wait()
-
-            # the old id: UNAVAILABLE naming the lost owner (whether or not its lease ran out yet)
-            with pytest.raises(SpearError) as lost:
-                await on_b.invoke("add", [1, 1], task_id=made["task_id"])
-            assert lost.value.code is ErrorCode.UNAVAILABLE and "node-k" in lost.value.message
-
-            # the next NEW_TASK call, once the lease has expired, makes it again on a live node
-            async def new_task() -> dict[str, object]:
-                answer: dict[str, object] = await on_b.invoke(
-                    "add", [5, 5], task_name="phoenix", artifact_spec=agent_spec()
-                )
-                return answer
-
-            again = await eventually(new_task, lambda answer: answer["result"] == 10)
-            assert id_owner(str(again["task_id"])) in {"node-b", "node-c"}
-            assert again["task_id"] != made["task_id"]
+        again = await eventually(new_task, lambda answer: answer["result"] == 10)
+        assert id_owner(str(again["task_id"])) in {"node-b", "node-c"}
+        assert again["task_id"] != made["task_id"]
 
 
 async def test_etcd_lost_and_back_while_calls_run(own_etcd: EtcdServer, prefix: str, tmp_path: Path) -> None:

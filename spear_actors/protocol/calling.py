@@ -87,11 +87,20 @@ class RelayedCall:
     """A unary request whose answer goes to a callback (:meth:`Caller.relay`), from
     the task that reads it: nobody waits for it."""
 
-    __slots__ = ("_connection", "_on_answer", "done", "id", "ticket")
+    __slots__ = ("_cancel_grace", "_confirmed", "_connection", "_on_answer", "done", "id", "method", "ticket")
 
-    def __init__(self, connection: Caller, on_answer: Callable[[Any, SpearError | None], None]) -> None:
+    def __init__(
+        self,
+        connection: Caller,
+        method: str,
+        on_answer: Callable[[Any, SpearError | None], None],
+        cancel_grace: float | None = None,
+    ) -> None:
         self._connection = connection
+        self.method = method
         self._on_answer = on_answer
+        self._cancel_grace = cancel_grace
+        self._confirmed: trio.Event | None = None  # made by cancel(), set by the answer
         self.id = 0
         self.ticket = 0
         self.done = False
@@ -110,18 +119,49 @@ class RelayedCall:
     def _ended(self) -> None:
         self.done = True
         del self._connection._calls[self.id]  # the core has forgotten it already
+        if self._confirmed is not None:
+            self._confirmed.set()
+
+    def _drop(self) -> None:
+        self.done = True
+        connection = self._connection
+        del connection._calls[self.id]
+        connection.core.forget(self.id)
+        if self._confirmed is not None:
+            self._confirmed.set()
 
     def give_up(self, reason: str) -> None:
         """Stop waiting for the answer: the request is taken back if none of it was
         sent, else the peer is sent a cancel; the callback is not called."""
         if self.done:
             return
-        self.done = True
+        if not self._connection.closed:
+            self._connection._give_up(self.id, self.ticket, reason)
+        self._drop()
+
+    async def cancel(self, reason: str) -> None:
+        """Cancel the call as a cancelled :meth:`Caller.request` is: the request is
+        taken back if none of it was sent (the callback is not called); else the peer
+        is sent a cancel and, with a cancel grace, this waits up to that long
+        (shielded) for the peer to confirm by answering — its answer goes to the
+        callback as any answer does. Without a confirmation in time, the connection's
+        ``on_unconfirmed_cancel`` is called and the call is given up."""
+        if self.done:
+            return
         connection = self._connection
-        del connection._calls[self.id]
-        if not connection.closed:
-            connection._give_up(self.id, self.ticket, reason)
-        connection.core.forget(self.id)
+        grace = self._cancel_grace
+        if connection.closed or not connection._give_up(self.id, self.ticket, reason) or grace is None:
+            self._drop()
+            return
+        confirmed = self._confirmed = trio.Event()
+        with trio.CancelScope(shield=True) as waiting:
+            waiting.deadline = trio.current_time() + grace
+            await confirmed.wait()
+        if confirmed.is_set():
+            return  # confirmed (or the connection died, or given up meanwhile)
+        self._drop()
+        if not connection.closed and connection.on_unconfirmed_cancel is not None:
+            connection.on_unconfirmed_cancel(self.method, self.id)
 
 
 class ResponseStream:
@@ -289,18 +329,20 @@ class Caller(Link):
         on_answer: Callable[[Any, SpearError | None], None],
         *,
         timeout: float | None = None,
+        cancel_grace: float | None = None,
     ) -> RelayedCall:
         """Call *method* on the peer; its answer goes to ``on_answer(result, error)``
         (error None on success; UNAVAILABLE if the connection dies first), called by
         the task that reads it. Waits only while the send queue is over its high
         water. *timeout* travels to the peer, which enforces it; the caller enforces
-        its own with :meth:`RelayedCall.give_up`, as it does a cancel."""
+        its own with :meth:`RelayedCall.give_up`. *cancel_grace* is what
+        :meth:`RelayedCall.cancel` waits for the peer's confirmation."""
         self._check_open()
         outbox = self._outbox
         if outbox.queued_bytes > self.config.send_high_water:
             await outbox.wait_room()
             self._check_open()
-        call = RelayedCall(self, on_answer)
+        call = RelayedCall(self, method, on_answer, cancel_grace)
         call.id, body = self.core.request(method, params, timeout_ms=_ms(timeout))
         self._calls[call.id] = call
         self._wake_reader()  # nobody leads for it: the reader takes its answer

@@ -10,14 +10,16 @@ runtime has only the connection of an agent started elsewhere
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import trio
 
 from ..errors import ErrorCode, SpearError
 from ..metrics.events import events
+from ..protocol.calling import RelayedCall
 from ..protocol.connection import Connection
-from .base import Call, LogSink, RuntimeInstance, StreamSink
+from .base import Call, EndSink, LogSink, RuntimeInstance, StreamSink
 from .output import capped_log
 from .sandbox import Sandbox
 
@@ -45,6 +47,8 @@ class AgentInstance(RuntimeInstance):
         self._connection: Connection | None = None
         self._failed = trio.Event()
         self._failure: SpearError | None = None
+        self._on_failure: list[Callable[[SpearError], None]] = []
+        """Relayed executions whose connection was lost before the failure was known."""
 
     def _failure_details(self) -> dict[str, Any]:
         """What a failure's error carries besides its message."""
@@ -66,6 +70,9 @@ class AgentInstance(RuntimeInstance):
         if self._failure is None:
             self._failure = SpearError(ErrorCode.INSTANCE_FAILED, reason, self._failure_details())
             self._failed.set()
+            waiting, self._on_failure = self._on_failure, []
+            for on_failure in waiting:
+                on_failure(self._lost_error())
             if not self._stopping and self._connection is not None:
                 if self._events is not None:
                     self._events.instance_failed(self.kind, self.task_id, kind)
@@ -82,16 +89,19 @@ class AgentInstance(RuntimeInstance):
         reason = self._connection.close_reason
         self._fail(f"agent connection lost: {reason.message if reason else 'closed'}", "connection_lost")
 
-    async def execute(self, call: Call, sink: StreamSink | None, log: LogSink) -> Any:
-        connection = self._connection
-        assert connection is not None
-        params = {
+    def _execute_params(self, call: Call) -> dict[str, Any]:
+        return {
             "function": call.function_name,
             "params": call.params,
             "execution_id": call.execution_id,
             "environment": call.environment,
             "headers": call.headers,
         }
+
+    async def execute(self, call: Call, sink: StreamSink | None, log: LogSink) -> Any:
+        connection = self._connection
+        assert connection is not None
+        params = self._execute_params(call)
         try:
             if sink is None:
                 envelope = await connection.request(
@@ -105,21 +115,63 @@ class AgentInstance(RuntimeInstance):
                         await sink(item)
                     envelope = items.result
         except SpearError as exc:
-            if exc.code is ErrorCode.DEADLINE_EXCEEDED:
-                raise SpearError(
-                    ErrorCode.DEADLINE_EXCEEDED,
-                    f"{call.function_name} did not finish before its deadline",
-                ) from None
             if exc.code is ErrorCode.UNAVAILABLE:
                 await self._failed.wait()
-                assert self._failure is not None
-                raise SpearError(
-                    ErrorCode.INSTANCE_FAILED, self._failure.message, dict(self._failure.details)
-                ) from None
-            if "logs" in exc.details:  # the error's copy of the logs is capped as well
-                kept = self._log_lines(exc.details["logs"], log)
-                raise SpearError(exc.code, exc.message, {**exc.details, "logs": kept}) from None
-            raise
+                raise self._lost_error() from None
+            raise self._execution_error(call, exc, log) from None
+        return self._envelope_value(envelope, log)
+
+    async def relay_execute(self, call: Call, log: LogSink, on_end: EndSink) -> RelayedCall | None:
+        """:class:`~.base.RelayingInstance`: the ``execute`` request relayed on the
+        agent's connection; its reader delivers the end."""
+        connection = self._connection
+        assert connection is not None
+
+        def on_answer(envelope: Any, error: SpearError | None) -> None:
+            if error is None:
+                try:
+                    value = self._envelope_value(envelope, log)
+                except SpearError as exc:
+                    on_end(None, exc)
+                else:
+                    on_end(value, None)
+            elif error.code is ErrorCode.UNAVAILABLE:
+                self._when_failed(on_end)
+            else:
+                on_end(None, self._execution_error(call, error, log))
+
+        try:
+            return await connection.relay(
+                "execute", self._execute_params(call), on_answer, timeout=call.timeout, cancel_grace=self.cancel_grace
+            )
+        except SpearError as exc:
+            if exc.code is not ErrorCode.UNAVAILABLE:
+                raise
+            self._when_failed(on_end)
+            return None
+
+    def _when_failed(self, on_end: EndSink) -> None:
+        """End a call whose connection was lost with the instance's failure, once
+        known (the connection's end is seen first; the process's exit may say more)."""
+        if self._failure is not None:
+            on_end(None, self._lost_error())
+        else:
+            self._on_failure.append(lambda error: on_end(None, error))
+
+    def _lost_error(self) -> SpearError:
+        assert self._failure is not None
+        return SpearError(ErrorCode.INSTANCE_FAILED, self._failure.message, dict(self._failure.details))
+
+    def _execution_error(self, call: Call, exc: SpearError, log: LogSink) -> SpearError:
+        """The error of an execution the agent (or the deadline) ended with *exc*."""
+        if exc.code is ErrorCode.DEADLINE_EXCEEDED:
+            return SpearError(ErrorCode.DEADLINE_EXCEEDED, f"{call.function_name} did not finish before its deadline")
+        if "logs" in exc.details:  # the error's copy of the logs is capped as well
+            kept = self._log_lines(exc.details["logs"], log)
+            return SpearError(exc.code, exc.message, {**exc.details, "logs": kept})
+        return exc
+
+    def _envelope_value(self, envelope: Any, log: LogSink) -> Any:
         if not isinstance(envelope, dict):
             raise SpearError(ErrorCode.PROTOCOL_ERROR, "agent answered execute without a result envelope")
         self._log_lines(envelope.get("logs"), log)

@@ -13,20 +13,34 @@ import dataclasses
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import trio
 
 from ..errors import SpearError
 from ..model import ArtifactSpec, InstancePolicy
 
-__all__ = ["Call", "InstanceSpec", "LogSink", "Runtime", "RuntimeInstance", "StreamSink"]
+__all__ = [
+    "Call",
+    "EndSink",
+    "InstanceSpec",
+    "LogSink",
+    "RelayedExecution",
+    "RelayingInstance",
+    "Runtime",
+    "RuntimeInstance",
+    "StreamSink",
+]
 
 StreamSink = Callable[[Any], Awaitable[None]]
 """Receives the items of a streaming call in order; awaiting it is the backpressure."""
 
 LogSink = Callable[[str], None]
 """Receives log lines the function wrote during one execution."""
+
+EndSink = Callable[[Any, SpearError | None], None]
+"""Receives the end of a relayed execution, once: ``(result, None)`` or
+``(None, error)`` with the errors :meth:`RuntimeInstance.execute` would raise."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -88,6 +102,33 @@ class RuntimeInstance(abc.ABC):
     def describe(self) -> dict[str, Any]:
         """Runtime-specific facts for status output (pid, module digest, ...)."""
         return {}
+
+
+class RelayedExecution(Protocol):
+    """A unary execution started by :meth:`RelayingInstance.relay_execute`."""
+
+    def give_up(self, reason: str) -> None:
+        """Stop it (the agent is told why); its end is not reported."""
+
+    async def cancel(self, reason: str) -> None:
+        """Cancel it as a cancelled :meth:`RuntimeInstance.execute` is: returns once
+        the instance confirmed (the end is then reported, and is ignored by a caller
+        that answered already), once the request was taken back unsent, or once the
+        instance failed to confirm in time (then the instance is failed and the end
+        is not reported)."""
+
+
+@runtime_checkable
+class RelayingInstance(Protocol):
+    """An instance that runs unary executions with no trio task waiting for each:
+    the end is delivered by a callback from the task that reads it (an agent's
+    connection). The instance actor then spends no task, no task switch and no
+    cancel scope per call; streams still use :meth:`RuntimeInstance.execute`."""
+
+    async def relay_execute(self, call: Call, log: LogSink, on_end: EndSink) -> RelayedExecution | None:
+        """Start *call*; *log* gets its log lines and *on_end* its end, called once
+        (maybe before this returns). Waits only for room to send. None: there is
+        nothing to stop (the end is reported when the instance's failure is known)."""
 
 
 class Runtime(abc.ABC):

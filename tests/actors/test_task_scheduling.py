@@ -18,7 +18,7 @@ from spear_actors.errors import ErrorCode, SpearError
 from spear_actors.model import ArtifactSpec, InstancePolicy
 from spear_actors.runtimes.base import Call
 
-from .inline_runtime import InlineRuntime
+from .inline_runtime import InlineRuntime, RelayingInlineInstance
 
 TERMINAL_CODES = {
     ErrorCode.DEADLINE_EXCEEDED,
@@ -56,6 +56,14 @@ def test_every_call_gets_exactly_one_terminal_answer(ops: list[tuple[str, float,
     run_scenario(ops)
 
 
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ops=st.lists(operation, min_size=1, max_size=40))
+def test_every_relayed_call_gets_exactly_one_terminal_answer(ops: list[tuple[str, float, float]]) -> None:
+    # the same, with instances that relay (as agent instances do): no task per call,
+    # the actor's deadline queue, cancels confirmed by the "agent", deaths mid-call
+    run_scenario(ops, relaying=True)
+
+
 # Found by the property above. A retried call was dispatched again to the instance
 # that had just failed it; that instance's end-of-attempt note then erased the new
 # attempt's entry, and when the instance exited the call was in neither the queue
@@ -75,13 +83,14 @@ RETRY_ON_A_DYING_INSTANCE: list[tuple[str, float, float]] = [
 ]
 
 
-def test_a_call_retried_after_its_instance_died_is_answered() -> None:
+@pytest.mark.parametrize("relaying", [False, True])
+def test_a_call_retried_after_its_instance_died_is_answered(relaying: bool) -> None:
     for _ in range(40):
-        run_scenario(RETRY_ON_A_DYING_INSTANCE)
+        run_scenario(RETRY_ON_A_DYING_INSTANCE, relaying=relaying)
 
 
-def run_scenario(ops: list[tuple[str, float, float]]) -> None:
-    runtime = InlineRuntime()
+def run_scenario(ops: list[tuple[str, float, float]], *, relaying: bool = False) -> None:
+    runtime = InlineRuntime(relaying=relaying)
     replies: list[tuple[OutcomeSlot, float, float]] = []
 
     async def scenario() -> None:
@@ -257,4 +266,79 @@ async def test_a_crash_looping_task_backs_off_exponentially_and_fails_fast(autoj
         assert (await ok.wait()).result["slept"] == 0.0
         assert runtime.started == 4
         assert actor.status.value == "ACTIVE"
+        nursery.cancel_scope.cancel()
+
+
+class SpawnedTasks(trio.abc.Instrument):
+    def __init__(self) -> None:
+        self.names: list[str] = []
+
+    def task_spawned(self, task: trio.lowlevel.Task) -> None:
+        self.names.append(task.name.rsplit(".", 2)[-2] + "." + task.name.rsplit(".", 1)[-1])
+
+
+async def test_a_relaying_instance_spends_no_task_per_call(autojump_clock: trio.abc.Clock) -> None:
+    runtime = InlineRuntime(relaying=True)
+    spawned = SpawnedTasks()
+    async with trio.open_nursery() as nursery:
+        ref = await nursery.start(TaskActor(definition(max_instances=1, max_concurrency=8), runtime).run)
+        first = OutcomeSlot()
+        ref.tell_nowait(Submit(Call("e", "sleep", 0.5, timeout=10), first, trio.current_time() + 10))
+        await first.wait()  # the instance is up
+        trio.lowlevel.add_instrument(spawned)
+        replies = [OutcomeSlot() for _ in range(40)]
+        for i, reply in enumerate(replies):
+            ref.tell_nowait(Submit(Call(f"e{i}", "sleep", 1.0, timeout=10), reply, trio.current_time() + 10))
+        for reply in replies:
+            assert (await reply.wait()).result["slept"] == 1.0
+        trio.lowlevel.remove_instrument(spawned)
+        nursery.cancel_scope.cancel()
+    # only the "agent" side of each call is a task; the instance actor spawned none
+    assert spawned.names.count("InlineRelayed.run") == 40
+    assert [name for name in spawned.names if name.startswith("InstanceActor")] == []
+
+
+async def test_a_relayed_call_ends_at_its_deadline_and_is_given_up(autojump_clock: trio.abc.Clock) -> None:
+    runtime = InlineRuntime(relaying=True)
+    async with trio.open_nursery() as nursery:
+        ref = await nursery.start(TaskActor(definition(max_instances=1, max_concurrency=4), runtime).run)
+        start = trio.current_time()
+        late, early = OutcomeSlot(), OutcomeSlot()
+        # the later deadline first: the actor's timer must be moved earlier for the second
+        ref.tell_nowait(Submit(Call("late", "sleep", 50.0, timeout=5), late, start + 5))
+        ref.tell_nowait(Submit(Call("early", "sleep", 50.0, timeout=2), early, start + 2))
+        for reply, after in ((early, 2), (late, 5)):
+            with pytest.raises(SpearError) as info:
+                await reply.wait()
+            assert info.value.code is ErrorCode.DEADLINE_EXCEEDED
+            assert "did not finish before its deadline" in info.value.message
+            assert math.isclose(trio.current_time() - start, after, abs_tol=0.01)
+        (instance,) = runtime.live.values()
+        assert isinstance(instance, RelayingInlineInstance)
+        await trio.testing.wait_all_tasks_blocked()
+        assert instance.inflight == 0  # the "agent" was told to stop both
+        # the instance serves on
+        ok = OutcomeSlot()
+        ref.tell_nowait(Submit(Call("ok", "sleep", 1.0, timeout=5), ok, trio.current_time() + 5))
+        assert (await ok.wait()).result["slept"] == 1.0
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_cancelled_relayed_call_frees_its_slot_once_the_agent_confirms(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    runtime = InlineRuntime(relaying=True)
+    async with trio.open_nursery() as nursery:
+        ref = await nursery.start(TaskActor(definition(max_instances=1, max_concurrency=1), runtime).run)
+        start = trio.current_time()
+        busy, queued = OutcomeSlot(), OutcomeSlot()
+        ref.tell_nowait(Submit(Call("busy", "sleep", 50.0, timeout=100), busy, start + 100))
+        ref.tell_nowait(Submit(Call("queued", "sleep", 1.0, timeout=100), queued, start + 100))
+        await trio.sleep(1)
+        ref.tell_nowait(CancelExecution("busy", "test cancel"))
+        with pytest.raises(SpearError) as info:
+            await busy.wait()
+        assert info.value.code is ErrorCode.CANCELLED
+        assert (await queued.wait()).result["slept"] == 1.0  # it got the one slot
+        assert math.isclose(trio.current_time() - start, 2, abs_tol=0.01)
         nursery.cancel_scope.cancel()

@@ -33,6 +33,7 @@ from .actors.messages import (
     WaitExecutions,
 )
 from .config import NodeConfig
+from .deadlines import DeadlineQueue
 from .errors import ErrorCode, SpearError
 from .metrics import NodeMetrics
 from .model import ExecutionMode, ExecutionStatus, InvokeRequest, build_invoke_request
@@ -48,6 +49,20 @@ __all__ = ["ExecutionStream", "FrontEnd", "Node"]
 _DEADLINE_GRACE: Final = 1.0
 _WATCH_SLICE: Final = 500
 """Most ids of a watch sent to the manager in one message."""
+
+
+class _Waiting:
+    """A SYNC or STREAM caller's wait, in the node's deadline queue once routed."""
+
+    __slots__ = ("execution_id", "outcome")
+
+    def __init__(self, outcome: OutcomeSlot, execution_id: str) -> None:
+        self.outcome = outcome
+        self.execution_id = execution_id
+
+
+def _still_waiting(waiting: _Waiting) -> bool:
+    return not waiting.outcome.done
 
 
 class Node:
@@ -67,6 +82,8 @@ class Node:
         self._manager = manager
         self._admission = admission or AdmissionGate()
         self._nursery = nursery
+        self._waits = DeadlineQueue[_Waiting](self._wait_expired, _still_waiting)
+        """The callers' own deadlines (routed deadline + a grace): one timer for all."""
         self.endpoints: list[Endpoint] = []
         """Gateway endpoints this node listens on (with real ports)."""
         self.metrics = NodeMetrics()
@@ -146,22 +163,27 @@ class Node:
 
         The manager routes the execution's result into *outcome*, the reply slot made
         here; a routing refusal fails it too (through ``on_done`` of the routing
-        reply, which also arms the deadline: the routed deadline + a grace)."""
+        reply, which also puts the wait in the node's deadline queue: the routed
+        deadline + a grace, in case the instance does not answer it itself)."""
         outcome = OutcomeSlot()
         routing: Reply[Routed] = Reply()
-        scope = trio.CancelScope()
+        waits = self._waits
+        timed = False
 
         def on_routed(answer: Reply[Routed]) -> None:
-            if answer.value is not None:
-                scope.deadline = answer.value.deadline + _DEADLINE_GRACE
+            nonlocal timed
+            routed = answer.value
+            if routed is not None:
+                if routed.deadline != math.inf and not outcome.done:
+                    timed = True
+                    waits.add(routed.deadline + _DEADLINE_GRACE, _Waiting(outcome, routed.execution_id), self._nursery)
             elif answer.error is not None:
                 outcome.fail(answer.error)
 
         routing.on_done = on_routed
         await self._manager.send(Invoke(request, routing, sink, outcome))
         try:
-            with scope:
-                await outcome.wait()
+            await outcome.wait()
         except trio.Cancelled:
             # The caller went away (e.g. its connection closed): a SYNC or STREAM
             # execution has nobody to answer to, so it is cancelled (once routed).
@@ -176,14 +198,19 @@ class Node:
                 raise
             details = {**exc.details, "execution_id": routed.execution_id, "task_id": routed.task_id}
             raise SpearError(exc.code, exc.message, details) from None
+        finally:
+            if timed:
+                waits.ended()
         routed = routing.value
         assert routed is not None
-        if scope.cancelled_caught:
-            self._cancel(routed.execution_id, "deadline exceeded")
-            raise SpearError(ErrorCode.DEADLINE_EXCEEDED, "execution did not finish before its deadline")
         value = outcome.value
         assert value is not None
         return _response(routed, value)
+
+    def _wait_expired(self, waiting: _Waiting) -> None:
+        """A caller's own deadline passed without an answer from the instance."""
+        waiting.outcome.fail(SpearError(ErrorCode.DEADLINE_EXCEEDED, "execution did not finish before its deadline"))
+        self._cancel(waiting.execution_id, "deadline exceeded")
 
     def _cancel_when_routed(self, answer: Reply[Routed]) -> None:
         if answer.value is not None:

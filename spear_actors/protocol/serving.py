@@ -30,7 +30,6 @@ DEADLINE_EXCEEDED), the connection's end (no answer) — and then
 from __future__ import annotations
 
 import functools
-import heapq
 import logging
 import math
 from collections.abc import Awaitable, Callable
@@ -38,6 +37,7 @@ from typing import Any
 
 import trio
 
+from ..deadlines import DeadlineQueue
 from ..errors import ErrorCode, SpearError
 from .calling import Caller
 from .core import (
@@ -209,10 +209,7 @@ class Server(Caller):
         self._bytes_in_service = 0
         buffered = self.transport if isinstance(self.transport, StreamTransport) else None
         self._buffered = buffered
-        self._deferred_deadlines: list[tuple[float, int, Deferred]] = []  # a heap
-        self._deferred_pending = 0  # deferred answers with a deadline, not yet ended
-        self._deadline_timer: trio.CancelScope | None = None
-        self._deadline_timer_started = False
+        self._deferred_deadlines = DeadlineQueue[Deferred](self._deferred_expired, _deferred_live)
 
     @property
     def in_service(self) -> int:
@@ -267,15 +264,9 @@ class Server(Caller):
             return
         deadline = incoming.cancel_scope.deadline
         if deadline != math.inf:
-            self._deferred_pending += 1
-            deferred.add_done_callback(self._deadline_dropped)
-            heapq.heappush(self._deferred_deadlines, (deadline, incoming.id, deferred))
-            if not self._deadline_timer_started:
-                self._deadline_timer_started = True
-                assert self._nursery is not None
-                self._nursery.start_soon(self._expire_deferred)
-            elif self._deadline_timer is not None and deadline < self._deadline_timer.deadline:
-                self._deadline_timer.deadline = deadline
+            deferred.add_done_callback(self._deferred_deadlines.ended)
+            assert self._nursery is not None
+            self._deferred_deadlines.add(deadline, deferred, self._nursery)
 
     def _end_deferred(self, incoming: IncomingRequest, body: bytes | None) -> None:
         """A held request has ended: out of service, and *body* sent."""
@@ -291,33 +282,16 @@ class Server(Caller):
             except SpearError:
                 pass  # a lost link: _die has run
 
-    def _deadline_dropped(self) -> None:
-        self._deferred_pending -= 1
-        heap = self._deferred_deadlines
-        if len(heap) > 64 + 2 * self._deferred_pending:  # mostly answered ones: drop them
-            self._deferred_deadlines = [entry for entry in heap if not entry[2]._ended]
-            heapq.heapify(self._deferred_deadlines)
-
-    async def _expire_deferred(self) -> None:
-        """The timer of held requests' deadlines (one task per connection, started by
-        the first such request; it ends with the connection)."""
-        while True:
-            heap = self._deferred_deadlines
-            with trio.CancelScope(deadline=heap[0][0] if heap else math.inf) as self._deadline_timer:
-                await trio.sleep_forever()
-            self._deadline_timer = None
-            now = trio.current_time()
-            while (heap := self._deferred_deadlines) and heap[0][0] <= now:  # giving up may compact it
-                _, _, deferred = heapq.heappop(heap)
-                incoming = deferred._incoming
-                if incoming is not None and not deferred._ended:
-                    deferred._give_up(
-                        "deadline exceeded",
-                        SpearError(
-                            ErrorCode.DEADLINE_EXCEEDED,
-                            f"{incoming.method}: deadline of {incoming.timeout_ms} ms exceeded",
-                        ),
-                    )
+    def _deferred_expired(self, deferred: Deferred) -> None:
+        incoming = deferred._incoming
+        if incoming is not None:
+            deferred._give_up(
+                "deadline exceeded",
+                SpearError(
+                    ErrorCode.DEADLINE_EXCEEDED,
+                    f"{incoming.method}: deadline of {incoming.timeout_ms} ms exceeded",
+                ),
+            )
 
     # -- the reader task -----------------------------------------------------------
     def _start_reader(self) -> None:
@@ -499,6 +473,10 @@ class Server(Caller):
             self._outbox.put(body, defer=spawned and self._handlers_starting > 0)
         except SpearError:
             pass  # a lost link: _die has run
+
+
+def _deferred_live(deferred: Deferred) -> bool:
+    return not deferred.ended
 
 
 class _Once:

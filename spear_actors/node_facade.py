@@ -6,6 +6,7 @@ manager actor. :func:`~spear_actors.node.open_core` builds one.
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import time
 from collections.abc import AsyncIterator
@@ -37,12 +38,15 @@ from .deadlines import DeadlineQueue
 from .errors import ErrorCode, SpearError
 from .metrics import NodeMetrics
 from .model import ExecutionMode, ExecutionStatus, InvokeRequest, build_invoke_request
+from .protocol.serving import Deferred
 from .protocol.transports import Endpoint
 from .runtimes.base import StreamSink
 from .runtimes.external import ExternalRuntime
 from .store import ExecutionStore, MemoryStore
 
 __all__ = ["ExecutionStream", "FrontEnd", "Node"]
+
+log = logging.getLogger(__name__)
 
 # How long past its deadline a caller keeps waiting for the instance's own
 # DEADLINE_EXCEEDED before answering it itself (the instance is normally first).
@@ -130,16 +134,90 @@ class Node:
             code = ErrorCode.INTERNAL.value
             raise
         finally:
-            synchronous = request.execution_mode is not ExecutionMode.ASYNC
-            self.metrics.invoked(
-                request.task_name or request.task_id,
-                request.function_name,
-                code,
-                time.perf_counter() - start if synchronous else None,
-                response.get("execution_time_ms") if synchronous and response is not None else None,
-            )
+            self._count(request, start, code, response)
 
-    async def _run_request(self, request: InvokeRequest, sink: StreamSink | None) -> dict[str, Any]:
+    def _count(self, request: InvokeRequest, start: float, code: str, response: dict[str, Any] | None) -> None:
+        synchronous = request.execution_mode is not ExecutionMode.ASYNC
+        self.metrics.invoked(
+            request.task_name or request.task_id,
+            request.function_name,
+            code,
+            time.perf_counter() - start if synchronous else None,
+            response.get("execution_time_ms") if synchronous and response is not None else None,
+        )
+
+    async def invoke_deferred(self, request: InvokeRequest, answer: Deferred) -> Deferred:
+        """A SYNC call whose response (or error) goes to *answer* — a gateway's
+        deferred answer — once the outcome is in, from the task that sets it: no task
+        waits for the call. The answer given up (the client cancelled, left, or its
+        deadline passed) cancels the execution. Other modes: :meth:`invoke_request`."""
+        if request.execution_mode is not ExecutionMode.SYNC:
+            answer.answer(await self.invoke_request(request))
+            return answer
+        start = time.perf_counter() if self._counting else 0.0
+        outcome = OutcomeSlot()
+        routing: Reply[Routed] = Reply()
+        waits = self._waits
+        waiting: _Waiting | None = None
+
+        def on_routed(routed_reply: Reply[Routed]) -> None:
+            nonlocal waiting
+            routed = routed_reply.value
+            if routed is None and routed_reply.error is not None and not outcome.done:
+                outcome.fail(routed_reply.error)  # refused: on_outcome finishes it
+            elif outcome.done:  # a duplicate's outcome may come before its routing
+                finish()
+            elif routed is not None and routed.deadline != math.inf:
+                waiting = _Waiting(outcome, routed.execution_id)
+                waits.add(routed.deadline + _DEADLINE_GRACE, waiting, self._nursery)
+
+        def on_outcome(slot: OutcomeSlot) -> None:
+            if routing.done:  # else on_routed finishes it
+                finish()
+
+        def finish() -> None:
+            """Both the routing and the outcome are in: answer (once)."""
+            if waiting is not None:
+                waits.ended()
+            response: dict[str, Any] | None = None
+            try:
+                error = outcome.error
+                routed = routing.value
+                if error is None:
+                    assert routed is not None and outcome.value is not None
+                    response = _response(routed, outcome.value)
+                    answer.answer(response)
+                else:
+                    answer.fail(_with_ids(error, routed))
+                code = "OK" if error is None else error.code.value
+            except Exception as exc:  # a bug must not reach the task that set the outcome
+                log.exception("invoke %s: answering failed", request.function_name)
+                answer.fail(SpearError(ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}"))
+                code = ErrorCode.INTERNAL.value
+            if self._counting:
+                self._count(request, start, code, response)
+
+        def on_give_up(reason: str) -> None:
+            # The caller went away: a SYNC execution has nobody to answer to.
+            if routing.value is not None:
+                self._cancel(routing.value.execution_id, "caller went away")
+            elif not routing.done:
+                routing.on_done = self._cancel_when_routed
+
+        routing.on_done = on_routed
+        outcome.on_outcome = on_outcome
+        answer.on_give_up = on_give_up
+        try:
+            self._admit(request, None)
+            await self._manager.send(Invoke(request, routing, None, outcome))
+        except SpearError as exc:  # refused: nothing was routed
+            if self._counting:
+                self._count(request, start, exc.code.value, None)
+            raise
+        return answer
+
+    def _admit(self, request: InvokeRequest, sink: StreamSink | None) -> None:
+        """Check *request* (the invocation rules, its mode, the task's admission)."""
         request.validate()
         if sink is not None:
             request.execution_mode = ExecutionMode.STREAM
@@ -149,6 +227,9 @@ class Node:
         if refusal is not None:  # overloaded task: answered here, at once
             self.metrics.admission_refusals.labels(self.metrics.task_label(request.task_name or request.task_id)).inc()
             raise refusal
+
+    async def _run_request(self, request: InvokeRequest, sink: StreamSink | None) -> dict[str, Any]:
+        self._admit(request, sink)
         if request.execution_mode is ExecutionMode.ASYNC:
             routed: Routed = await self._manager.ask(lambda reply: Invoke(request, reply, sink))
             if routed.write_seq:
@@ -193,11 +274,10 @@ class Node:
                 routing.on_done = self._cancel_when_routed
             raise
         except SpearError as exc:
-            routed = routing.value
-            if routed is None:  # refused by the manager: nothing ran
+            error = _with_ids(exc, routing.value)
+            if error is exc:
                 raise
-            details = {**exc.details, "execution_id": routed.execution_id, "task_id": routed.task_id}
-            raise SpearError(exc.code, exc.message, details) from None
+            raise error from None
         finally:
             if timed:
                 waits.ended()
@@ -476,6 +556,16 @@ def _accepted(routed: Routed) -> dict[str, Any]:
         "status_endpoint": f"get_execution?execution_id={routed.execution_id}",
         "estimated_completion_ms": routed.estimated_completion_ms,
     }
+
+
+def _with_ids(error: SpearError, routed: Routed | None) -> SpearError:
+    """*error* naming the execution it ended (as is, if it was refused before routing:
+    nothing ran)."""
+    if routed is None:
+        return error
+    return SpearError(
+        error.code, error.message, {**error.details, "execution_id": routed.execution_id, "task_id": routed.task_id}
+    )
 
 
 def _response(routed: Routed, outcome: Outcome) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 from ..errors import SpearError
@@ -61,7 +62,7 @@ class OutcomeSlot(Reply[Outcome]):
     so a call that ends quickly needs no notification of its start of its own
     (a longer one is reported by :class:`ExecutionsStarted`)."""
 
-    __slots__ = ("instance_id", "started_at")
+    __slots__ = ("instance_id", "on_outcome", "started_at")
 
     def __init__(self) -> None:
         super().__init__()
@@ -69,6 +70,14 @@ class OutcomeSlot(Reply[Outcome]):
         """The instance running it (the last one, if it was run again elsewhere)."""
         self.started_at: float | None = None
         """Wall-clock time it first left the queue for an instance (None: it never did)."""
+        self.on_outcome: Callable[[OutcomeSlot], None] | None = None
+        """The caller's own callback, called once after ``on_done`` (which the manager
+        takes): a caller that has no task waiting learns of the outcome here."""
+
+    def _answered(self) -> None:
+        super()._answered()
+        if self.on_outcome is not None:
+            self.on_outcome(self)
 
 
 @dataclasses.dataclass(slots=True)

@@ -18,7 +18,7 @@ import trio
 from ..api import BY_NAME, Method, validate_params
 from ..cluster.routing import NOT_ROUTED, ClusterRouter, peer_or_client_authenticator
 from ..errors import ErrorCode, SpearError
-from ..model import InvokeRequest
+from ..model import ExecutionMode, InvokeRequest
 from ..protocol.calls import IncomingRequest
 from ..protocol.connection import Connection, ConnectionConfig
 from ..protocol.handshake import accept_connection, token_authenticator
@@ -263,6 +263,8 @@ class Gateway:
             request = InvokeRequest.from_dict(incoming.params if incoming.params is not None else {})
             if method.stream:
                 return await serve(request, incoming.send_item)
+            if request.execution_mode is ExecutionMode.SYNC:  # answered with no task waiting
+                return await self.node.invoke_deferred(request, incoming.defer())
             return await serve(request)
         args = validate_params(method, incoming.params)
         if self.router is not None:

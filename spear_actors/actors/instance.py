@@ -190,6 +190,7 @@ class InstanceActor(Actor[InstanceMessage]):
         if running.over:
             return
         running.over = True
+        running.relayed = None  # it held the answer's callback, which holds this entry
         reply = running.message.reply
         if error is None:
             reply.send(Outcome(result, self.spec.instance_id, _ms_since(running.started), running.logs))

@@ -56,8 +56,12 @@ class Reply(Generic[T]):
         self._done = True
         if self._event is not None:
             self._event.set()
-        if self.on_done is not None:
-            self.on_done(self)
+        on_done = self.on_done
+        if on_done is not None:
+            # one-shot: dropped once called, so that a callback holding this reply
+            # (a closure over it) is no reference cycle left for the garbage collector
+            self.on_done = None
+            on_done(self)
 
     @property
     def done(self) -> bool:

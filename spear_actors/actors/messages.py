@@ -76,8 +76,10 @@ class OutcomeSlot(Reply[Outcome]):
 
     def _answered(self) -> None:
         super()._answered()
-        if self.on_outcome is not None:
-            self.on_outcome(self)
+        on_outcome = self.on_outcome
+        if on_outcome is not None:
+            self.on_outcome = None  # one-shot, and no cycle left (see Reply._answered)
+            on_outcome(self)
 
 
 @dataclasses.dataclass(slots=True)

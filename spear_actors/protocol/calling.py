@@ -98,7 +98,9 @@ class RelayedCall:
     ) -> None:
         self._connection = connection
         self.method = method
-        self._on_answer = on_answer
+        self._on_answer: Callable[[Any, SpearError | None], None] | None = on_answer
+        """Dropped once the call is over: a callback that holds this call (a closure
+        over it) is then no reference cycle left for the garbage collector."""
         self._cancel_grace = cancel_grace
         self._confirmed: trio.Event | None = None  # made by cancel(), set by the answer
         self.id = 0
@@ -108,22 +110,25 @@ class RelayedCall:
 
     def end(self, result: Any) -> None:
         if not self.done:
-            self._ended()
-            self._on_answer(result, None)
+            self._ended()(result, None)
 
     def fail(self, error: SpearError) -> None:
         if not self.done:
-            self._ended()
-            self._on_answer(None, error)
+            self._ended()(None, error)
 
-    def _ended(self) -> None:
+    def _ended(self) -> Callable[[Any, SpearError | None], None]:
+        """Over, answered: returns the callback to call with the answer."""
         self.done = True
         del self._connection._calls[self.id]  # the core has forgotten it already
         if self._confirmed is not None:
             self._confirmed.set()
+        on_answer, self._on_answer = self._on_answer, None
+        assert on_answer is not None
+        return on_answer
 
     def _drop(self) -> None:
         self.done = True
+        self._on_answer = None
         connection = self._connection
         del connection._calls[self.id]
         connection.core.forget(self.id)

@@ -156,6 +156,7 @@ class Deferred:
 
     def _end(self) -> None:
         self._ended = True
+        self.on_give_up = None  # a closure over this answer is no cycle left for the GC
         incoming = self._incoming
         if self._armed and incoming is not None:  # else the handler's return sends it
             incoming.connection._end_deferred(incoming, self._body())
@@ -178,9 +179,10 @@ class Deferred:
         if self._ended or incoming is None:
             return
         self._ended = True
-        if self.on_give_up is not None:
+        on_give_up, self.on_give_up = self.on_give_up, None
+        if on_give_up is not None:
             try:
-                self.on_give_up(reason)
+                on_give_up(reason)
             except SpearError:
                 pass  # the other side is gone already: nothing to stop
         connection = incoming.connection

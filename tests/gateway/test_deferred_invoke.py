@@ -6,6 +6,7 @@ ids answered once routed — and the fast path itself (no task spawned per call)
 
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 from typing import Any
 
@@ -107,3 +108,22 @@ async def test_a_sync_call_over_the_wire_spawns_no_task(node: Node) -> None:
             trio.lowlevel.remove_instrument(spawns)
     # a task per call (a waiting handler, or the reader's successor) would be >= 50
     assert spawns.count < 10
+
+
+async def test_a_call_leaves_no_reference_cycle_behind(node: Node) -> None:
+    # Callbacks that hold their own reply (closures, partials) are dropped once
+    # called: else every call's objects wait for the cyclic GC, whose passes cost
+    # more than the rest of the call (docs/performance.md).
+    async with spear_actors.connect(str(node.endpoints[0])) as client:
+        await client.invoke("double", 1, task_name="gc", artifact_spec=BUSY)
+        await node.invoke("double", 1, task_name="gc")
+        gc.collect()
+        gc.disable()
+        try:
+            for i in range(100):
+                assert (await client.invoke("double", i, task_name="gc"))["result"] == 2 * i
+                assert (await node.invoke("double", i, task_name="gc"))["result"] == 2 * i
+            unreachable = gc.collect()
+        finally:
+            gc.enable()
+    assert unreachable < 50  # a cycle per call would be >= 200 (typically thousands)

@@ -234,6 +234,7 @@ COLUMNS: list[tuple[str, str, Callable[[Round, str], float | None], str]] = [
     ("p50 / Ray", "", lambda r, k: r.ratio(k, "p50", "ray"), "{:.2f}x"),
     ("p50 / floor", "", lambda r, k: r.ratio(k, "p50", "floor"), "{:.2f}x"),
     ("calls/s / Ray", "", lambda r, k: r.ratio(k, "rate", "ray"), "{:.2f}x"),
+    ("calls/s / tractor", "", lambda r, k: r.ratio(k, "rate", "tractor"), "{:.2f}x"),
 ]
 
 

@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 from _peers_common import PAYLOAD, emit, in_flight_rate, serve_async, timed_sequence  # noqa: E402
 
-from spear_actors import connect, open_node  # noqa: E402
+from spear_actors import connect, open_node, tune_gc  # noqa: E402
 from spear_actors.config import NodeConfig  # noqa: E402
 from spear_actors.policy import OperatorPolicy  # noqa: E402
 
@@ -45,6 +45,7 @@ async def run_node() -> None:
         policy=OperatorPolicy(artifact_roots=[ROOT / "examples"]),
     )
     async with open_node(config) as node:
+        tune_gc()  # as `spear serve` does once its node is up
         spec = {"location": str(AGENT)}
         await node.invoke("echo", PAYLOAD, task_name=TASK, artifact_spec=spec, policy=INSTANCE_POLICY)
 

@@ -17,10 +17,11 @@ if TYPE_CHECKING:
 
     from .client import Client, connect
     from .config import NodeConfig
+    from .gctune import tune_gc
     from .node import Node
     from .serving import open_node
 
-__all__ = ["Client", "ErrorCode", "Node", "NodeConfig", "SpearError", "connect", "open_node"]
+__all__ = ["Client", "ErrorCode", "Node", "NodeConfig", "SpearError", "connect", "open_node", "tune_gc"]
 __version__ = "0.1.0"
 
 _LAZY = {
@@ -29,6 +30,7 @@ _LAZY = {
     "NodeConfig": ".config",
     "Node": ".node",
     "open_node": ".serving",
+    "tune_gc": ".gctune",
 }
 
 

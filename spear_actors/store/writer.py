@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import fcntl
+import itertools
 import logging
 import os
 import sqlite3
@@ -47,11 +48,24 @@ _COLUMNS = (
     "request",
     "size",
 )
-_UPSERT = (
-    f"INSERT INTO executions({', '.join(_COLUMNS)}) VALUES({', '.join('?' * len(_COLUMNS))}) "
-    f"ON CONFLICT(execution_id) DO UPDATE SET "
-    + ", ".join(f"{c} = excluded.{c}" for c in _COLUMNS if c != "execution_id")
-)
+_ROWS_PER_UPSERT = 32
+"""Rows one statement writes (32 rows of 16 columns: 512 parameters, under SQLite's 999):
+the sqlite3 module releases the GIL for every step of a statement, and each step's
+return has to win the GIL back from the trio thread — a hand-over per statement
+instead of per row."""
+
+
+def _upsert(rows: int) -> str:
+    """The statement writing *rows* rows (a newer version of a row replaces it)."""
+    one = f"({', '.join('?' * len(_COLUMNS))})"
+    return (
+        f"INSERT INTO executions({', '.join(_COLUMNS)}) VALUES {', '.join([one] * rows)} "
+        f"ON CONFLICT(execution_id) DO UPDATE SET "
+        + ", ".join(f"{c} = excluded.{c}" for c in _COLUMNS if c != "execution_id")
+    )
+
+
+_UPSERT_FULL = _upsert(_ROWS_PER_UPSERT)
 _SELECT = f"SELECT {', '.join(_COLUMNS[:-1])} FROM executions"
 _LIVE = ("PENDING", "RUNNING")
 _PRUNE_ROUND = 2000
@@ -332,9 +346,19 @@ class SqliteFile:
                 other.append((kind, payload))
         db = self._db
         values = [_row_values(row) for row in rows.values()]
+        full = len(values) - len(values) % _ROWS_PER_UPSERT
         db.execute("BEGIN")
         try:
-            db.executemany(_UPSERT, values)
+            if full:
+                db.executemany(
+                    _UPSERT_FULL,
+                    (
+                        list(itertools.chain.from_iterable(values[start : start + _ROWS_PER_UPSERT]))
+                        for start in range(0, full, _ROWS_PER_UPSERT)
+                    ),
+                )
+            if full < len(values):
+                db.execute(_upsert(len(values) - full), list(itertools.chain.from_iterable(values[full:])))
             for kind, payload in other:
                 if kind == "task":
                     db.execute(

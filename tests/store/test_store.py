@@ -279,3 +279,26 @@ async def test_a_watch_of_many_ids_not_in_memory_reads_the_store_in_a_few_batche
     assert all(by_id[i]["error"] == not_found(i).to_dict() for i in unknown)
     # Gathered into batched reads (a watch sends 500 ids per manager message), not one per id.
     assert 1 <= reads <= 8
+
+
+@pytest.mark.parametrize("count", [1, 31, 32, 33, 64, 100])
+async def test_a_batch_of_any_size_is_written_whole_and_the_last_write_of_a_row_wins(
+    tmp_path: Path, count: int
+) -> None:
+    # rows go 32 to a statement, the rest in one more: every size comes back whole
+    store = SqliteStore(tmp_path, Retention(prune_interval_s=3600))
+    await store.open("node-x", 0)
+    try:
+        seq = 0
+        for i in range(count):
+            seq = store.save(_row(i, status="RUNNING"))
+            seq = store.save(_row(i, result=b"\xa1" + bytes([97 + i % 26])))  # the same row, ended
+        await store.committed(seq)
+        for i in range(count):
+            loaded = await store.load(f"e{i}")
+            assert loaded is not None and loaded.status == "COMPLETED"
+            assert loaded.result == b"\xa1" + bytes([97 + i % 26])
+        assert await store.load(f"e{count}") is None
+        assert store.stats()["rows"] == count
+    finally:
+        await store.aclose()

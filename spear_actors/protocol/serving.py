@@ -7,14 +7,16 @@ by a peer that does not read. What holds a peer back is that the reader stops
 reading while too much is queued for it, or too many of its requests are in service.
 
 **The reader serves what it reads (the one fast path of this role).** A fresh task
-per request costs a pass of trio's run loop before the handler starts. So the task
-that reads a request serves it: it first takes every body the same read brought in
-(starting a task for each further request), then runs the handler inline and starts
-its successor as the connection's reader just before the handler would first wait
-(:func:`~.inline.run_inline`). A handler that answers without waiting has its answer
-written and the same task goes back to reading: no task is spawned at all for it
-(each request still has its own cancel scope; a handler that waits has its own task,
-the one that read it, while the successor reads).
+per request costs a pass of trio's run loop before the handler starts, and its spawn
+more than the rest of a cheap request. So the task that reads a request serves it:
+it runs the handler inline and starts its successor as the connection's reader just
+before the handler would first wait (:func:`~.inline.run_inline`). A handler that
+answers without waiting has its answer written and the same task goes on to the
+next request the same read brought in, and then reads again: no task is spawned at
+all for such requests (each still has its own cancel scope), and the answers to one
+read's requests leave in one write. A handler that waits keeps the task that read it;
+its successor takes every further body of that read at once (a task for each, so
+that none waits for the others' first steps) and then serves inline again.
 
 **Deferred answers.** A handler whose answer will come from elsewhere (a node
 relaying a call to the node that owns it: the owner's answer arrives on another
@@ -299,7 +301,7 @@ class Server(Caller):
     def _start_reader(self) -> None:
         if not self.closed:
             assert self._nursery is not None
-            self._nursery.start_soon(self._reader)
+            self._nursery.start_soon(self._reader, True)
 
     def _has_room(self) -> bool:
         return len(self._handlers) < self._max_handlers
@@ -310,11 +312,14 @@ class Server(Caller):
             self._serving_room = trio.Event()
             await self._serving_room.wait()
 
-    async def _reader(self) -> None:
+    async def _reader(self, take_all: bool = False) -> None:
         """Read and dispatch until a request arrives; serve it; and read on if it was
-        answered without waiting (else the successor started then reads)."""
+        answered without waiting (else the successor started then reads). *take_all*:
+        first start a task for every further request already read (a successor's
+        first read: the rest of the read whose request waited)."""
         while not self.closed:
-            first = await self._read_request()
+            first = await self._read_request(take_all)
+            take_all = False
             if first is None:
                 return
             successor = _Once(self._start_reader)
@@ -326,16 +331,19 @@ class Server(Caller):
             if successor.fired:
                 return
 
-    async def _read_request(self) -> IncomingRequest | None:
-        """Read and dispatch until a request arrives, and take every body the same
-        read brought in (a task for each further request); None when the
-        connection ended."""
+    async def _read_request(self, take_all: bool) -> IncomingRequest | None:
+        """Read and dispatch until a request arrives (a body already read comes
+        first, without waiting); with *take_all*, also take every body the same read
+        brought in (a task for each further request). None when the connection
+        ended."""
         core = self.core
         outbox = self._outbox
         first: IncomingRequest | None = None
         try:
             while True:
                 if first is not None:
+                    if not take_all:
+                        break  # the rest stays read: served inline after this one
                     body = self._buffered.receive_buffered() if self._buffered is not None else None
                     if body is None:
                         break
@@ -469,16 +477,31 @@ class Server(Caller):
                 self._serving_room.set()
         if body is None or self.closed:
             return
-        # more handlers of the same read run in this pass: the last one writes
-        # every answer at once (or the writer, a pass later, if it waits)
+        # more handlers of the same read run in this pass (spawned), or more of its
+        # requests are next (inline): the last one writes every answer at once (or
+        # the writer, a pass later, if one waits)
+        if spawned:
+            defer = self._handlers_starting > 0
+        else:  # held back only while small: never what makes the reader stop reading
+            buffered = self._buffered
+            defer = (
+                buffered is not None
+                and buffered.has_buffered
+                and self._outbox.queued_bytes + len(body) <= _INLINE_DEFER_BYTES
+            )
         try:
-            self._outbox.put(body, defer=spawned and self._handlers_starting > 0)
+            self._outbox.put(body, defer=defer)
         except SpearError:
             pass  # a lost link: _die has run
 
 
 def _deferred_live(deferred: Deferred) -> bool:
     return not deferred.ended
+
+
+_INLINE_DEFER_BYTES = 64 * 1024
+"""Answers of inline-served requests held back for one write with the next ones (far
+under the send high water, so holding them never stops the reader)."""
 
 
 class _Once:

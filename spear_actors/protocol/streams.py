@@ -73,6 +73,12 @@ class StreamTransport(Transport):
     async def _receive_some(self) -> bytes:
         return bytes(await self.stream.receive_some(_RECEIVE_SIZE))
 
+    @property
+    def has_buffered(self) -> bool:
+        """Bytes have been read that are not yet returned as a body (another body of
+        the same read may follow)."""
+        return self.decoder.buffered > 0
+
     def receive_buffered(self) -> bytes | None:
         """A body that has already arrived, without waiting; None if there is none
         (lets a reader take everything one read brought in before it hands over)."""

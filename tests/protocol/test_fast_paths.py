@@ -57,6 +57,34 @@ async def test_requests_arriving_in_one_read_each_get_a_task_of_their_own(url: s
     assert any(t.name.endswith("._reader") for t in tasks.values())
 
 
+class Spawns(trio.abc.Instrument):
+    def __init__(self) -> None:
+        self.names: list[str] = []
+
+    def task_spawned(self, task: trio.lowlevel.Task) -> None:
+        self.names.append(task.name)
+
+
+async def test_requests_of_one_read_answered_at_once_are_all_served_by_the_reader(url: str) -> None:
+    # No task per request when none waits: the reader serves one after the other,
+    # and their answers leave together.
+    n = 40
+    async with serving(url, echo_or_hang) as server, raw_client(server) as client:
+        await client.hello()
+        await client.send(Request(1, "echo", 0))
+        await client.receive_skipping_pings()
+        spawns = Spawns()
+        trio.lowlevel.add_instrument(spawns)
+        try:
+            with trio.fail_after(PROMPTLY):
+                await client.send(*(Request(i, "echo", i) for i in range(2, n + 2)))
+                answers = [await client.receive_skipping_pings() for _ in range(n)]
+        finally:
+            trio.lowlevel.remove_instrument(spawns)
+    assert [a.result if isinstance(a, Response) else a for a in answers] == list(range(2, n + 2))  # in order
+    assert [name for name in spawns.names if "serving" in name] == []
+
+
 async def test_a_request_behind_a_hanging_one_in_the_same_read_is_answered(url: str) -> None:
     async with serving(url, echo_or_hang) as server, raw_client(server) as client:
         await client.hello()

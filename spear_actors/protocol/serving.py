@@ -41,7 +41,7 @@ import trio
 
 from ..deadlines import DeadlineQueue
 from ..errors import ErrorCode, SpearError
-from .calling import Caller
+from .calling import _NO_SCOPE, Caller
 from .core import (
     CancelReceived,
     ConnectionClosed,
@@ -67,7 +67,9 @@ Handler = Callable[["IncomingRequest"], Awaitable[Any]]
 class IncomingRequest:
     """A request from the peer, as seen by the handler serving it."""
 
-    def __init__(self, connection: Server, event: RequestReceived, size: int = 0) -> None:
+    def __init__(
+        self, connection: Server, event: RequestReceived, size: int = 0, cancel_scope: trio.CancelScope | None = None
+    ) -> None:
         self.connection = connection
         self.size = size
         """Bytes of the request's body (counted against the connection's budget)."""
@@ -77,7 +79,10 @@ class IncomingRequest:
         self.timeout_ms = event.timeout_ms
         self.is_stream = event.window is not None
         self._credit_event: trio.Event | None = None  # made when a producer waits for credit
-        self.cancel_scope = trio.CancelScope()
+        self.cancel_scope = cancel_scope if cancel_scope is not None else trio.CancelScope()
+        """Cancelled to stop the handler (the peer's cancel, the deadline, the end of
+        the connection). A request served inline shares its reader task's scope:
+        only the one request the task ends up waiting for can be cancelled through it."""
         self.cancel_reason: str | None = None
         """Set when the peer cancelled this request (with the reason it gave)."""
         self._deferred: Deferred | None = None
@@ -317,21 +322,34 @@ class Server(Caller):
         answered without waiting (else the successor started then reads). *take_all*:
         first start a task for every further request already read (a successor's
         first read: the rest of the read whose request waited)."""
-        while not self.closed:
-            first = await self._read_request(take_all)
-            take_all = False
-            if first is None:
-                return
-            successor = _Once(self._start_reader)
-            try:
-                await self._serve(first, successor)
-            except BaseException:
-                successor()
-                raise
-            if successor.fired:
-                return
+        # One cancel scope for every request this task serves inline, not one per
+        # request (a scope costs more than a cheap request's handler): a request
+        # answered without waiting cannot be cancelled anyway, and the first one that
+        # waits keeps this task to itself (its successor reads on), so the scope is
+        # then that request's alone.
+        serving: IncomingRequest | None = None
+        with trio.CancelScope() as scope:
+            while not self.closed:
+                first = await self._read_request(take_all, scope)
+                take_all = False
+                if first is None:
+                    return
+                serving = first
+                successor = _Once(self._start_reader)
+                try:
+                    await self._serve(first, successor)
+                except BaseException:
+                    successor()
+                    raise
+                serving = None
+                if successor.fired:
+                    return
+                if first.timeout_ms is not None:
+                    scope.deadline = math.inf  # its deadline must not cut the next read
+        if serving is not None and scope.cancelled_caught:  # the request it waited for
+            self._send_answer(self._cancelled_answer(serving), defer=False)
 
-    async def _read_request(self, take_all: bool) -> IncomingRequest | None:
+    async def _read_request(self, take_all: bool, scope: trio.CancelScope) -> IncomingRequest | None:
         """Read and dispatch until a request arrives (a body already read comes
         first, without waiting); with *take_all*, also take every body the same read
         brought in (a task for each further request). None when the connection
@@ -378,7 +396,7 @@ class Server(Caller):
                             self._spawn_server(first)
                             first = None
                         await self._wait_for_room()
-                    incoming = IncomingRequest(self, event, len(body) if body is not None else 0)
+                    incoming = IncomingRequest(self, event, len(body) if body is not None else 0, scope)
                     self._bytes_in_service += incoming.size
                     self._handlers[event.id] = incoming
                     if first is None:
@@ -401,6 +419,7 @@ class Server(Caller):
 
     def _spawn_server(self, incoming: IncomingRequest) -> None:
         assert self._nursery is not None
+        incoming.cancel_scope = trio.CancelScope()  # its own task: its own scope
         self._handlers_starting += 1
         self._nursery.start_soon(functools.partial(self._serve, incoming, spawned=True))
 
@@ -410,7 +429,9 @@ class Server(Caller):
         """Run the handler for *incoming* and send its one answer.
 
         *before_waiting* (from the reader that read the request) is called before
-        this task first waits for anything: then someone else must read.
+        this task first waits for anything: then someone else must read. Served so,
+        the request's cancel scope is the reader's, entered by the reader, which
+        answers a cancellation; a spawned server enters the request's own scope.
         """
         handler = self._handler
         assert handler is not None
@@ -422,7 +443,7 @@ class Server(Caller):
         if incoming.timeout_ms is not None:
             scope.deadline = trio.current_time() + incoming.timeout_ms / 1000
         try:
-            with scope:
+            with scope if before_waiting is None else _NO_SCOPE:
                 # acquire_nowait first: `async with` always adds a schedule point,
                 # one more trip through the run loop for every request served
                 try:
@@ -450,16 +471,8 @@ class Server(Caller):
                 incoming._deferred = None
                 body = deferred._body()
                 deferred._finished()
-            elif scope.cancelled_caught:
-                if self.closed:
-                    return
-                if incoming.cancel_reason is not None:
-                    error = SpearError(ErrorCode.CANCELLED, incoming.cancel_reason)
-                else:
-                    error = SpearError(
-                        ErrorCode.DEADLINE_EXCEEDED, f"{incoming.method}: deadline of {incoming.timeout_ms} ms exceeded"
-                    )
-                body = core.fail(incoming.id, error)
+            elif scope.cancelled_caught:  # (a spawned server's own scope)
+                body = self._cancelled_answer(incoming)
             else:
                 try:
                     body = core.respond(incoming.id, result)
@@ -489,6 +502,24 @@ class Server(Caller):
                 and buffered.has_buffered
                 and self._outbox.queued_bytes + len(body) <= _INLINE_DEFER_BYTES
             )
+        self._send_answer(body, defer)
+
+    def _cancelled_answer(self, incoming: IncomingRequest) -> bytes | None:
+        """The answer of a request whose handler was cancelled: the peer's cancel, or
+        its deadline (None once the connection is closed: nobody to answer)."""
+        if self.closed:
+            return None
+        if incoming.cancel_reason is not None:
+            error = SpearError(ErrorCode.CANCELLED, incoming.cancel_reason)
+        else:
+            error = SpearError(
+                ErrorCode.DEADLINE_EXCEEDED, f"{incoming.method}: deadline of {incoming.timeout_ms} ms exceeded"
+            )
+        return self.core.fail(incoming.id, error)
+
+    def _send_answer(self, body: bytes | None, defer: bool) -> None:
+        if body is None or self.closed:
+            return
         try:
             self._outbox.put(body, defer=defer)
         except SpearError:

@@ -85,6 +85,23 @@ async def test_requests_of_one_read_answered_at_once_are_all_served_by_the_reade
     assert [name for name in spawns.names if "serving" in name] == []
 
 
+async def test_a_deadline_of_a_request_answered_inline_does_not_outlive_it(
+    url: str, mock_clock: trio.testing.MockClock
+) -> None:
+    # The reader serves inline requests under one cancel scope of its own: the
+    # deadline it carried for one request must be gone before it reads again.
+    async with serving(url, echo_or_hang) as server, connected(server) as connection:
+        assert await connection.request("echo", 1, timeout=0.5) == 1
+        mock_clock.jump(5.0)  # far past that deadline, with the reader waiting to read
+        mock_clock.autojump_threshold = 0.5  # a hang ends at fail_after, not never
+        with trio.fail_after(PROMPTLY):
+            assert await connection.request("echo", 2) == 2
+            with pytest.raises(SpearError) as info:  # and a later deadline still works
+                await connection.request("hang", None, timeout=1.0)
+            assert info.value.code is ErrorCode.DEADLINE_EXCEEDED
+            assert await connection.request("echo", 3) == 3
+
+
 async def test_a_request_behind_a_hanging_one_in_the_same_read_is_answered(url: str) -> None:
     async with serving(url, echo_or_hang) as server, raw_client(server) as client:
         await client.hello()

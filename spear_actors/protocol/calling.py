@@ -140,9 +140,17 @@ class RelayedCall:
         sent, else the peer is sent a cancel; the callback is not called."""
         if self.done:
             return
-        if not self._connection.closed:
-            self._connection._give_up(self.id, self.ticket, reason)
-        self._drop()
+        connection = self._connection
+        # out of the calls first: a cancel that finds the link dead fails every call
+        # still there, and this one must not be answered any more
+        self.done = True
+        self._on_answer = None
+        del connection._calls[self.id]
+        if not connection.closed:
+            connection._give_up(self.id, self.ticket, reason)
+        connection.core.forget(self.id)
+        if self._confirmed is not None:
+            self._confirmed.set()
 
     async def cancel(self, reason: str) -> None:
         """Cancel the call as a cancelled :meth:`Caller.request` is: the request is
@@ -155,7 +163,10 @@ class RelayedCall:
             return
         connection = self._connection
         grace = self._cancel_grace
-        if connection.closed or not connection._give_up(self.id, self.ticket, reason) or grace is None:
+        sent = not connection.closed and connection._give_up(self.id, self.ticket, reason)
+        if self.id not in connection._calls:
+            return  # the cancel found the link dead: the call has been failed (answered)
+        if not sent or grace is None:
             self._drop()
             return
         confirmed = self._confirmed = trio.Event()

@@ -69,3 +69,52 @@ async def test_a_peer_that_does_not_confirm_in_the_grace_is_reported(mock_clock:
         peer.release.set()  # its late answer is dropped
         await trio.testing.wait_all_tasks_blocked(0.05)
         assert answers == []
+
+
+def dies_while_cancelling(connection: Any) -> None:
+    """Make the connection's next cancel find the link dead (as a write that fails
+    with EPIPE does): every call still in flight is failed first."""
+    original = connection._give_up
+
+    def give_up(request_id: int, ticket: int, reason: str) -> bool:
+        connection._die(SpearError(ErrorCode.UNAVAILABLE, "link lost while sending the cancel"))
+        result: bool = original(request_id, ticket, reason)
+        return result
+
+    connection._give_up = give_up
+
+
+async def test_giving_up_a_call_whose_cancel_finds_the_link_dead_answers_nothing() -> None:
+    # found by killing agents under load: give_up's own cancel made the link fail
+    # the call, and give_up then removed it a second time (KeyError)
+    peer = Peer()
+    async with serving(URL, peer) as server, connected(server) as connection:
+        with trio.fail_after(PROMPTLY):
+            answers: list[tuple[Any, SpearError | None]] = []
+            call = await connection.relay("hold", None, lambda r, e: answers.append((r, e)), cancel_grace=60)
+            other = await connection.relay("hold", None, lambda r, e: answers.append((r, e)))
+            while peer.started < 2:
+                await trio.sleep(0.001)
+            dies_while_cancelling(connection)
+            call.give_up("instance stopped")
+            assert call.done and connection.closed
+            [(result, error)] = answers  # only the other call: this one was given up
+            assert result is None and error is not None and error.code is ErrorCode.UNAVAILABLE
+            assert other.done and connection.in_flight == 0
+        peer.release.set()
+
+
+async def test_cancelling_a_call_whose_cancel_finds_the_link_dead_answers_it_once() -> None:
+    peer = Peer()
+    async with serving(URL, peer) as server, connected(server) as connection:
+        with trio.fail_after(PROMPTLY):
+            answers: list[tuple[Any, SpearError | None]] = []
+            call = await connection.relay("hold", None, lambda r, e: answers.append((r, e)), cancel_grace=60)
+            while peer.started < 1:
+                await trio.sleep(0.001)
+            dies_while_cancelling(connection)
+            await call.cancel("caller left")  # returns at once: no grace to wait out
+            [(result, error)] = answers
+            assert result is None and error is not None and error.code is ErrorCode.UNAVAILABLE
+            assert call.done and connection.in_flight == 0
+        peer.release.set()

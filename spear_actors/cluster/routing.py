@@ -24,7 +24,7 @@ import trio
 
 from ..api import Method
 from ..errors import ErrorCode, SpearError
-from ..model import InvocationType, InvokeRequest
+from ..model import ExecutionMode, InvocationType, InvokeRequest
 from ..protocol.connection import Connection
 from ..protocol.handshake import Authenticator, token_authenticator
 from ..protocol.messages import Hello
@@ -87,7 +87,7 @@ class ClusterRouter:
         if existing:
             owner = self._task_owner(task)
             if owner is None or owner == self.node_id or from_peer:
-                return await self._run_local(parse_invoke(incoming.params), incoming)
+                return await self._run_local(parse_invoke(incoming.params), incoming, deferred=True)
             return await self._forward(self._live_owner(owner, task), method, incoming)
         owned = self.registry.owned_task(task)
         if owned is not None:
@@ -124,7 +124,7 @@ class ClusterRouter:
         goes as it came (so an artifact change is checked as on a lone node)."""
         name = entry.task_name
         if name in self._created:
-            return await self._run_local(request, incoming)
+            return await self._run_local(request, incoming, deferred=True)
         created = dataclasses.replace(
             request,
             invocation_type=InvocationType.EXISTING_TASK,
@@ -141,11 +141,16 @@ class ClusterRouter:
         self._created.add(name)
         return answer
 
-    async def _run_local(self, request: InvokeRequest, incoming: IncomingRequest) -> Any:
+    async def _run_local(self, request: InvokeRequest, incoming: IncomingRequest, *, deferred: bool = False) -> Any:
+        """Serve the call here. *deferred*: a SYNC unary call is answered as on a lone
+        node, with no task waiting for it (not while its task may still be created
+        here: the creation's failure must reach :meth:`_run_owned` as an error)."""
         if not request.context.execution_id:
             request.context.execution_id = f"{self._execution_prefix}{uuid.uuid4().hex}"
         if incoming.is_stream:
             return await self.node.invoke_request(request, incoming.send_item)
+        if deferred and request.execution_mode is ExecutionMode.SYNC:
+            return await self.node.invoke_deferred(request, incoming.defer())
         return await self.node.invoke_request(request)
 
     # -- the other methods ---------------------------------------------------------------

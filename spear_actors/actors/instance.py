@@ -80,6 +80,9 @@ class InstanceActor(Actor[InstanceMessage]):
         self._deadlines = DeadlineQueue[_Running](self._relayed_expired, _live)
         """Deadlines of relayed executions (a task's own execute enforces its own)."""
         self._failure: SpearError | None = None
+        self._unsent: list[Execute] = []
+        """Executions taken from the work channel once the instance had failed: never
+        started here, they go back to the task with what is left in the channel."""
         self._early_cancels: dict[str, str] = {}
         """Cancels that arrived before their execution left the work queue (id → reason);
         bounded: a cancel whose execution already ended is forgotten with the oldest."""
@@ -157,6 +160,9 @@ class InstanceActor(Actor[InstanceMessage]):
     async def _relay(self, instance: RelayingInstance, message: Execute) -> None:
         if self._cancelled_early(message):
             return
+        if not instance.can_relay():  # failed, and this actor does not know yet
+            self._unsent.append(message)
+            return
         call = message.call
         self.status = InstanceStatus.RUNNING
         running = _Running(message)
@@ -211,7 +217,7 @@ class InstanceActor(Actor[InstanceMessage]):
     def _close_work(self) -> list[Execute]:
         """Refuse new executions; return the ones that never started."""
         self.work._send.close()
-        unstarted = take_queued(self._work)
+        unstarted, self._unsent = [*self._unsent, *take_queued(self._work)], []
         self._work.close()
         return unstarted
 

@@ -121,6 +121,11 @@ class AgentInstance(RuntimeInstance):
             raise self._execution_error(call, exc, log) from None
         return self._envelope_value(envelope, log)
 
+    def can_relay(self) -> bool:
+        """:class:`~.base.RelayingInstance`: the connection is up and nothing failed."""
+        connection = self._connection
+        return self._failure is None and connection is not None and not connection.closed
+
     async def relay_execute(self, call: Call, log: LogSink, on_end: EndSink) -> RelayedCall | None:
         """:class:`~.base.RelayingInstance`: the ``execute`` request relayed on the
         agent's connection; its reader delivers the end."""

@@ -125,6 +125,10 @@ class RelayingInstance(Protocol):
     connection). The instance actor then spends no task, no task switch and no
     cancel scope per call; streams still use :meth:`RuntimeInstance.execute`."""
 
+    def can_relay(self) -> bool:
+        """False once the instance is known to have failed: a call not sent yet is
+        better run elsewhere than failed here."""
+
     async def relay_execute(self, call: Call, log: LogSink, on_end: EndSink) -> RelayedExecution | None:
         """Start *call*; *log* gets its log lines and *on_end* its end, called once
         (maybe before this returns). Waits only for room to send. None: there is

@@ -109,6 +109,9 @@ class RelayingInlineInstance(InlineInstance):
         self.relayed: set[InlineRelayed] = set()
         self.calls = 0
 
+    def can_relay(self) -> bool:
+        return not self.died.is_set()
+
     async def relay_execute(self, call: Call, log: LogSink, on_end: EndSink) -> InlineRelayed | None:
         self.calls += 1
         if self.died.is_set():

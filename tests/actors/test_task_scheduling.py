@@ -342,3 +342,27 @@ async def test_a_cancelled_relayed_call_frees_its_slot_once_the_agent_confirms(
         assert (await queued.wait()).result["slept"] == 1.0  # it got the one slot
         assert math.isclose(trio.current_time() - start, 2, abs_tol=0.01)
         nursery.cancel_scope.cancel()
+
+
+def test_a_call_sent_to_an_instance_that_just_died_runs_on_another() -> None:
+    # The task may dispatch to an instance whose agent is gone before the instance's
+    # actor has learnt it (trio's order within a pass is random): the call was never
+    # sent, so it goes back to the task and runs elsewhere instead of failing.
+    async def scenario() -> None:
+        runtime = InlineRuntime(relaying=True)
+        async with trio.open_nursery() as nursery:
+            ref = await nursery.start(
+                TaskActor(definition(min_instances=1, max_instances=1, max_concurrency=4), runtime).run
+            )
+            warm = OutcomeSlot()
+            ref.tell_nowait(Submit(Call("warm", "sleep", 0.1, timeout=10), warm, trio.current_time() + 10))
+            await warm.wait()
+            runtime.kill_one(0)
+            reply = OutcomeSlot()
+            ref.tell_nowait(Submit(Call("after", "sleep", 0.1, timeout=30), reply, trio.current_time() + 30))
+            outcome = await reply.wait()  # not INSTANCE_FAILED: it never reached the dead one
+            assert outcome.result["slept"] == 0.1
+            nursery.cancel_scope.cancel()
+
+    for _ in range(30):
+        trio.run(scenario, clock=trio.testing.MockClock(autojump_threshold=0))

@@ -126,11 +126,18 @@ class RelayedCall:
         assert on_answer is not None
         return on_answer
 
-    def _drop(self) -> None:
+    def _drop(self, cancel_reason: str | None = None) -> None:
+        """Over without an answer (the callback is not called). With *cancel_reason*,
+        the peer is told: the request is taken back if none of it was sent, else it
+        is sent a cancel."""
         self.done = True
         self._on_answer = None
         connection = self._connection
+        # out of the calls first: a cancel that finds the link dead fails every call
+        # still there, and this one must not be answered any more
         del connection._calls[self.id]
+        if cancel_reason is not None and not connection.closed:
+            connection._give_up(self.id, self.ticket, cancel_reason)
         connection.core.forget(self.id)
         if self._confirmed is not None:
             self._confirmed.set()
@@ -138,19 +145,8 @@ class RelayedCall:
     def give_up(self, reason: str) -> None:
         """Stop waiting for the answer: the request is taken back if none of it was
         sent, else the peer is sent a cancel; the callback is not called."""
-        if self.done:
-            return
-        connection = self._connection
-        # out of the calls first: a cancel that finds the link dead fails every call
-        # still there, and this one must not be answered any more
-        self.done = True
-        self._on_answer = None
-        del connection._calls[self.id]
-        if not connection.closed:
-            connection._give_up(self.id, self.ticket, reason)
-        connection.core.forget(self.id)
-        if self._confirmed is not None:
-            self._confirmed.set()
+        if not self.done:
+            self._drop(reason)
 
     async def cancel(self, reason: str) -> None:
         """Cancel the call as a cancelled :meth:`Caller.request` is: the request is

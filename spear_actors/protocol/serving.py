@@ -13,10 +13,11 @@ it runs the handler inline and starts its successor as the connection's reader j
 before the handler would first wait (:func:`~.inline.run_inline`). A handler that
 answers without waiting has its answer written and the same task goes on to the
 next request the same read brought in, and then reads again: no task is spawned at
-all for such requests (each still has its own cancel scope), and the answers to one
-read's requests leave in one write. A handler that waits keeps the task that read it;
-its successor takes every further body of that read at once (a task for each, so
-that none waits for the others' first steps) and then serves inline again.
+all for such requests (they share the reader's one cancel scope, see
+:meth:`Server._reader`), and the answers to one read's requests leave in one
+write. A handler that waits keeps the task that read it; its successor takes every
+further body of that read at once (a task for each, so that none waits for the
+others' first steps) and then serves inline again.
 
 **Deferred answers.** A handler whose answer will come from elsewhere (a node
 relaying a call to the node that owns it: the owner's answer arrives on another
@@ -285,22 +286,12 @@ class Server(Caller):
         self._handler_slots.release()
         assert incoming._deferred is not None
         incoming._deferred._finished()
-        if body is not None and not self.closed:
-            try:
-                self._outbox.put(body)
-            except SpearError:
-                pass  # a lost link: _die has run
+        self._send_answer(body, defer=False)
 
     def _deferred_expired(self, deferred: Deferred) -> None:
         incoming = deferred._incoming
         if incoming is not None:
-            deferred._give_up(
-                "deadline exceeded",
-                SpearError(
-                    ErrorCode.DEADLINE_EXCEEDED,
-                    f"{incoming.method}: deadline of {incoming.timeout_ms} ms exceeded",
-                ),
-            )
+            deferred._give_up("deadline exceeded", _deadline_exceeded(incoming))
 
     # -- the reader task -----------------------------------------------------------
     def _start_reader(self) -> None:
@@ -512,12 +503,11 @@ class Server(Caller):
         if incoming.cancel_reason is not None:
             error = SpearError(ErrorCode.CANCELLED, incoming.cancel_reason)
         else:
-            error = SpearError(
-                ErrorCode.DEADLINE_EXCEEDED, f"{incoming.method}: deadline of {incoming.timeout_ms} ms exceeded"
-            )
+            error = _deadline_exceeded(incoming)
         return self.core.fail(incoming.id, error)
 
     def _send_answer(self, body: bytes | None, defer: bool) -> None:
+        """Put an answer in the outbox (nothing once the connection is closed)."""
         if body is None or self.closed:
             return
         try:
@@ -528,6 +518,11 @@ class Server(Caller):
 
 def _deferred_live(deferred: Deferred) -> bool:
     return not deferred.ended
+
+
+def _deadline_exceeded(incoming: IncomingRequest) -> SpearError:
+    """The answer of a request whose own deadline (``timeout_ms``) passed."""
+    return SpearError(ErrorCode.DEADLINE_EXCEEDED, f"{incoming.method}: deadline of {incoming.timeout_ms} ms exceeded")
 
 
 _INLINE_DEFER_BYTES = 64 * 1024

@@ -157,7 +157,6 @@ class Node:
         start = time.perf_counter() if self._counting else 0.0
         outcome = OutcomeSlot()
         routing: Reply[Routed] = Reply()
-        waits = self._waits
         waiting: _Waiting | None = None
 
         def on_routed(routed_reply: Reply[Routed]) -> None:
@@ -167,9 +166,8 @@ class Node:
                 outcome.fail(routed_reply.error)  # refused: on_outcome finishes it
             elif outcome.done:  # a duplicate's outcome may come before its routing
                 finish()
-            elif routed is not None and routed.deadline != math.inf:
-                waiting = _Waiting(outcome, routed.execution_id)
-                waits.add(routed.deadline + _DEADLINE_GRACE, waiting, self._nursery)
+            elif routed is not None:
+                waiting = self._watch_deadline(outcome, routed)
 
         def on_outcome(slot: OutcomeSlot) -> None:
             if routing.done:  # else on_routed finishes it
@@ -178,7 +176,7 @@ class Node:
         def finish() -> None:
             """Both the routing and the outcome are in: answer (once)."""
             if waiting is not None:
-                waits.ended()
+                self._waits.ended()
             response: dict[str, Any] | None = None
             try:
                 error = outcome.error
@@ -197,16 +195,9 @@ class Node:
             if self._counting:
                 self._count(request, start, code, response)
 
-        def on_give_up(reason: str) -> None:
-            # The caller went away: a SYNC execution has nobody to answer to.
-            if routing.value is not None:
-                self._cancel(routing.value.execution_id, "caller went away")
-            elif not routing.done:
-                routing.on_done = self._cancel_when_routed
-
         routing.on_done = on_routed
         outcome.on_outcome = on_outcome
-        answer.on_give_up = on_give_up
+        answer.on_give_up = lambda reason: self._caller_left(routing)
         try:
             self._admit(request, None)
             await self._manager.send(Invoke(request, routing, None, outcome))
@@ -248,16 +239,13 @@ class Node:
         deadline + a grace, in case the instance does not answer it itself)."""
         outcome = OutcomeSlot()
         routing: Reply[Routed] = Reply()
-        waits = self._waits
-        timed = False
+        waiting: _Waiting | None = None
 
         def on_routed(answer: Reply[Routed]) -> None:
-            nonlocal timed
+            nonlocal waiting
             routed = answer.value
             if routed is not None:
-                if routed.deadline != math.inf and not outcome.done:
-                    timed = True
-                    waits.add(routed.deadline + _DEADLINE_GRACE, _Waiting(outcome, routed.execution_id), self._nursery)
+                waiting = self._watch_deadline(outcome, routed)
             elif answer.error is not None:
                 outcome.fail(answer.error)
 
@@ -266,12 +254,7 @@ class Node:
         try:
             await outcome.wait()
         except trio.Cancelled:
-            # The caller went away (e.g. its connection closed): a SYNC or STREAM
-            # execution has nobody to answer to, so it is cancelled (once routed).
-            if routing.value is not None:
-                self._cancel(routing.value.execution_id, "caller went away")
-            elif not routing.done:
-                routing.on_done = self._cancel_when_routed
+            self._caller_left(routing)  # e.g. its connection closed
             raise
         except SpearError as exc:
             error = _with_ids(exc, routing.value)
@@ -279,13 +262,31 @@ class Node:
                 raise
             raise error from None
         finally:
-            if timed:
-                waits.ended()
+            if waiting is not None:
+                self._waits.ended()
         routed = routing.value
         assert routed is not None
         value = outcome.value
         assert value is not None
         return _response(routed, value)
+
+    def _watch_deadline(self, outcome: OutcomeSlot, routed: Routed) -> _Waiting | None:
+        """Put a routed caller's wait in the node's deadline queue (the routed deadline
+        + a grace, in case the instance does not answer it itself); None when there is
+        nothing to watch (no deadline, or answered already)."""
+        if routed.deadline == math.inf or outcome.done:
+            return None
+        waiting = _Waiting(outcome, routed.execution_id)
+        self._waits.add(routed.deadline + _DEADLINE_GRACE, waiting, self._nursery)
+        return waiting
+
+    def _caller_left(self, routing: Reply[Routed]) -> None:
+        """A SYNC or STREAM caller went away: its execution has nobody to answer to,
+        so it is cancelled (once routed, if it is not yet)."""
+        if routing.value is not None:
+            self._cancel(routing.value.execution_id, "caller went away")
+        elif not routing.done:
+            routing.on_done = self._cancel_when_routed
 
     def _wait_expired(self, waiting: _Waiting) -> None:
         """A caller's own deadline passed without an answer from the instance."""

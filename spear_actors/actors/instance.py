@@ -11,7 +11,14 @@ import trio
 from ..deadlines import DeadlineQueue
 from ..errors import ErrorCode, SpearError
 from ..model import InstanceStatus
-from ..runtimes.base import InstanceSpec, RelayedExecution, RelayingInstance, Runtime, RuntimeInstance
+from ..runtimes.base import (
+    InstanceSpec,
+    RelayedExecution,
+    RelayingInstance,
+    Runtime,
+    RuntimeInstance,
+    deadline_error,
+)
 from .mailbox import Actor, ActorRef, take_queued
 from .messages import (
     CancelExecution,
@@ -118,7 +125,7 @@ class InstanceActor(Actor[InstanceMessage]):
                 self.nursery.start_soon(self._worker)
 
     def on_stop(self) -> None:
-        error = self._failure or SpearError(ErrorCode.UNAVAILABLE, f"instance {self.spec.instance_id} stopped")
+        error = self._stopped_error()
         for running in list(self._running.values()):
             if running.scope is None and not running.over:  # relayed: no task ends it
                 if running.relayed is not None:
@@ -186,10 +193,7 @@ class InstanceActor(Actor[InstanceMessage]):
     def _relayed_expired(self, running: _Running) -> None:
         if running.relayed is not None:
             running.relayed.give_up("deadline exceeded")
-        error = SpearError(
-            ErrorCode.DEADLINE_EXCEEDED, f"{running.message.call.function_name} did not finish before its deadline"
-        )
-        self._relayed_end(running, None, error)
+        self._relayed_end(running, None, deadline_error(running.message.call))
 
     def _relayed_end(self, running: _Running, result: Any, error: SpearError | None) -> None:
         """A relayed execution ended (called once; later calls do nothing)."""
@@ -254,6 +258,10 @@ class InstanceActor(Actor[InstanceMessage]):
         )
         self.stop()
 
+    def _stopped_error(self) -> SpearError:
+        """What an execution cut short by this instance's end is answered."""
+        return self._failure or SpearError(ErrorCode.UNAVAILABLE, f"instance {self.spec.instance_id} stopped")
+
     def _cancelled_early(self, message: Execute) -> bool:
         """Answer *message* CANCELLED if its cancel came before it was taken."""
         if self._early_cancels:
@@ -292,7 +300,7 @@ class InstanceActor(Actor[InstanceMessage]):
         if running is not None and running.message is message:
             del self._running[call.execution_id]
         if not reply.done:
-            reply.fail(self._failure or SpearError(ErrorCode.UNAVAILABLE, f"instance {self.spec.instance_id} stopped"))
+            reply.fail(self._stopped_error())
         if not self._running and self.status is InstanceStatus.RUNNING:
             self.status = InstanceStatus.READY
         self._parent.post(ExecutionFinished(self.spec.instance_id, call.execution_id, message))

@@ -19,7 +19,7 @@ from ..errors import ErrorCode, SpearError
 from ..metrics.events import events
 from ..protocol.calling import RelayedCall
 from ..protocol.connection import Connection
-from .base import Call, EndSink, LogSink, RuntimeInstance, StreamSink
+from .base import Call, EndSink, LogSink, RuntimeInstance, StreamSink, deadline_error
 from .output import capped_log
 from .sandbox import Sandbox
 
@@ -170,7 +170,7 @@ class AgentInstance(RuntimeInstance):
     def _execution_error(self, call: Call, exc: SpearError, log: LogSink) -> SpearError:
         """The error of an execution the agent (or the deadline) ended with *exc*."""
         if exc.code is ErrorCode.DEADLINE_EXCEEDED:
-            return SpearError(ErrorCode.DEADLINE_EXCEEDED, f"{call.function_name} did not finish before its deadline")
+            return deadline_error(call)
         if "logs" in exc.details:  # the error's copy of the logs is capped as well
             kept = self._log_lines(exc.details["logs"], log)
             return SpearError(exc.code, exc.message, {**exc.details, "logs": kept})

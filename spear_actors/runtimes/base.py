@@ -17,7 +17,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import trio
 
-from ..errors import SpearError
+from ..errors import ErrorCode, SpearError
 from ..model import ArtifactSpec, InstancePolicy
 
 __all__ = [
@@ -30,6 +30,7 @@ __all__ = [
     "Runtime",
     "RuntimeInstance",
     "StreamSink",
+    "deadline_error",
 ]
 
 StreamSink = Callable[[Any], Awaitable[None]]
@@ -102,6 +103,11 @@ class RuntimeInstance(abc.ABC):
     def describe(self) -> dict[str, Any]:
         """Runtime-specific facts for status output (pid, module digest, ...)."""
         return {}
+
+
+def deadline_error(call: Call) -> SpearError:
+    """The error of an execution whose ``call.timeout`` passed (whoever saw it pass)."""
+    return SpearError(ErrorCode.DEADLINE_EXCEEDED, f"{call.function_name} did not finish before its deadline")
 
 
 class RelayedExecution(Protocol):
